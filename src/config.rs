@@ -1,0 +1,378 @@
+//! Plain-data configuration: what `serve` runs with, after the command line has been parsed.
+//!
+//! Nothing here does I/O. Values are validated when parsed, so a `Config` that exists is usable.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Registry hosts intercepted (and later cached) with no configuration at all.
+///
+/// `auth.docker.io` is Docker Hub's token realm: intercepting it keeps a Hub pull on one
+/// trust path (the regcache CA) and lets later issues run the token flow for clients.
+pub const DEFAULT_REGISTRIES: &[&str] = &[
+    "registry-1.docker.io",
+    "auth.docker.io",
+    "ghcr.io",
+    "quay.io",
+    "gcr.io",
+    "*.gcr.io",
+    "*.pkg.dev",
+    "registry.k8s.io",
+    "public.ecr.aws",
+    "mcr.microsoft.com",
+    "nvcr.io",
+    "registry.gitlab.com",
+];
+
+/// Everything `regcache serve` needs to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address of the proxy listener.
+    pub listen: SocketAddr,
+    /// Directory for cache state.
+    pub data_dir: PathBuf,
+    /// Directory holding `ca.crt` and `ca.key`.
+    pub ca_dir: PathBuf,
+    /// Hosts whose CONNECTs are intercepted (TLS terminated with a minted leaf).
+    pub registries: Vec<HostPattern>,
+    /// Dial overrides: the name stays (SNI, Host), only the address changes.
+    pub connect_to: Vec<ConnectTo>,
+    /// Extra PEM bundles trusted for upstream TLS, on top of the system roots.
+    pub upstream_ca: Vec<PathBuf>,
+    /// What happens to CONNECTs and plain requests for hosts that are not registries.
+    pub non_registry: NonRegistryPolicy,
+    /// Timeouts applied on both sides of the proxy.
+    pub timeouts: Timeouts,
+}
+
+/// Timeouts; each bounds one wait so that no connection hangs forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// A client connection that sends no request (or no bytes, in a tunnel) for this long is closed.
+    pub client_idle: Duration,
+    /// TCP connect (and, for intercepted hosts, TLS handshake) to upstream.
+    pub upstream_connect: Duration,
+    /// From sending a request upstream to receiving its response headers.
+    pub upstream_response: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            client_idle: Duration::from_secs(300),
+            upstream_connect: Duration::from_secs(10),
+            upstream_response: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Policy for hosts outside the registry list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum NonRegistryPolicy {
+    /// Relay bytes untouched (CONNECT) or forward as-is (plain HTTP).
+    #[default]
+    Tunnel,
+    /// Refuse with 403.
+    Deny,
+}
+
+/// A host, with a port that defaults to 443.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HostPort {
+    /// Lower-case host name or IP literal (IPv6 without brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl HostPort {
+    /// Parses `HOST`, `HOST:PORT`, `[V6]` or `[V6]:PORT`; `default_port` fills a missing port.
+    pub fn parse(s: &str, default_port: u16) -> Result<Self, String> {
+        let s = s.trim();
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            let (v6, after) = rest
+                .split_once(']')
+                .ok_or_else(|| format!("{s:?}: missing ']' after IPv6 address"))?;
+            let port = match after {
+                "" => None,
+                p => Some(
+                    p.strip_prefix(':')
+                        .ok_or_else(|| format!("{s:?}: expected ':PORT' after ']'"))?,
+                ),
+            };
+            (v6, port)
+        } else {
+            match s.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (s, None),
+            }
+        };
+        let port = match port {
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("{s:?}: port {p:?} is not a number from 1 to 65535"))?,
+            None => default_port,
+        };
+        let host = normalize_host(host).ok_or_else(|| format!("{s:?}: {host:?} is not a valid host name"))?;
+        Ok(Self { host, port })
+    }
+
+    /// The authority as it appears in a URI: the port is omitted when it is `default_port`.
+    pub fn authority(&self, default_port: u16) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        if self.port == default_port {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Lower-cases a host and checks it is a DNS name or an IP literal; strips one trailing dot.
+fn normalize_host(host: &str) -> Option<String> {
+    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    if host.parse::<IpAddr>().is_ok() {
+        return Some(host);
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    (!host.is_empty() && host.len() <= 253 && host.split('.').all(label_ok)).then_some(host)
+}
+
+/// A registry host pattern: an exact name or `*.suffix`, with a port (443 when omitted).
+///
+/// `*.gcr.io` matches `eu.gcr.io` and `a.b.gcr.io`, not `gcr.io` itself (as in TLS wildcards
+/// but across any number of labels, which is what registry mirrors like `*.pkg.dev` need).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPattern {
+    /// Exact host, or the suffix (with its leading dot) for a wildcard.
+    host: String,
+    wildcard: bool,
+    port: u16,
+}
+
+impl HostPattern {
+    /// Whether `target` is covered by this pattern.
+    pub fn matches(&self, target: &HostPort) -> bool {
+        if target.port != self.port {
+            return false;
+        }
+        if self.wildcard {
+            target.host.ends_with(&self.host) && target.host.len() > self.host.len()
+        } else {
+            target.host == self.host
+        }
+    }
+}
+
+impl FromStr for HostPattern {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (wildcard, rest) = match s.trim().strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, s),
+        };
+        let hp = HostPort::parse(rest, 443).map_err(|e| format!("expected HOST[:PORT] or *.DOMAIN[:PORT]: {e}"))?;
+        let host = if wildcard { format!(".{}", hp.host) } else { hp.host };
+        Ok(Self {
+            host,
+            wildcard,
+            port: hp.port,
+        })
+    }
+}
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let star = if self.wildcard { "*" } else { "" };
+        write!(f, "{star}{}:{}", self.host, self.port)
+    }
+}
+
+/// `HOST[:PORT]=ADDR:PORT`: dial `ADDR:PORT` whenever `HOST:PORT` is the target (like curl's
+/// `--connect-to`). The name is kept for SNI, certificate checks and the `Host` header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectTo {
+    /// The target as clients name it.
+    pub target: HostPort,
+    /// Where regcache actually connects.
+    pub address: SocketAddr,
+}
+
+impl FromStr for ConnectTo {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (target, address) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?}: expected HOST[:PORT]=ADDR:PORT"))?;
+        let target = HostPort::parse(target, 443)?;
+        let address = address.trim().parse::<SocketAddr>().map_err(|_| {
+            format!("{s:?}: {address:?} is not ADDR:PORT (an IP address and a port, e.g. 127.0.0.1:5000)")
+        })?;
+        Ok(Self { target, address })
+    }
+}
+
+/// Parses durations such as `500ms`, `30s`, `5m`, `1h` (a bare number means seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a duration like 500ms, 30s, 5m or 1h"))?;
+    let ms = match unit.trim() {
+        "ms" => Some(n),
+        "" | "s" => n.checked_mul(1000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        _ => None,
+    }
+    .ok_or_else(|| format!("{s:?}: expected a duration like 500ms, 30s, 5m or 1h"))?;
+    Ok(Duration::from_millis(ms))
+}
+
+impl Config {
+    /// Registry patterns used when none are configured, plus `extra`.
+    pub fn registries_with_defaults(extra: &[HostPattern]) -> Vec<HostPattern> {
+        let mut all: Vec<HostPattern> = DEFAULT_REGISTRIES
+            .iter()
+            .map(|s| s.parse().expect("built-in registry patterns are valid"))
+            .collect();
+        for p in extra {
+            if !all.contains(p) {
+                all.push(p.clone());
+            }
+        }
+        all
+    }
+
+    /// Whether CONNECTs to `target` are intercepted.
+    pub fn is_registry(&self, target: &HostPort) -> bool {
+        self.registries.iter().any(|p| p.matches(target))
+    }
+
+    /// The address to dial for `target`, if overridden.
+    pub fn dial_override(&self, target: &HostPort) -> Option<SocketAddr> {
+        self.connect_to.iter().find(|c| c.target == *target).map(|c| c.address)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hp(s: &str) -> HostPort {
+        HostPort::parse(s, 443).unwrap()
+    }
+
+    #[test]
+    fn host_port_parsing() {
+        assert_eq!(
+            hp("GHCR.io"),
+            HostPort {
+                host: "ghcr.io".into(),
+                port: 443
+            }
+        );
+        assert_eq!(hp("reg.local:5000").port, 5000);
+        assert_eq!(
+            hp("[::1]:8443"),
+            HostPort {
+                host: "::1".into(),
+                port: 8443
+            }
+        );
+        assert_eq!(hp("10.0.0.1").host, "10.0.0.1");
+        assert!(HostPort::parse("ghcr.io:0", 443).is_err());
+        assert!(HostPort::parse("ghcr.io:x", 443).is_err());
+        assert!(HostPort::parse("bad host", 443).is_err());
+        assert!(HostPort::parse("", 443).is_err());
+        assert_eq!(hp("[::1]:8443").to_string(), "[::1]:8443");
+        assert_eq!(hp("ghcr.io").authority(443), "ghcr.io");
+        assert_eq!(hp("ghcr.io:5000").authority(443), "ghcr.io:5000");
+    }
+
+    #[test]
+    fn patterns_match_host_and_port() {
+        let exact: HostPattern = "ghcr.io".parse().unwrap();
+        assert!(exact.matches(&hp("ghcr.io:443")));
+        assert!(!exact.matches(&hp("ghcr.io:5000")));
+        assert!(!exact.matches(&hp("x.ghcr.io")));
+
+        let on_5000: HostPattern = "reg.internal:5000".parse().unwrap();
+        assert!(on_5000.matches(&hp("reg.internal:5000")));
+        assert!(!on_5000.matches(&hp("reg.internal")));
+
+        let wild: HostPattern = "*.gcr.io".parse().unwrap();
+        assert!(wild.matches(&hp("eu.gcr.io")));
+        assert!(wild.matches(&hp("a.b.gcr.io")));
+        assert!(!wild.matches(&hp("gcr.io")));
+        assert!(!wild.matches(&hp("evilgcr.io")));
+        assert!(!wild.matches(&hp("eu.gcr.io:8443")));
+        assert!("*.".parse::<HostPattern>().is_err());
+    }
+
+    #[test]
+    fn defaults_cover_the_big_registries() {
+        let all = Config::registries_with_defaults(&["reg.local:5000".parse().unwrap()]);
+        let is = |s: &str| all.iter().any(|p| p.matches(&hp(s)));
+        for h in [
+            "registry-1.docker.io",
+            "auth.docker.io",
+            "ghcr.io",
+            "us-docker.pkg.dev",
+            "eu.gcr.io",
+            "reg.local:5000",
+        ] {
+            assert!(is(h), "{h} should be a registry");
+        }
+        assert!(!is("example.com"));
+        assert!(!is("ghcr.io:8443"));
+    }
+
+    #[test]
+    fn connect_to_parsing() {
+        let c: ConnectTo = "ghcr.io=127.0.0.1:5000".parse().unwrap();
+        assert_eq!(c.target, hp("ghcr.io:443"));
+        assert_eq!(c.address, "127.0.0.1:5000".parse().unwrap());
+        let c: ConnectTo = "reg:8443=[::1]:9".parse().unwrap();
+        assert_eq!(c.target.port, 8443);
+        assert!("ghcr.io".parse::<ConnectTo>().is_err());
+        assert!("ghcr.io=localhost:5000".parse::<ConnectTo>().is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

@@ -1,0 +1,24 @@
+//! regcache: a caching HTTPS proxy for container registries.
+//!
+//! Data flows one way: [`listener`] (CONNECT or plain request) → [`tunnel`] for other hosts, or
+//! [`mitm`] (TLS with a leaf from [`leaf_certs`], signed by the [`ca`]) → [`gateway`] →
+//! [`upstream`]. [`app`] wires them from a [`config::Config`]; [`cli`] builds that config.
+
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+#![warn(missing_docs)]
+
+pub mod access_log;
+pub mod admin;
+pub mod app;
+pub mod body;
+pub mod ca;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod gateway;
+pub mod leaf_certs;
+pub mod listener;
+pub mod mitm;
+pub mod tunnel;
+pub mod upstream;

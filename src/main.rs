@@ -1,0 +1,142 @@
+//! The `regcache` binary: parse the command line, then serve or manage the CA.
+
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use regcache::app::App;
+use regcache::ca::{self, CertificateAuthority};
+use regcache::cli::{CaCommand, Cli, Command, ServeArgs};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Ca(cmd) => ca_command(cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("regcache: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    init_tracing();
+    let config = args.into_config();
+    let (ca, created) = CertificateAuthority::load_or_generate(&config.ca_dir)?;
+    let ca = Arc::new(ca);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let app = App::build(config, ca.clone()).await?;
+        let addr = app.local_addr();
+        print_start_banner(&ca, created, addr);
+        app.run(shutdown_signal()).await;
+        tracing::info!("shutting down");
+        Ok(())
+    })
+}
+
+/// The lines a user needs to point a client at regcache; the last one is what scripts wait for.
+fn print_start_banner(ca: &CertificateAuthority, created: bool, addr: std::net::SocketAddr) {
+    let summary = ca.summary();
+    let host = if addr.ip().is_unspecified() {
+        machine_host()
+    } else {
+        addr.ip().to_string()
+    };
+    let proxy = format!("http://{}:{}", host, addr.port());
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "regcache {}\nCA {} ({}): {}\n  SHA-256 fingerprint {}\nUse it:\n  export HTTPS_PROXY={proxy}\n  curl -fsS {proxy}/ca.crt -o regcache-ca.crt   # then trust it (see README)\nregcache listening on {addr}",
+        env!("CARGO_PKG_VERSION"),
+        ca.cert_path().display(),
+        if created { "generated" } else { "loaded" },
+        summary.subject,
+        summary.fingerprint,
+    );
+    let _ = out.flush();
+}
+
+fn machine_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops regcache");
+            let _ = ctrl_c.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn ca_command(cmd: CaCommand) -> anyhow::Result<()> {
+    match cmd {
+        CaCommand::Init { ca, force } => {
+            let authority = CertificateAuthority::generate(&ca.ca_dir, force)?;
+            let s = authority.summary();
+            println!(
+                "generated {} and {}",
+                authority.cert_path().display(),
+                ca.ca_dir.join(ca::KEY_FILE).display()
+            );
+            println!(
+                "subject:     {}\nsha256:      {}\nnot after:   {}",
+                s.subject, s.fingerprint, s.not_after
+            );
+        }
+        CaCommand::Show { ca } => {
+            // Loading checks the key too, so `show` also validates a brought-your-own CA.
+            let authority = CertificateAuthority::load(&ca.ca_dir)?;
+            let s = authority.summary();
+            println!(
+                "certificate: {}\nsubject:     {}\nkey:         {}\nsha256:      {}\nnot before:  {}\nnot after:   {}",
+                authority.cert_path().display(),
+                s.subject,
+                s.key_algorithm,
+                s.fingerprint,
+                s.not_before,
+                s.not_after
+            );
+        }
+        CaCommand::Export { ca, file } => {
+            ca::summarize_file(&ca.ca_dir)?;
+            let pem = std::fs::read(ca.ca_dir.join(ca::CERT_FILE))
+                .with_context(|| format!("{}", ca.ca_dir.join(ca::CERT_FILE).display()))?;
+            match file {
+                Some(path) => std::fs::write(&path, &pem).with_context(|| format!("{}", path.display()))?,
+                None => std::io::stdout().write_all(&pem).context("standard output")?,
+            }
+        }
+    }
+    Ok(())
+}

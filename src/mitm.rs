@@ -1,0 +1,97 @@
+//! Intercepted tunnels: TLS terminated with a leaf minted for the CONNECT host, then the
+//! decrypted HTTP/1.1 or HTTP/2 requests handed to the [`Gateway`].
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hyper::service::service_fn;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio_rustls::TlsAcceptor;
+
+use crate::body;
+use crate::gateway::Gateway;
+use crate::leaf_certs::LeafCertCache;
+use crate::upstream::Origin;
+
+/// A client that has not finished its TLS handshake in this time is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Serves one intercepted tunnel to completion.
+pub async fn serve(
+    upgraded: Upgraded,
+    client: SocketAddr,
+    origin: Origin,
+    leaf_certs: &LeafCertCache,
+    gateway: Gateway,
+    idle: Duration,
+) {
+    let start = Instant::now();
+    let config = match leaf_certs.server_config(&origin.host.host).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(host = %origin.host, error = %e, "cannot mint a certificate for intercepted host");
+            return;
+        }
+    };
+    let accept = TlsAcceptor::from(config).accept(TokioIo::new(upgraded));
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            // Almost always a client that does not trust the regcache CA yet.
+            tracing::warn!(%client, host = %origin.host, error = %e, "TLS handshake with client failed (does it trust the regcache CA?)");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%client, host = %origin.host, "TLS handshake with client timed out");
+            return;
+        }
+    };
+    let alpn = tls
+        .get_ref()
+        .1
+        .alpn_protocol()
+        .map(|p| String::from_utf8_lossy(p).into_owned());
+
+    let requests = Arc::new(AtomicU64::new(0));
+    let counter = requests.clone();
+    let origin = Arc::new(origin);
+    let origin_for_service = origin.clone();
+    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        counter.fetch_add(1, Ordering::Relaxed);
+        let gateway = gateway.clone();
+        let origin = origin_for_service.clone();
+        async move { Ok::<_, Infallible>(gateway.handle(client, &origin, req.map(body::boxed)).await) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(idle)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let result = builder.serve_connection(TokioIo::new(tls), service).await;
+    if let Err(e) = &result {
+        tracing::debug!(%client, host = %origin.host, error = %e, "intercepted connection ended with an error");
+    }
+    tracing::info!(
+        target: "regcache::access",
+        %client,
+        host = %origin.host,
+        method = "CONNECT",
+        cache = "intercept",
+        status = 200u16,
+        alpn = alpn.as_deref().unwrap_or("none"),
+        requests = requests.load(Ordering::Relaxed),
+        ms = start.elapsed().as_millis() as u64,
+        "tunnel closed"
+    );
+}

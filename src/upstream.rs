@@ -1,0 +1,298 @@
+//! The client side: one pooled, keep-alive HTTP client for every upstream registry.
+//!
+//! TLS is verified against the system roots plus `--upstream-ca` bundles, with SNI and `Host`
+//! of the name the client asked for. `--connect-to` changes only the address dialled.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use tokio::net::TcpStream;
+
+use crate::body::Body;
+use crate::config::{Config, ConnectTo, HostPort, Timeouts};
+use crate::error::{ProxyError, chain_line};
+
+/// Errors building the upstream client (bad `--upstream-ca` files).
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamSetupError {
+    /// A CA bundle could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The bundle.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A CA bundle holds no usable certificate.
+    #[error("{path}: {reason}")]
+    Bundle {
+        /// The bundle.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The TLS configuration could not be built.
+    #[error("upstream TLS setup: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// Where a request goes: scheme plus `host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// `true` for https.
+    pub tls: bool,
+    /// The host and port as the client named them.
+    pub host: HostPort,
+}
+
+impl Origin {
+    /// The URI authority (port omitted when it is the scheme's default).
+    pub fn authority(&self) -> String {
+        self.host.authority(if self.tls { 443 } else { 80 })
+    }
+
+    /// `https://authority` or `http://authority`.
+    pub fn base_url(&self) -> String {
+        format!("{}://{}", if self.tls { "https" } else { "http" }, self.authority())
+    }
+}
+
+/// A pooled client to every upstream, shared by all connections.
+#[derive(Clone)]
+pub struct UpstreamClient {
+    client: Client<HttpsConnector<DialConnector>, Body>,
+    timeouts: Timeouts,
+    overrides: Arc<Vec<ConnectTo>>,
+}
+
+impl UpstreamClient {
+    /// Builds the client: trust roots, connect-to overrides, timeouts, pool.
+    ///
+    /// # Errors
+    /// If an `--upstream-ca` file is unreadable or holds no certificate.
+    pub fn new(config: &Config) -> Result<Self, UpstreamSetupError> {
+        let mut roots = rustls::RootCertStore::empty();
+        let native = rustls_native_certs::load_native_certs();
+        let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+        if added == 0 {
+            // Distroless or scratch images have no system store.
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        }
+        for path in &config.upstream_ca {
+            for cert in load_bundle(path)? {
+                roots.add(cert).map_err(|e| UpstreamSetupError::Bundle {
+                    path: path.clone(),
+                    reason: format!("certificate not usable as a trust anchor: {e}"),
+                })?;
+            }
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+
+        let overrides = Arc::new(config.connect_to.clone());
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.timeouts.upstream_connect));
+        let dial = DialConnector {
+            http,
+            overrides: overrides.clone(),
+        };
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(dial);
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(64)
+            .build(https);
+        Ok(Self {
+            client,
+            timeouts: config.timeouts,
+            overrides,
+        })
+    }
+
+    /// Sends `req` (absolute-form URI) and waits for the response headers.
+    ///
+    /// # Errors
+    /// [`ProxyError::Connect`] / [`ProxyError::Tls`] when no connection could be made,
+    /// [`ProxyError::Timeout`] when headers did not arrive in time, [`ProxyError::Upstream`]
+    /// otherwise.
+    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
+        let target = target_of(req.uri());
+        let after = self.timeouts.upstream_response;
+        match tokio::time::timeout(after, self.client.request(req)).await {
+            Err(_) => Err(ProxyError::Timeout { target, after }),
+            Ok(Ok(res)) => Ok(res),
+            Ok(Err(e)) => Err(classify(target, &e)),
+        }
+    }
+
+    /// Opens a raw TCP connection for a tunnel, honouring `--connect-to` and the connect timeout.
+    ///
+    /// # Errors
+    /// [`ProxyError::Connect`] on failure or timeout.
+    pub async fn dial(&self, target: &HostPort) -> Result<TcpStream, ProxyError> {
+        let addr = self.overrides.iter().find(|c| c.target == *target).map(|c| c.address);
+        let name = target.to_string();
+        let after = self.timeouts.upstream_connect;
+        let fut = async {
+            match addr {
+                Some(a) => TcpStream::connect(a).await,
+                None => TcpStream::connect((target.host.as_str(), target.port)).await,
+            }
+        };
+        match tokio::time::timeout(after, fut).await {
+            Err(_) => Err(ProxyError::Connect {
+                target: name,
+                reason: format!("timed out after {}s", after.as_secs()),
+            }),
+            Ok(Err(e)) => Err(ProxyError::Connect {
+                target: name,
+                reason: e.to_string(),
+            }),
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                Ok(s)
+            }
+        }
+    }
+}
+
+fn target_of(uri: &Uri) -> String {
+    let default = if uri.scheme_str() == Some("http") { 80 } else { 443 };
+    format!("{}:{}", uri.host().unwrap_or("?"), uri.port_u16().unwrap_or(default))
+}
+
+/// Maps a client error to whose fault it was, with a one-line reason.
+fn classify(target: String, err: &hyper_util::client::legacy::Error) -> ProxyError {
+    let reason = chain_line(err);
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        let is_tls = e.downcast_ref::<rustls::Error>().is_some()
+            || e.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
+        if is_tls {
+            return ProxyError::Tls {
+                target,
+                reason: strip_client_prefix(&reason),
+            };
+        }
+        source = e.source();
+    }
+    if err.is_connect() {
+        ProxyError::Connect {
+            target,
+            reason: strip_client_prefix(&reason),
+        }
+    } else {
+        ProxyError::Upstream {
+            target,
+            reason: strip_client_prefix(&reason),
+        }
+    }
+}
+
+fn strip_client_prefix(reason: &str) -> String {
+    reason
+        .strip_prefix("client error (Connect): ")
+        .unwrap_or(reason)
+        .to_string()
+}
+
+fn load_bundle(path: &Path) -> Result<Vec<CertificateDer<'static>>, UpstreamSetupError> {
+    let bytes = std::fs::read(path).map_err(|source| UpstreamSetupError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| UpstreamSetupError::Bundle {
+            path: path.to_path_buf(),
+            reason: format!("malformed PEM: {e}"),
+        })?;
+    if certs.is_empty() {
+        return Err(UpstreamSetupError::Bundle {
+            path: path.to_path_buf(),
+            reason: "no PEM certificate (-----BEGIN CERTIFICATE-----) found".into(),
+        });
+    }
+    Ok(certs)
+}
+
+/// TCP connector that applies `--connect-to`: it swaps the address dialled and leaves the
+/// URI the TLS layer sees (for SNI and certificate checks) untouched.
+#[derive(Clone)]
+struct DialConnector {
+    http: HttpConnector,
+    overrides: Arc<Vec<ConnectTo>>,
+}
+
+impl DialConnector {
+    fn override_for(&self, dst: &Uri) -> Option<SocketAddr> {
+        let default = if dst.scheme_str() == Some("http") { 80 } else { 443 };
+        let host = dst
+            .host()?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        let target = HostPort {
+            host,
+            port: dst.port_u16().unwrap_or(default),
+        };
+        self.overrides.iter().find(|c| c.target == target).map(|c| c.address)
+    }
+}
+
+type DialFuture = Pin<
+    Box<
+        dyn Future<Output = Result<hyper_util::rt::TokioIo<TcpStream>, Box<dyn std::error::Error + Send + Sync>>>
+            + Send,
+    >,
+>;
+
+impl tower_service::Service<Uri> for DialConnector {
+    type Response = hyper_util::rt::TokioIo<TcpStream>;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = DialFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        tower_service::Service::<Uri>::poll_ready(&mut self.http, cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        let dst = match self.override_for(&dst) {
+            Some(addr) => Uri::builder()
+                .scheme("http")
+                .authority(addr.to_string())
+                .path_and_query("/")
+                .build()
+                .unwrap_or(dst),
+            None => dst,
+        };
+        let fut = tower_service::Service::<Uri>::call(&mut self.http, dst);
+        Box::pin(async move { fut.await.map_err(Into::into) })
+    }
+}
