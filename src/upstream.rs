@@ -188,19 +188,11 @@ fn target_of(uri: &Uri) -> String {
 /// Maps a client error to whose fault it was, with a one-line reason.
 fn classify(target: String, err: &hyper_util::client::legacy::Error) -> ProxyError {
     let reason = chain_line(err);
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = source {
-        let is_tls = e.downcast_ref::<rustls::Error>().is_some()
-            || e.downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
-        if is_tls {
-            return ProxyError::Tls {
-                target,
-                reason: strip_client_prefix(&reason),
-            };
-        }
-        source = e.source();
+    if caused_by_tls(err) {
+        return ProxyError::Tls {
+            target,
+            reason: strip_client_prefix(&reason),
+        };
     }
     if err.is_connect() {
         ProxyError::Connect {
@@ -213,6 +205,20 @@ fn classify(target: String, err: &hyper_util::client::legacy::Error) -> ProxyErr
             reason: strip_client_prefix(&reason),
         }
     }
+}
+
+/// Whether a rustls error sits anywhere in the chain. `io::Error::source()` skips the error
+/// it wraps, so wrapped I/O errors are opened with `get_ref` as well.
+fn caused_by_tls(err: &(dyn std::error::Error + 'static)) -> bool {
+    if err.downcast_ref::<rustls::Error>().is_some() {
+        return true;
+    }
+    if let Some(inner) = err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref())
+        && caused_by_tls(inner)
+    {
+        return true;
+    }
+    err.source().is_some_and(caused_by_tls)
 }
 
 fn strip_client_prefix(reason: &str) -> String {
