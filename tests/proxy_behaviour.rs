@@ -584,3 +584,93 @@ async fn each_request_is_logged_once_with_its_fields() {
         "{logs}"
     );
 }
+
+/// Makes a CA with openssl (as a user bringing their own would) in `dir`.
+fn openssl_ca(dir: &std::path::Path, keygen: &[&str]) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(keygen);
+    run(&[
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "30",
+        "-subj",
+        "/CN=Corp Build CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    std::fs::set_permissions(dir.join("ca.key"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bring_your_own_ca_rsa_and_ecdsa_in_any_pem_form() {
+    support::install_crypto_provider();
+    let cases: &[(&str, &[&str], &str)] = &[
+        (
+            "rsa-pkcs1",
+            &["genrsa", "-traditional", "-out", "ca.key", "2048"],
+            "BEGIN RSA PRIVATE KEY",
+        ),
+        (
+            "rsa-pkcs8",
+            &[
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+                "-out",
+                "ca.key",
+            ],
+            "BEGIN PRIVATE KEY",
+        ),
+        (
+            "ec-sec1",
+            &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.key"],
+            "BEGIN EC PRIVATE KEY",
+        ),
+        (
+            "ec-p384-pkcs8",
+            &[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-384",
+                "-out",
+                "ca.key",
+            ],
+            "BEGIN PRIVATE KEY",
+        ),
+    ];
+    for (name, keygen, marker) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        openssl_ca(dir.path(), keygen);
+        let key = std::fs::read_to_string(dir.path().join("ca.key")).unwrap();
+        assert!(key.contains(marker), "{name}: {key}");
+        let proxy = Regcache::builder().ca_dir(dir.path()).start();
+        let ca_pem = std::fs::read_to_string(dir.path().join("ca.crt")).unwrap();
+        let leaf = connect_and_handshake(proxy.addr(), "ghcr.io:443", "ghcr.io", &[&ca_pem]).await;
+        let (_, cert) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+        assert_eq!(cert.issuer().to_string(), "CN=Corp Build CA", "{name}");
+        assert!(proxy.logs().contains("(loaded)"), "{name}");
+    }
+}
