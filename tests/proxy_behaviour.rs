@@ -674,3 +674,31 @@ async fn bring_your_own_ca_rsa_and_ecdsa_in_any_pem_form() {
         assert!(proxy.logs().contains("(loaded)"), "{name}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_clients_are_disconnected() {
+    let proxy = Regcache::builder().arg("--idle-timeout").arg("1s").start();
+    let started = std::time::Instant::now();
+    // A client that connects and says nothing.
+    let mut silent = TcpStream::connect(proxy.addr()).await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(20), silent.read(&mut buf))
+        .await
+        .expect("regcache closed the idle connection");
+    assert!(
+        matches!(n, Ok(0)) || n.is_err(),
+        "expected the connection closed, got {n:?}"
+    );
+    // A client that stops half-way through its request headers.
+    let mut partial = TcpStream::connect(proxy.addr()).await.unwrap();
+    partial
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), partial.read_to_end(&mut rest))
+        .await
+        .expect("regcache closed the stalled connection")
+        .ok();
+    assert!(started.elapsed() >= Duration::from_secs(1));
+}
