@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{self, Config, ConnectTo, HostPattern, NonRegistryPolicy, Timeouts};
+use crate::config::{self, CachePolicy, Config, ConnectTo, HostPattern, NonRegistryPolicy, TagTtlRule, Timeouts};
 
 /// regcache: a caching HTTPS proxy for container registries.
 #[derive(Debug, Parser)]
@@ -88,6 +88,26 @@ pub struct ServeArgs {
     #[arg(long, env = "REGCACHE_CONNECT_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = config::parse_duration)]
     pub connect_timeout: Duration,
 
+    /// How long a tag's digest is trusted before regcache revalidates it with an upstream HEAD
+    /// (free on Docker Hub, unlike a GET). 0 revalidates on every pull.
+    #[arg(long, env = "REGCACHE_TAG_TTL", value_name = "DURATION", default_value = "60s", value_parser = config::parse_duration)]
+    pub tag_ttl: Duration,
+
+    /// Per-registry/repository/tag override of --tag-ttl; the first matching rule wins.
+    /// Example: docker.io/library/*:latest=5m (registry names are canonical: docker.io for Hub).
+    #[arg(
+        long = "tag-ttl-rule",
+        env = "REGCACHE_TAG_TTL_RULE",
+        value_name = "REGISTRY/REPO_GLOB[:TAG_GLOB]=DURATION",
+        value_delimiter = ','
+    )]
+    pub tag_ttl_rules: Vec<TagTtlRule>,
+
+    /// Serve a cached tag this long after its last successful validation when upstream is
+    /// unreachable, times out, or answers 5xx or 429.
+    #[arg(long, env = "REGCACHE_MAX_STALE", value_name = "DURATION", default_value = "7d", value_parser = config::parse_duration)]
+    pub max_stale: Duration,
+
     /// Give up waiting for an upstream's response headers after this long: 504.
     #[arg(long, env = "REGCACHE_RESPONSE_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = config::parse_duration)]
     pub response_timeout: Duration,
@@ -145,6 +165,11 @@ impl ServeArgs {
                 client_idle: self.idle_timeout,
                 upstream_connect: self.connect_timeout,
                 upstream_response: self.response_timeout,
+            },
+            cache: CachePolicy {
+                tag_ttl: self.tag_ttl,
+                tag_ttl_rules: self.tag_ttl_rules,
+                max_stale: self.max_stale,
             },
         }
     }

@@ -46,6 +46,88 @@ pub struct Config {
     pub non_registry: NonRegistryPolicy,
     /// Timeouts applied on both sides of the proxy.
     pub timeouts: Timeouts,
+    /// How long tags stay fresh and how long stale content may be served.
+    pub cache: CachePolicy,
+}
+
+/// Freshness of tags: manifests and blobs by digest never change and need no policy.
+#[derive(Debug, Clone)]
+pub struct CachePolicy {
+    /// How long a tag → digest answer is used before an upstream `HEAD` revalidates it.
+    pub tag_ttl: Duration,
+    /// Overrides of `tag_ttl` by registry, repository glob and tag glob; the first match wins.
+    pub tag_ttl_rules: Vec<TagTtlRule>,
+    /// How long after its last successful validation a tag may still be served when upstream
+    /// fails (unreachable, timeout, 5xx, 429).
+    pub max_stale: Duration,
+}
+
+impl Default for CachePolicy {
+    fn default() -> Self {
+        Self {
+            tag_ttl: Duration::from_secs(60),
+            tag_ttl_rules: Vec::new(),
+            max_stale: Duration::from_secs(7 * 86_400),
+        }
+    }
+}
+
+impl CachePolicy {
+    /// The revalidation interval for one tag.
+    pub fn tag_ttl(&self, registry: &str, repository: &str, tag: &str) -> Duration {
+        self.tag_ttl_rules
+            .iter()
+            .find(|r| r.matches(registry, repository, tag))
+            .map_or(self.tag_ttl, |r| r.ttl)
+    }
+}
+
+/// `REGISTRY/REPO_GLOB[:TAG_GLOB]=DURATION`, e.g. `docker.io/library/*:latest=5m` or
+/// `ghcr.io/org/**=0`. `*` matches across `/` too. Registry names are canonical (`docker.io`
+/// for Docker Hub, `host:port` when the port is not 443).
+#[derive(Debug, Clone)]
+pub struct TagTtlRule {
+    registry: String,
+    repository: globset::GlobMatcher,
+    tag: Option<globset::GlobMatcher>,
+    /// The interval for matching tags.
+    pub ttl: Duration,
+}
+
+impl TagTtlRule {
+    fn matches(&self, registry: &str, repository: &str, tag: &str) -> bool {
+        self.registry == registry
+            && self.repository.is_match(repository)
+            && self.tag.as_ref().is_none_or(|t| t.is_match(tag))
+    }
+}
+
+impl FromStr for TagTtlRule {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let expected = "expected REGISTRY/REPO_GLOB[:TAG_GLOB]=DURATION, e.g. docker.io/library/*:latest=5m";
+        let (pattern, ttl) = s.rsplit_once('=').ok_or_else(|| format!("{s:?}: {expected}"))?;
+        let ttl = parse_duration(ttl)?;
+        let (registry, rest) = pattern.split_once('/').ok_or_else(|| format!("{s:?}: {expected}"))?;
+        let (repo, tag) = match rest.rsplit_once(':') {
+            Some((r, t)) => (r, Some(t)),
+            None => (rest, None),
+        };
+        let glob = |g: &str| {
+            globset::Glob::new(g)
+                .map(|g| g.compile_matcher())
+                .map_err(|e| format!("{s:?}: bad glob {g:?}: {e}"))
+        };
+        if registry.is_empty() || repo.is_empty() {
+            return Err(format!("{s:?}: {expected}"));
+        }
+        Ok(Self {
+            registry: registry.to_ascii_lowercase(),
+            repository: glob(repo)?,
+            tag: tag.map(glob).transpose()?,
+            ttl,
+        })
+    }
 }
 
 /// Timeouts; each bounds one wait so that no connection hangs forever.
@@ -237,22 +319,23 @@ impl FromStr for ConnectTo {
     }
 }
 
-/// Parses durations such as `500ms`, `30s`, `5m`, `1h` (a bare number means seconds).
+/// Parses durations such as `500ms`, `30s`, `5m`, `1h`, `7d` (a bare number means seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("{s:?}: expected a duration like 500ms, 30s, 5m or 1h"))?;
+        .map_err(|_| format!("{s:?}: expected a duration like 500ms, 30s, 5m, 1h or 7d"))?;
     let ms = match unit.trim() {
         "ms" => Some(n),
         "" | "s" => n.checked_mul(1000),
         "m" => n.checked_mul(60_000),
         "h" => n.checked_mul(3_600_000),
+        "d" => n.checked_mul(86_400_000),
         _ => None,
     }
-    .ok_or_else(|| format!("{s:?}: expected a duration like 500ms, 30s, 5m or 1h"))?;
+    .ok_or_else(|| format!("{s:?}: expected a duration like 500ms, 30s, 5m, 1h or 7d"))?;
     Ok(Duration::from_millis(ms))
 }
 
@@ -367,11 +450,42 @@ mod tests {
     }
 
     #[test]
+    fn tag_ttl_rules() {
+        let policy = CachePolicy {
+            tag_ttl: Duration::from_secs(60),
+            tag_ttl_rules: vec![
+                "docker.io/library/*:latest=5m".parse().unwrap(),
+                "ghcr.io/org/*=0".parse().unwrap(),
+                "reg.local:5000/ci/**:pr-*=1s".parse().unwrap(),
+            ],
+            max_stale: Duration::from_secs(1),
+        };
+        assert_eq!(
+            policy.tag_ttl("docker.io", "library/alpine", "latest"),
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            policy.tag_ttl("docker.io", "library/alpine", "3.20"),
+            Duration::from_secs(60)
+        );
+        assert_eq!(policy.tag_ttl("ghcr.io", "org/team/app", "v1"), Duration::ZERO);
+        assert_eq!(policy.tag_ttl("ghcr.io", "other/app", "v1"), Duration::from_secs(60));
+        assert_eq!(
+            policy.tag_ttl("reg.local:5000", "ci/a/b", "pr-12"),
+            Duration::from_secs(1)
+        );
+        assert!("docker.io=5m".parse::<TagTtlRule>().is_err());
+        assert!("docker.io/x=soon".parse::<TagTtlRule>().is_err());
+        assert!("docker.io/[=1s".parse::<TagTtlRule>().is_err());
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86_400));
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());
     }

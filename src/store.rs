@@ -1,0 +1,554 @@
+//! The on-disk cache: a cacache directory (`<data-dir>/cache`). The only module that knows
+//! cacache.
+//!
+//! - Blobs and manifest bytes live in cacache's content-addressed layout
+//!   (`content-v2/<algorithm>/<hex[0..2]>/<hex[2..4]>/<hex[4..]>`), so a digest is stored once
+//!   whatever registry or repository it came from.
+//! - Blobs are written by regcache itself to `tmp/`, hashed as they stream, and renamed into
+//!   place only when length and digest match. That way concurrent readers can follow a download
+//!   in progress, and nothing unverified is ever at a content path.
+//! - Manifest entries (`manifest/<registry>/<repo>@<digest>`, with the media type) and tag
+//!   entries (`tag/<registry>/<repo>:<tag>#<accept set>`, with the digest) are cacache index
+//!   entries, so two registries never share one.
+//!
+//! Hits are served from the content path with plain file reads: content was verified when
+//! written, and clients verify digests again.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+
+use crate::digest::{Algorithm, Digest, Hasher};
+
+/// Store failures. None of them fails a pull: callers fall back to passing through.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The filesystem refused (disk full, permissions, I/O error).
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The bytes written do not hash to the expected digest.
+    #[error("content does not match {expected}: got {actual}")]
+    DigestMismatch {
+        /// The digest asked for.
+        expected: Digest,
+        /// What the bytes hash to.
+        actual: Digest,
+    },
+    /// The number of bytes differs from what upstream announced.
+    #[error("expected {expected} bytes, got {actual}")]
+    SizeMismatch {
+        /// Announced length.
+        expected: u64,
+        /// Bytes received.
+        actual: u64,
+    },
+    /// A cacache index operation failed.
+    #[error("cache index: {0}")]
+    Index(String),
+}
+
+/// A blob present in the store.
+#[derive(Debug, Clone)]
+pub struct StoredBlob {
+    /// The content file.
+    pub path: PathBuf,
+    /// Its length.
+    pub len: u64,
+}
+
+/// A manifest present in the store, with its media type.
+#[derive(Debug, Clone)]
+pub struct StoredManifest {
+    /// The exact bytes (their digest is the key).
+    pub bytes: Bytes,
+    /// `Content-Type` to serve it with.
+    pub media_type: String,
+    /// Its digest.
+    pub digest: Digest,
+}
+
+/// What a tag resolved to the last time upstream was asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagRecord {
+    /// The manifest digest.
+    pub digest: String,
+    /// The manifest's media type.
+    pub media_type: String,
+    /// The manifest's length.
+    pub size: u64,
+    /// Unix milliseconds of the last successful validation with upstream.
+    pub validated_at_ms: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ManifestMeta {
+    media_type: String,
+}
+
+/// Writes shorter than this are gathered before touching the file: upstream frames are often
+/// 16 KiB, and every write is a blocking-pool hop.
+const WRITE_BATCH: usize = 256 * 1024;
+
+/// The cache directory.
+#[derive(Debug, Clone)]
+pub struct ContentStore {
+    root: PathBuf,
+}
+
+impl ContentStore {
+    /// A store rooted at `root` (created on first write).
+    pub fn new(root: PathBuf) -> Self {
+        Self { root }
+    }
+
+    /// The cache directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    /// Where cacache keeps content with this digest.
+    pub fn content_path(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.hex();
+        self.root
+            .join("content-v2")
+            .join(digest.algorithm().as_str())
+            .join(&hex[0..2])
+            .join(&hex[2..4])
+            .join(&hex[4..])
+    }
+
+    /// Removes leftovers of downloads interrupted by a crash or restart. Run before serving.
+    pub fn sweep_temporary_files(&self) -> usize {
+        let Ok(entries) = std::fs::read_dir(self.tmp_dir()) else {
+            return 0;
+        };
+        entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+            .filter(|e| std::fs::remove_file(e.path()).is_ok())
+            .count()
+    }
+
+    /// The blob with `digest`, if stored.
+    pub async fn blob(&self, digest: &Digest) -> Option<StoredBlob> {
+        let path = self.content_path(digest);
+        let meta = tokio::fs::metadata(&path).await.ok()?;
+        meta.is_file().then(|| StoredBlob { len: meta.len(), path })
+    }
+
+    /// Starts writing a blob that must turn out to be `digest` (and `expected_len`, if known).
+    ///
+    /// # Errors
+    /// If the temporary file cannot be created.
+    pub async fn blob_writer(&self, digest: &Digest, expected_len: Option<u64>) -> Result<BlobWriter, StoreError> {
+        let dir = self.tmp_dir();
+        tokio::fs::create_dir_all(&dir).await.map_err(|source| StoreError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let path = dir.join(format!(
+            "{}-{}.{:016x}.partial",
+            digest.algorithm().as_str(),
+            digest.hex(),
+            rand::random::<u64>()
+        ));
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .await
+            .map_err(|source| StoreError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(BlobWriter {
+            file,
+            path,
+            final_path: self.content_path(digest),
+            digest: digest.clone(),
+            hasher: digest.hasher(),
+            expected_len,
+            pending: BytesMut::with_capacity(WRITE_BATCH),
+            flushed: 0,
+        })
+    }
+
+    /// The manifest `digest` as cached for `registry`/`repository`, re-verified.
+    pub async fn manifest(&self, registry: &str, repository: &str, digest: &Digest) -> Option<StoredManifest> {
+        let key = manifest_key(registry, repository, digest);
+        let entry = cacache::index::find_async(&self.root, &key).await.ok()??;
+        let meta: ManifestMeta = serde_json::from_value(entry.metadata).ok()?;
+        let bytes = tokio::fs::read(self.content_path(digest)).await.ok()?;
+        // Manifests are small: verifying on every read costs microseconds.
+        if !digest.matches(&bytes) {
+            tracing::warn!(%digest, "cached manifest is corrupt; ignoring it");
+            return None;
+        }
+        Some(StoredManifest {
+            bytes: Bytes::from(bytes),
+            media_type: meta.media_type,
+            digest: digest.clone(),
+        })
+    }
+
+    /// Stores manifest bytes (which must hash to `digest`) for `registry`/`repository`.
+    ///
+    /// # Errors
+    /// On a digest mismatch or an I/O failure.
+    pub async fn put_manifest(
+        &self,
+        registry: &str,
+        repository: &str,
+        digest: &Digest,
+        media_type: &str,
+        bytes: &Bytes,
+    ) -> Result<(), StoreError> {
+        if !digest.matches(bytes) {
+            return Err(StoreError::DigestMismatch {
+                expected: digest.clone(),
+                actual: Digest::of(digest.algorithm(), bytes),
+            });
+        }
+        let sri = integrity(digest)?;
+        let written = cacache::WriteOpts::new()
+            .algorithm(cache_algorithm(digest.algorithm()))
+            .integrity(sri.clone())
+            .size(bytes.len())
+            .open_hash(&self.root)
+            .await
+            .map_err(index_err)?;
+        let mut writer = written;
+        writer.write_all(bytes).await.map_err(|source| StoreError::Io {
+            path: self.root.clone(),
+            source,
+        })?;
+        writer.commit().await.map_err(index_err)?;
+        let meta = serde_json::to_value(ManifestMeta {
+            media_type: media_type.to_string(),
+        })
+        .map_err(|e| StoreError::Index(e.to_string()))?;
+        cacache::index::insert_async(
+            &self.root,
+            &manifest_key(registry, repository, digest),
+            cacache::WriteOpts::new()
+                .integrity(sri)
+                .size(bytes.len())
+                .metadata(meta),
+        )
+        .await
+        .map_err(index_err)?;
+        Ok(())
+    }
+
+    /// The last known resolution of a tag for one `Accept` set.
+    pub async fn tag(&self, key: &str) -> Option<TagRecord> {
+        let entry = cacache::index::find_async(&self.root, key).await.ok()??;
+        serde_json::from_value(entry.metadata).ok()
+    }
+
+    /// Records a tag resolution.
+    ///
+    /// # Errors
+    /// On an I/O failure, or a record whose digest does not parse.
+    pub async fn put_tag(&self, key: &str, record: &TagRecord) -> Result<(), StoreError> {
+        let digest: Digest = record.digest.parse().map_err(StoreError::Index)?;
+        let meta = serde_json::to_value(record).map_err(|e| StoreError::Index(e.to_string()))?;
+        cacache::index::insert_async(
+            &self.root,
+            key,
+            cacache::WriteOpts::new()
+                .integrity(integrity(&digest)?)
+                .size(record.size as usize)
+                .metadata(meta),
+        )
+        .await
+        .map_err(index_err)?;
+        Ok(())
+    }
+}
+
+/// Index key of a manifest entry.
+pub fn manifest_key(registry: &str, repository: &str, digest: &Digest) -> String {
+    format!("manifest/{registry}/{repository}@{digest}")
+}
+
+/// Index key of a tag entry.
+pub fn tag_key(registry: &str, repository: &str, tag: &str, accept_key: &str) -> String {
+    format!("tag/{registry}/{repository}:{tag}#{accept_key}")
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn integrity(digest: &Digest) -> Result<cacache::Integrity, StoreError> {
+    Ok(cacache::Integrity::from_hex(digest.hex(), cache_algorithm(digest.algorithm())).map_err(index_err)?)
+}
+
+fn cache_algorithm(a: Algorithm) -> cacache::Algorithm {
+    match a {
+        Algorithm::Sha256 => cacache::Algorithm::Sha256,
+        Algorithm::Sha512 => cacache::Algorithm::Sha512,
+    }
+}
+
+fn index_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Index(e.to_string())
+}
+
+/// A blob being written: hashed as it streams, renamed into the content store on success.
+pub struct BlobWriter {
+    file: tokio::fs::File,
+    path: PathBuf,
+    final_path: PathBuf,
+    digest: Digest,
+    hasher: Hasher,
+    expected_len: Option<u64>,
+    pending: BytesMut,
+    flushed: u64,
+}
+
+impl BlobWriter {
+    /// The temporary file, which readers of a download in progress follow.
+    pub fn temp_path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Where the blob will live once committed.
+    pub fn final_path(&self) -> &Path {
+        &self.final_path
+    }
+
+    /// Bytes durably handed to the file so far (what readers may read).
+    pub fn flushed(&self) -> u64 {
+        self.flushed
+    }
+
+    /// Appends a chunk; returns whether bytes were flushed to the file (so readers can advance).
+    ///
+    /// # Errors
+    /// On an I/O failure.
+    pub async fn write(&mut self, chunk: &[u8]) -> Result<bool, StoreError> {
+        self.hasher.update(chunk);
+        if self.pending.is_empty() && chunk.len() >= WRITE_BATCH {
+            self.write_out(chunk).await?;
+            return Ok(true);
+        }
+        self.pending.extend_from_slice(chunk);
+        if self.pending.len() >= WRITE_BATCH {
+            self.flush().await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Writes out whatever is gathered.
+    ///
+    /// # Errors
+    /// On an I/O failure.
+    pub async fn flush(&mut self) -> Result<(), StoreError> {
+        if !self.pending.is_empty() {
+            let buf = self.pending.split().freeze();
+            self.write_out(&buf).await?;
+        }
+        Ok(())
+    }
+
+    async fn write_out(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        self.file.write_all(bytes).await.map_err(|source| StoreError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        // tokio's File buffers internally; flush so readers of the path see the bytes.
+        self.file.flush().await.map_err(|source| StoreError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        self.flushed += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Verifies length and digest, then moves the blob into the content store.
+    ///
+    /// # Errors
+    /// On a mismatch (the temporary file is removed) or an I/O failure.
+    pub async fn commit(mut self) -> Result<StoredBlob, StoreError> {
+        let result = self.finish().await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&self.path).await;
+        }
+        result
+    }
+
+    async fn finish(&mut self) -> Result<StoredBlob, StoreError> {
+        self.flush().await?;
+        self.file.sync_all().await.map_err(|source| StoreError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        if let Some(expected) = self.expected_len
+            && expected != self.flushed
+        {
+            return Err(StoreError::SizeMismatch {
+                expected,
+                actual: self.flushed,
+            });
+        }
+        let hasher = std::mem::replace(&mut self.hasher, Hasher::new(self.digest.algorithm()));
+        let actual = hasher.finish();
+        if actual != self.digest {
+            return Err(StoreError::DigestMismatch {
+                expected: self.digest.clone(),
+                actual,
+            });
+        }
+        if let Some(parent) = self.final_path.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|source| StoreError::Io {
+                    path: parent.to_path_buf(),
+                    source,
+                })?;
+        }
+        tokio::fs::rename(&self.path, &self.final_path)
+            .await
+            .map_err(|source| StoreError::Io {
+                path: self.final_path.clone(),
+                source,
+            })?;
+        Ok(StoredBlob {
+            path: self.final_path.clone(),
+            len: self.flushed,
+        })
+    }
+
+    /// Abandons the blob and removes the temporary file.
+    pub async fn discard(self) {
+        let _ = tokio::fs::remove_file(&self.path).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn committed_blobs_are_where_cacache_expects_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ContentStore::new(dir.path().join("cache"));
+        let data = vec![7u8; 700 * 1024];
+        let digest = Digest::of(Algorithm::Sha256, &data);
+        let mut w = store.blob_writer(&digest, Some(data.len() as u64)).await.unwrap();
+        for chunk in data.chunks(10_000) {
+            w.write(chunk).await.unwrap();
+        }
+        let stored = w.commit().await.unwrap();
+        assert_eq!(stored.len, data.len() as u64);
+        let sri = integrity(&digest).unwrap();
+        assert!(
+            cacache::exists(store.root(), &sri).await,
+            "cacache sees the blob at our content path"
+        );
+        assert_eq!(
+            cacache::read_hash(store.root(), &sri).await.unwrap(),
+            data,
+            "and its integrity check passes"
+        );
+        assert_eq!(store.blob(&digest).await.unwrap().len, data.len() as u64);
+
+        let d512 = Digest::of(Algorithm::Sha512, b"sha512 content");
+        let mut w = store.blob_writer(&d512, None).await.unwrap();
+        w.write(b"sha512 content").await.unwrap();
+        w.commit().await.unwrap();
+        assert!(cacache::exists(store.root(), &integrity(&d512).unwrap()).await);
+    }
+
+    #[tokio::test]
+    async fn wrong_bytes_or_length_never_reach_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ContentStore::new(dir.path().join("cache"));
+        let digest = Digest::of(Algorithm::Sha256, b"right");
+        let mut w = store.blob_writer(&digest, Some(5)).await.unwrap();
+        w.write(b"wrong").await.unwrap();
+        let tmp = w.temp_path().to_path_buf();
+        assert!(matches!(w.commit().await, Err(StoreError::DigestMismatch { .. })));
+        assert!(!tmp.exists(), "temporary file removed");
+        assert!(store.blob(&digest).await.is_none());
+
+        let mut w = store.blob_writer(&digest, Some(6)).await.unwrap();
+        w.write(b"right").await.unwrap();
+        assert!(matches!(
+            w.commit().await,
+            Err(StoreError::SizeMismatch { expected: 6, actual: 5 })
+        ));
+        assert!(store.blob(&digest).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn manifests_and_tags_are_keyed_per_registry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ContentStore::new(dir.path().join("cache"));
+        let body = Bytes::from_static(br#"{"schemaVersion":2}"#);
+        let digest = Digest::of(Algorithm::Sha256, &body);
+        store
+            .put_manifest(
+                "ghcr.io",
+                "org/app",
+                &digest,
+                "application/vnd.oci.image.manifest.v1+json",
+                &body,
+            )
+            .await
+            .unwrap();
+        let m = store.manifest("ghcr.io", "org/app", &digest).await.unwrap();
+        assert_eq!(m.bytes, body);
+        assert_eq!(m.media_type, "application/vnd.oci.image.manifest.v1+json");
+        assert!(store.manifest("quay.io", "org/app", &digest).await.is_none());
+        let other = Digest::of(Algorithm::Sha256, b"x");
+        assert!(
+            store
+                .put_manifest("ghcr.io", "org/app", &other, "t", &body)
+                .await
+                .is_err()
+        );
+
+        let key = tag_key("ghcr.io", "org/app", "v1", "a,b");
+        let rec = TagRecord {
+            digest: digest.to_string(),
+            media_type: "t".into(),
+            size: 19,
+            validated_at_ms: 5,
+        };
+        store.put_tag(&key, &rec).await.unwrap();
+        assert_eq!(store.tag(&key).await.unwrap(), rec);
+        assert!(store.tag(&tag_key("quay.io", "org/app", "v1", "a,b")).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn interrupted_downloads_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ContentStore::new(dir.path().join("cache"));
+        let digest = Digest::of(Algorithm::Sha256, b"abc");
+        let mut w = store.blob_writer(&digest, None).await.unwrap();
+        w.write(b"ab").await.unwrap();
+        w.flush().await.unwrap();
+        std::mem::forget(w);
+        assert_eq!(store.sweep_temporary_files(), 1);
+    }
+}
