@@ -8,6 +8,8 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use crate::admin::LocalEndpoints;
+use crate::cache::RegistryCache;
+use crate::store::ContentStore;
 use crate::ca::CertificateAuthority;
 use crate::config::Config;
 use crate::gateway::Gateway;
@@ -72,6 +74,17 @@ impl App {
             source,
         })?;
         let upstream = UpstreamClient::new(&config)?;
+        let store = ContentStore::new(config.data_dir.join("cache"));
+        let swept = store.sweep_temporary_files();
+        if swept > 0 {
+            tracing::info!(files = swept, "removed partial downloads left by an earlier run");
+        }
+        let cache = Arc::new(RegistryCache::new(
+            store,
+            upstream.clone(),
+            config.cache.clone(),
+            config.timeouts.upstream_response,
+        ));
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| StartError::Bind {
@@ -84,7 +97,7 @@ impl App {
         })?;
         let shared = Arc::new(Shared {
             leaf_certs: LeafCertCache::new(ca.clone()),
-            gateway: Gateway::new(upstream.clone()),
+            gateway: Gateway::new(upstream.clone(), cache),
             upstream,
             local: LocalEndpoints::new(ca.cert_pem().to_string()),
             listen_addr,

@@ -7,7 +7,7 @@ use http::{Response, StatusCode};
 use crate::body::{self, Body};
 
 /// Why a proxied request could not be answered by upstream.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ProxyError {
     /// The client sent something malformed: 400.
     #[error("bad request: {0}")]

@@ -196,7 +196,8 @@ async fn absolute_form(req: Request<Incoming>, client: SocketAddr, shared: Arc<S
     if is_self(&host, shared.listen_addr) {
         return local(&req, client, &shared);
     }
-    if !shared.config.is_registry(&host) && shared.config.non_registry == NonRegistryPolicy::Deny {
+    let registry = shared.config.is_registry(&host);
+    if !registry && shared.config.non_registry == NonRegistryPolicy::Deny {
         return refuse(
             record,
             Outcome::Deny,
@@ -206,7 +207,7 @@ async fn absolute_form(req: Request<Incoming>, client: SocketAddr, shared: Arc<S
         );
     }
     let origin = Origin { tls, host };
-    shared.gateway.handle(client, &origin, req.map(body::boxed)).await
+    shared.gateway.handle(client, &origin, registry, req.map(body::boxed)).await
 }
 
 /// Whether `target` names the proxy's own listener (a request loop).

@@ -65,7 +65,7 @@ pub async fn serve(
         counter.fetch_add(1, Ordering::Relaxed);
         let gateway = gateway.clone();
         let origin = origin_for_service.clone();
-        async move { Ok::<_, Infallible>(gateway.handle(client, &origin, req.map(body::boxed)).await) }
+        async move { Ok::<_, Infallible>(gateway.handle(client, &origin, true, req.map(body::boxed)).await) }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder

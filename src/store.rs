@@ -325,6 +325,12 @@ pub struct BlobWriter {
 }
 
 impl BlobWriter {
+    /// Sets the length upstream announced, checked at commit.
+    pub fn expect_len(mut self, len: Option<u64>) -> Self {
+        self.expected_len = len;
+        self
+    }
+
     /// The temporary file, which readers of a download in progress follow.
     pub fn temp_path(&self) -> &Path {
         &self.path

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{Request, Response, Uri};
+use http::header::{self, HeaderMap};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -21,7 +22,8 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use tokio::net::TcpStream;
 
-use crate::body::Body;
+use crate::body::{self, Body};
+use crate::headers::strip_hop_by_hop;
 use crate::config::{Config, ConnectTo, HostPort, Timeouts};
 use crate::error::{ProxyError, chain_line};
 
@@ -149,6 +151,70 @@ impl UpstreamClient {
         }
     }
 
+    /// Forwards a client's request to `origin` unchanged but for hop-by-hop headers, and
+    /// streams the answer back (bodies flow both ways without buffering).
+    ///
+    /// # Errors
+    /// As for [`Self::send`], or a request whose URI cannot be rebuilt.
+    pub async fn forward(&self, origin: &Origin, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
+        let (mut parts, body) = req.into_parts();
+        let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        parts.uri = format!("{}{}", origin.base_url(), path)
+            .parse()
+            .map_err(|e| ProxyError::BadRequest(format!("cannot build upstream URI: {e}")))?;
+        // The client picks h1 or h2 by ALPN per connection; the inner request's version is moot.
+        parts.version = Version::HTTP_11;
+        strip_hop_by_hop(&mut parts.headers);
+        // Host (h1) or :authority (h2) come from the URI: the name the client asked for.
+        parts.headers.remove(header::HOST);
+        let res = self.send(Request::from_parts(parts, body)).await?;
+        let (mut parts, body) = res.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(parts, body::boxed(body)))
+    }
+
+    /// Sends a body-less request and follows redirects (301/302/303/307/308, at most
+    /// [`MAX_REDIRECTS`]), as blob downloads need: registries send clients to a CDN or a signed
+    /// storage URL. `Authorization` is dropped as soon as the scheme or host changes, so
+    /// credentials never reach a host they were not meant for.
+    ///
+    /// # Errors
+    /// As for [`Self::send`]; too many redirects or a bad `Location` is
+    /// [`ProxyError::Upstream`].
+    pub async fn send_following_redirects(
+        &self,
+        method: Method,
+        url: Uri,
+        mut headers: HeaderMap,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let mut method = method;
+        let mut url = url;
+        for _ in 0..=MAX_REDIRECTS {
+            let mut req = Request::new(body::empty());
+            *req.method_mut() = method.clone();
+            *req.uri_mut() = url.clone();
+            *req.headers_mut() = headers.clone();
+            let res = self.send(req).await?;
+            let status = res.status();
+            let is_redirect = matches!(status.as_u16(), 301 | 302 | 303 | 307 | 308);
+            let location = res.headers().get(header::LOCATION).and_then(|l| l.to_str().ok());
+            let (true, Some(location)) = (is_redirect, location) else { return Ok(res) };
+            let next = resolve_location(&url, location).ok_or_else(|| ProxyError::Upstream {
+                target: target_of(&url),
+                reason: format!("redirect to an unusable Location {location:?}"),
+            })?;
+            if next.scheme() != url.scheme() || next.authority() != url.authority() {
+                headers.remove(header::AUTHORIZATION);
+            }
+            if status == StatusCode::SEE_OTHER && method != Method::HEAD {
+                method = Method::GET;
+            }
+            tracing::debug!(from = %target_of(&url), to = %target_of(&next), status = status.as_u16(), "following redirect");
+            url = next;
+        }
+        Err(ProxyError::Upstream { target: target_of(&url), reason: format!("more than {MAX_REDIRECTS} redirects") })
+    }
+
     /// Opens a raw TCP connection for a tunnel, honouring `--connect-to` and the connect timeout.
     ///
     /// # Errors
@@ -178,6 +244,31 @@ impl UpstreamClient {
             }
         }
     }
+}
+
+/// Redirects followed for one blob before giving up.
+pub const MAX_REDIRECTS: usize = 5;
+
+/// Resolves a `Location` against the URL it came from (RFC 9110 §10.2.2: it may be relative).
+fn resolve_location(base: &Uri, location: &str) -> Option<Uri> {
+    let location = location.trim();
+    if let Ok(abs) = location.parse::<Uri>()
+        && abs.scheme().is_some()
+        && abs.authority().is_some()
+    {
+        return matches!(abs.scheme_str(), Some("http" | "https")).then_some(abs);
+    }
+    let scheme = base.scheme_str()?;
+    let authority = base.authority()?.as_str();
+    let joined = if let Some(rest) = location.strip_prefix("//") {
+        format!("{scheme}://{rest}")
+    } else if location.starts_with('/') {
+        format!("{scheme}://{authority}{location}")
+    } else {
+        let dir = base.path().rsplit_once('/').map_or("", |(d, _)| d);
+        format!("{scheme}://{authority}{dir}/{location}")
+    };
+    joined.parse().ok()
 }
 
 fn target_of(uri: &Uri) -> String {
@@ -226,6 +317,22 @@ fn strip_client_prefix(reason: &str) -> String {
         .strip_prefix("client error (Connect): ")
         .unwrap_or(reason)
         .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_resolve_like_a_browser() {
+        let base: Uri = "https://ghcr.io/v2/org/app/blobs/sha256:aa".parse().unwrap();
+        let r = |l: &str| resolve_location(&base, l).map(|u| u.to_string());
+        assert_eq!(r("https://cdn.example/x?sig=1").unwrap(), "https://cdn.example/x?sig=1");
+        assert_eq!(r("//cdn.example/x").unwrap(), "https://cdn.example/x");
+        assert_eq!(r("/blobs/x?y=1").unwrap(), "https://ghcr.io/blobs/x?y=1");
+        assert_eq!(r("other").unwrap(), "https://ghcr.io/v2/org/app/blobs/other");
+        assert!(r("ftp://x/y").is_none());
+    }
 }
 
 fn load_bundle(path: &Path) -> Result<Vec<CertificateDer<'static>>, UpstreamSetupError> {

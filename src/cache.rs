@@ -1,0 +1,825 @@
+//! The registry cache: what to serve from the store, when to ask upstream, and how.
+//!
+//! - Blobs and manifests by digest are immutable: a stored copy is served without contacting
+//!   upstream. A blob miss becomes one shared [`downloads`](crate::downloads) transfer.
+//! - Tags resolve through the tag index, keyed by registry, repository, tag and the client's
+//!   `Accept` set. A stale entry is revalidated with an upstream `HEAD` (Docker Hub counts
+//!   manifest GETs as pulls, HEADs are free), one per tag however many clients ask at once.
+//! - When upstream is unreachable, times out, or answers 5xx/429, cached tags are served stale
+//!   (`Warning: 110`) up to `max_stale`, and `/v2/` is answered locally.
+//! - A store that cannot be written never fails a pull: the response is passed through.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::access_log::Outcome;
+use crate::body::{self, Body};
+use crate::config::CachePolicy;
+use crate::digest::{Algorithm, Digest};
+use crate::downloads::{DownloadState, Downloads, Joined, READ_CHUNK};
+use crate::error::ProxyError;
+use crate::headers::{self, DOCKER_API_VERSION, DOCKER_CONTENT_DIGEST, X_CACHE};
+use crate::range::{self, ByteRange};
+use crate::registry::{self, AcceptSet, Reference, RegistryRequest};
+use crate::single_flight::SingleFlight;
+use crate::store::{self, ContentStore, TagRecord};
+use crate::upstream::{Origin, UpstreamClient};
+
+/// Manifests are buffered to be verified; the distribution registry refuses larger ones.
+const MAX_MANIFEST: usize = 4 * 1024 * 1024;
+/// After a store write fails, skip caching for this long instead of failing every request.
+const STORE_BACKOFF_MS: u64 = 30_000;
+/// A tag's validation time is written to disk at most this often when its digest is unchanged.
+const TAG_PERSIST_EVERY_MS: u64 = 10 * 60 * 1000;
+
+/// A response and what the cache did to produce it.
+pub type Served = (Response<Body>, Outcome);
+
+/// An upstream answer small enough to share between coalesced requests.
+#[derive(Debug, Clone)]
+struct Fetched {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// Result of asking upstream about a tag with `HEAD`.
+#[derive(Debug, Clone)]
+enum Revalidation {
+    /// 200 with a digest.
+    Current(TagRecord),
+    /// 200 without `Docker-Content-Digest`: only a GET can tell.
+    NoDigest,
+    /// Upstream is in trouble (unreachable, timeout, 5xx, 429): stale content may be served.
+    Unavailable { reason: String, head: Option<(StatusCode, HeaderMap)> },
+    /// Upstream answered, but not with the manifest (401, 403, 404, …): the client must see it.
+    Refused(StatusCode, HeaderMap),
+}
+
+/// Memory of a tag: the record, and when it was last written to disk.
+#[derive(Debug, Clone)]
+struct TagMemo {
+    record: TagRecord,
+    persisted_ms: u64,
+}
+
+/// The caching layer between intercepted registry requests and upstream.
+pub struct RegistryCache {
+    store: ContentStore,
+    downloads: Downloads,
+    upstream: UpstreamClient,
+    policy: CachePolicy,
+    body_idle: Duration,
+    tags: moka::sync::Cache<String, TagMemo>,
+    manifest_fetches: SingleFlight<String, Result<Fetched, ProxyError>>,
+    revalidations: SingleFlight<String, Revalidation>,
+    store_broken_until_ms: AtomicU64,
+    store_failures: AtomicU64,
+}
+
+/// Everything about one registry request that the handlers need.
+struct Ctx<'a> {
+    origin: &'a Origin,
+    registry: String,
+    repository: String,
+    head: bool,
+    headers: &'a HeaderMap,
+    url: Uri,
+}
+
+impl RegistryCache {
+    /// A cache over `store`, asking `upstream` on misses.
+    pub fn new(store: ContentStore, upstream: UpstreamClient, policy: CachePolicy, body_idle: Duration) -> Self {
+        Self {
+            store,
+            downloads: Downloads::default(),
+            upstream,
+            policy,
+            body_idle,
+            tags: moka::sync::Cache::new(100_000),
+            manifest_fetches: SingleFlight::default(),
+            revalidations: SingleFlight::default(),
+            store_broken_until_ms: AtomicU64::new(0),
+            store_failures: AtomicU64::new(0),
+        }
+    }
+
+    /// Store writes that failed since start (each made a response pass through uncached).
+    pub fn store_failures(&self) -> u64 {
+        self.store_failures.load(Ordering::Relaxed)
+    }
+
+    /// Blob downloads in progress.
+    pub fn downloads_in_flight(&self) -> usize {
+        self.downloads.in_flight()
+    }
+
+    /// Serves one request for a registry host.
+    pub async fn handle(&self, origin: &Origin, req: Request<Body>) -> Served {
+        let class = registry::classify(req.method(), req.uri().path());
+        let (name, class) = match class {
+            RegistryRequest::Manifest { name, reference } => (name, Some(Class::Manifest(reference))),
+            RegistryRequest::Blob { name, digest } => (name, Some(Class::Blob(digest))),
+            RegistryRequest::Ping => (String::new(), Some(Class::Ping)),
+            _ => (String::new(), None),
+        };
+        let Some(class) = class else { return self.bypass(origin, req).await };
+        let registry = registry::canonical_registry(&origin.host);
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let url: Uri = match format!("{}{}", origin.base_url(), path).parse() {
+            Ok(u) => u,
+            Err(e) => return error(ProxyError::BadRequest(format!("cannot build upstream URI: {e}"))),
+        };
+        let ctx = Ctx {
+            origin,
+            repository: registry::canonical_repository(&registry, &name),
+            registry,
+            head: req.method() == Method::HEAD,
+            headers: req.headers(),
+            url,
+        };
+        match class {
+            Class::Ping => self.ping(&ctx).await,
+            Class::Blob(digest) => self.blob(&ctx, &digest).await,
+            Class::Manifest(Reference::Digest(digest)) => self.manifest_by_digest(&ctx, &digest).await,
+            Class::Manifest(Reference::Tag(tag)) => self.manifest_by_tag(&ctx, &tag).await,
+        }
+    }
+
+    /// Anything not cached (token endpoints, uploads, tag lists, …) goes upstream untouched.
+    async fn bypass(&self, origin: &Origin, req: Request<Body>) -> Served {
+        match self.upstream.forward(origin, req).await {
+            Ok(mut res) => {
+                res.headers_mut().insert(X_CACHE, HeaderValue::from_static("BYPASS"));
+                (res, Outcome::Bypass)
+            }
+            Err(e) => error(e),
+        }
+    }
+
+    // ---- /v2/ ----
+
+    /// Forwards the ping (clients learn how to authenticate from it); answers it locally when
+    /// upstream is down, so cached images stay pullable.
+    async fn ping(&self, ctx: &Ctx<'_>) -> Served {
+        let method = if ctx.head { Method::HEAD } else { Method::GET };
+        match self.upstream.send_following_redirects(method, ctx.url.clone(), headers::for_upstream(ctx.headers)).await {
+            Ok(res) if !upstream_unavailable(res.status()) => (passthrough(res, "BYPASS"), Outcome::Bypass),
+            Ok(res) => {
+                tracing::warn!(registry = %ctx.registry, status = res.status().as_u16(), "registry unavailable; answering /v2/ locally");
+                (local_ping(ctx.head), Outcome::Stale)
+            }
+            Err(e) => {
+                tracing::warn!(registry = %ctx.registry, error = %e, "registry unreachable; answering /v2/ locally");
+                (local_ping(ctx.head), Outcome::Stale)
+            }
+        }
+    }
+
+    // ---- blobs ----
+
+    async fn blob(&self, ctx: &Ctx<'_>, digest: &Digest) -> Served {
+        if let Some(stored) = self.store.blob(digest).await {
+            return (blob_from_file(ctx, digest, stored.path, stored.len).await, Outcome::Hit);
+        }
+        if let Some(dl) = self.downloads.get(digest) {
+            let state = dl.started().await;
+            if let Some(res) = blob_from_download(ctx, digest, &dl, state) {
+                return (res, Outcome::Miss);
+            }
+        }
+        if ctx.head {
+            // A HEAD stays a HEAD upstream: it tells the client the size without a transfer.
+            return match self
+                .upstream
+                .send_following_redirects(Method::HEAD, ctx.url.clone(), headers::for_upstream(ctx.headers))
+                .await
+            {
+                Ok(res) => (passthrough(res, "MISS"), Outcome::Miss),
+                Err(e) => error(e),
+            };
+        }
+        if !self.store_usable() {
+            return self.blob_passthrough(ctx).await;
+        }
+        match self.downloads.join_or_start(digest, self.store.content_path(digest)) {
+            Joined::Existing(dl) => {
+                let state = dl.started().await;
+                match blob_from_download(ctx, digest, &dl, state) {
+                    Some(res) => (res, Outcome::Miss),
+                    None => self.blob_passthrough(ctx).await,
+                }
+            }
+            Joined::New(dl, handle) => {
+                // It may have been committed between the store check and registering.
+                if let Some(stored) = self.store.blob(digest).await {
+                    handle.abandon();
+                    return (blob_from_file(ctx, digest, stored.path, stored.len).await, Outcome::Hit);
+                }
+                let writer = match self.store.blob_writer(digest, None).await {
+                    Ok(w) => w,
+                    Err(e) => {
+                        self.store_failed(&e);
+                        handle.abandon();
+                        return self.blob_passthrough(ctx).await;
+                    }
+                };
+                let res = match self
+                    .upstream
+                    .send_following_redirects(Method::GET, ctx.url.clone(), headers::for_upstream(ctx.headers))
+                    .await
+                {
+                    Ok(res) => res,
+                    Err(e) => {
+                        writer.discard().await;
+                        handle.abandon();
+                        return error(e);
+                    }
+                };
+                if res.status() != StatusCode::OK {
+                    writer.discard().await;
+                    handle.abandon();
+                    return (passthrough(res, "MISS"), Outcome::Miss);
+                }
+                let total = content_length(res.headers());
+                let writer = writer.expect_len(total);
+                handle.running(writer.temp_path().to_path_buf(), total);
+                let state = dl.state();
+                tokio::spawn(run_download(handle, writer, res.into_body(), self.body_idle, digest.clone()));
+                match blob_from_download(ctx, digest, &dl, state) {
+                    Some(res) => (res, Outcome::Miss),
+                    None => error(ProxyError::Upstream { target: ctx.origin.host.to_string(), reason: "blob download failed".into() }),
+                }
+            }
+        }
+    }
+
+    /// Fetches a blob for this client alone and streams it through, uncached.
+    async fn blob_passthrough(&self, ctx: &Ctx<'_>) -> Served {
+        match self
+            .upstream
+            .send_following_redirects(Method::GET, ctx.url.clone(), headers::for_upstream(ctx.headers))
+            .await
+        {
+            Ok(res) => (passthrough(res, "BYPASS"), Outcome::Bypass),
+            Err(e) => error(e),
+        }
+    }
+
+    // ---- manifests ----
+
+    async fn manifest_by_digest(&self, ctx: &Ctx<'_>, digest: &Digest) -> Served {
+        let accept = AcceptSet::from_headers(ctx.headers);
+        if let Some(m) = self.store.manifest(&ctx.registry, &ctx.repository, digest).await
+            && accept.allows(&m.media_type)
+        {
+            return (manifest_response(ctx.head, &m.bytes, &m.media_type, digest, "HIT", false), Outcome::Hit);
+        }
+        if ctx.head {
+            return self.head_passthrough(ctx).await;
+        }
+        let fetched = match self.fetch_manifest(ctx).await {
+            Ok(f) => f,
+            Err(e) => return error(e),
+        };
+        if fetched.status != StatusCode::OK {
+            return (fetched_response(&fetched, "MISS"), Outcome::Miss);
+        }
+        if !digest.matches(&fetched.body) {
+            return error(ProxyError::Upstream {
+                target: ctx.origin.host.to_string(),
+                reason: format!("manifest does not match its digest {digest}"),
+            });
+        }
+        let media_type = content_type(&fetched.headers);
+        self.store_manifest(ctx, digest, &media_type, &fetched.body).await;
+        (manifest_response(false, &fetched.body, &media_type, digest, "MISS", false), Outcome::Miss)
+    }
+
+    async fn manifest_by_tag(&self, ctx: &Ctx<'_>, tag: &str) -> Served {
+        let accept = AcceptSet::from_headers(ctx.headers);
+        let key = store::tag_key(&ctx.registry, &ctx.repository, tag, &accept.key());
+        let ttl = self.policy.tag_ttl(&ctx.registry, &ctx.repository, tag);
+        let now = store::now_ms();
+        let Some(memo) = self.tag_memo(&key).await else {
+            return self.tag_miss(ctx, &key, &accept).await;
+        };
+        let age = now.saturating_sub(memo.record.validated_at_ms);
+        if !ttl.is_zero() && age < ttl.as_millis() as u64 {
+            return self.serve_tag(ctx, &key, &accept, &memo.record, "HIT", false).await;
+        }
+
+        let auth = auth_fingerprint(ctx.headers);
+        let head_url = ctx.url.clone();
+        let head_headers = headers::for_upstream(ctx.headers);
+        let upstream = self.upstream.clone();
+        let result = self
+            .revalidations
+            .run(format!("{key}|{auth}"), move || revalidate(upstream, head_url, head_headers))
+            .await
+            .unwrap_or(Revalidation::Unavailable { reason: "revalidation task panicked".into(), head: None });
+
+        match result {
+            Revalidation::Current(fresh) if fresh.digest == memo.record.digest => {
+                self.remember_tag(&key, fresh.clone(), Some(&memo)).await;
+                self.serve_tag(ctx, &key, &accept, &fresh, "REVALIDATED", false).await
+            }
+            Revalidation::Current(fresh) => {
+                tracing::info!(registry = %ctx.registry, repository = %ctx.repository, tag, old = %memo.record.digest, new = %fresh.digest, "tag moved upstream");
+                self.remember_tag(&key, fresh.clone(), None).await;
+                self.serve_tag(ctx, &key, &accept, &fresh, "REVALIDATED", false).await
+            }
+            Revalidation::NoDigest => self.tag_miss(ctx, &key, &accept).await,
+            Revalidation::Unavailable { reason, head } => {
+                let max_stale = self.policy.max_stale.as_millis() as u64;
+                if age <= max_stale.saturating_add(ttl.as_millis() as u64) {
+                    tracing::warn!(registry = %ctx.registry, repository = %ctx.repository, tag, reason, "upstream unavailable; serving stale tag");
+                    return self.serve_tag(ctx, &key, &accept, &memo.record, "STALE", true).await;
+                }
+                tracing::warn!(registry = %ctx.registry, repository = %ctx.repository, tag, reason, "upstream unavailable and cached tag is older than --max-stale");
+                match head {
+                    // Give the client upstream's own error, via its own request.
+                    Some(_) if !ctx.head => self.get_passthrough(ctx).await,
+                    Some((status, headers)) => (head_only(status, &headers, "MISS"), Outcome::Miss),
+                    None => error(ProxyError::Upstream { target: ctx.origin.host.to_string(), reason }),
+                }
+            }
+            Revalidation::Refused(status, headers) => {
+                if ctx.head {
+                    (head_only(status, &headers, "MISS"), Outcome::Miss)
+                } else {
+                    self.get_passthrough(ctx).await
+                }
+            }
+        }
+    }
+
+    /// A tag with no usable entry: ask upstream (HEAD for HEAD, GET for GET) and remember.
+    async fn tag_miss(&self, ctx: &Ctx<'_>, key: &str, accept: &AcceptSet) -> Served {
+        if ctx.head {
+            let res = match self
+                .upstream
+                .send_following_redirects(Method::HEAD, ctx.url.clone(), headers::for_upstream(ctx.headers))
+                .await
+            {
+                Ok(res) => res,
+                Err(e) => return error(e),
+            };
+            if res.status() == StatusCode::OK
+                && let Some(record) = record_from_head(res.headers())
+                && accept.allows(&record.media_type)
+            {
+                self.remember_tag(key, record, None).await;
+            }
+            return (passthrough(res, "MISS"), Outcome::Miss);
+        }
+        let fetched = match self.fetch_manifest(ctx).await {
+            Ok(f) => f,
+            Err(e) => return error(e),
+        };
+        if fetched.status != StatusCode::OK {
+            return (fetched_response(&fetched, "MISS"), Outcome::Miss);
+        }
+        let media_type = content_type(&fetched.headers);
+        let announced = fetched.headers.get(DOCKER_CONTENT_DIGEST).and_then(|v| v.to_str().ok()).and_then(|s| s.parse::<Digest>().ok());
+        let algorithm = announced.as_ref().map_or(Algorithm::Sha256, Digest::algorithm);
+        let digest = Digest::of(algorithm, &fetched.body);
+        if announced.as_ref().is_some_and(|a| *a != digest) {
+            tracing::warn!(registry = %ctx.registry, repository = %ctx.repository, "manifest body does not match Docker-Content-Digest; not caching");
+            return (fetched_response(&fetched, "MISS"), Outcome::Miss);
+        }
+        if accept.allows(&media_type) {
+            self.store_manifest(ctx, &digest, &media_type, &fetched.body).await;
+            let record = TagRecord {
+                digest: digest.to_string(),
+                media_type: media_type.clone(),
+                size: fetched.body.len() as u64,
+                validated_at_ms: store::now_ms(),
+            };
+            self.remember_tag(key, record, None).await;
+        }
+        (manifest_response(false, &fetched.body, &media_type, &digest, "MISS", false), Outcome::Miss)
+    }
+
+    /// Serves a tag from its record: HEAD from the record alone, GET with the stored manifest
+    /// (fetched if only the record is known, e.g. after a HEAD-only client).
+    async fn serve_tag(
+        &self,
+        ctx: &Ctx<'_>,
+        key: &str,
+        accept: &AcceptSet,
+        record: &TagRecord,
+        label: &'static str,
+        stale: bool,
+    ) -> Served {
+        let outcome = outcome_of(label);
+        let Ok(digest) = record.digest.parse::<Digest>() else { return self.tag_miss(ctx, key, accept).await };
+        if !accept.allows(&record.media_type) {
+            return self.tag_miss(ctx, key, accept).await;
+        }
+        if ctx.head {
+            let mut res = Response::new(body::empty());
+            set_manifest_headers(res.headers_mut(), record.size, &record.media_type, &digest, label, stale);
+            return (res, outcome);
+        }
+        match self.store.manifest(&ctx.registry, &ctx.repository, &digest).await {
+            Some(m) => (manifest_response(false, &m.bytes, &m.media_type, &digest, label, stale), outcome),
+            None if stale => error(ProxyError::Upstream {
+                target: ctx.origin.host.to_string(),
+                reason: "registry unavailable and this manifest is not cached".into(),
+            }),
+            None => self.tag_miss(ctx, key, accept).await,
+        }
+    }
+
+    async fn head_passthrough(&self, ctx: &Ctx<'_>) -> Served {
+        match self
+            .upstream
+            .send_following_redirects(Method::HEAD, ctx.url.clone(), headers::for_upstream(ctx.headers))
+            .await
+        {
+            Ok(res) => (passthrough(res, "MISS"), Outcome::Miss),
+            Err(e) => error(e),
+        }
+    }
+
+    async fn get_passthrough(&self, ctx: &Ctx<'_>) -> Served {
+        match self
+            .upstream
+            .send_following_redirects(Method::GET, ctx.url.clone(), headers::for_upstream(ctx.headers))
+            .await
+        {
+            Ok(res) => (passthrough(res, "MISS"), Outcome::Miss),
+            Err(e) => error(e),
+        }
+    }
+
+    /// GETs a manifest, coalescing identical concurrent requests (same URL, `Accept` and
+    /// credentials).
+    async fn fetch_manifest(&self, ctx: &Ctx<'_>) -> Result<Fetched, ProxyError> {
+        let key = format!("{}|{}|{}", ctx.url, AcceptSet::from_headers(ctx.headers).key(), auth_fingerprint(ctx.headers));
+        let upstream = self.upstream.clone();
+        let url = ctx.url.clone();
+        let headers = headers::for_upstream(ctx.headers);
+        let target = ctx.origin.host.to_string();
+        self.manifest_fetches
+            .run(key, move || async move {
+                let res = upstream.send_following_redirects(Method::GET, url, headers).await?;
+                let (parts, body) = res.into_parts();
+                if content_length(&parts.headers).is_some_and(|n| n > MAX_MANIFEST as u64) {
+                    return Err(ProxyError::Upstream { target, reason: "manifest larger than 4 MiB".into() });
+                }
+                let body = http_body_util::Limited::new(body, MAX_MANIFEST)
+                    .collect()
+                    .await
+                    .map_err(|e| ProxyError::Upstream { target, reason: format!("reading manifest: {e}") })?
+                    .to_bytes();
+                let mut headers = parts.headers;
+                headers::strip_hop_by_hop(&mut headers);
+                Ok(Fetched { status: parts.status, headers, body })
+            })
+            .await
+            .unwrap_or_else(|| {
+                Err(ProxyError::Upstream { target: ctx.origin.host.to_string(), reason: "manifest fetch panicked".into() })
+            })
+    }
+
+    async fn store_manifest(&self, ctx: &Ctx<'_>, digest: &Digest, media_type: &str, bytes: &Bytes) {
+        if !self.store_usable() {
+            return;
+        }
+        if let Err(e) = self.store.put_manifest(&ctx.registry, &ctx.repository, digest, media_type, bytes).await {
+            self.store_failed(&e);
+        }
+    }
+
+    async fn tag_memo(&self, key: &str) -> Option<TagMemo> {
+        if let Some(m) = self.tags.get(key) {
+            return Some(m);
+        }
+        let record = self.store.tag(key).await?;
+        let memo = TagMemo { persisted_ms: record.validated_at_ms, record };
+        self.tags.insert(key.to_string(), memo.clone());
+        Some(memo)
+    }
+
+    /// Remembers a tag resolution; writes it to disk when the digest changed or the stored
+    /// validation time is old (so revalidations do not grow the index without bound).
+    async fn remember_tag(&self, key: &str, record: TagRecord, previous: Option<&TagMemo>) {
+        let now = store::now_ms();
+        let persist = match previous {
+            Some(p) => p.record.digest != record.digest || now.saturating_sub(p.persisted_ms) >= TAG_PERSIST_EVERY_MS,
+            None => true,
+        };
+        let mut persisted_ms = previous.map_or(0, |p| p.persisted_ms);
+        if persist && self.store_usable() {
+            match self.store.put_tag(key, &record).await {
+                Ok(()) => persisted_ms = record.validated_at_ms,
+                Err(e) => self.store_failed(&e),
+            }
+        }
+        self.tags.insert(key.to_string(), TagMemo { record, persisted_ms });
+    }
+
+    fn store_usable(&self) -> bool {
+        store::now_ms() >= self.store_broken_until_ms.load(Ordering::Relaxed)
+    }
+
+    fn store_failed(&self, e: &store::StoreError) {
+        self.store_failures.fetch_add(1, Ordering::Relaxed);
+        self.store_broken_until_ms.store(store::now_ms() + STORE_BACKOFF_MS, Ordering::Relaxed);
+        tracing::error!(error = %e, "cache write failed; passing responses through uncached for 30 s");
+    }
+}
+
+enum Class {
+    Ping,
+    Blob(Digest),
+    Manifest(Reference),
+}
+
+/// Streams the upstream body into the store, publishing progress to readers.
+async fn run_download(
+    handle: crate::downloads::DownloadHandle,
+    mut writer: store::BlobWriter,
+    mut body: Incoming,
+    idle: Duration,
+    digest: Digest,
+) {
+    loop {
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => {
+                tracing::warn!(%digest, "upstream stalled mid-blob; discarding");
+                writer.discard().await;
+                return handle.fail("upstream stalled");
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                tracing::warn!(%digest, error = %e, "upstream broke off mid-blob; discarding");
+                writer.discard().await;
+                return handle.fail("upstream closed the connection mid-blob");
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else { continue };
+        match writer.write(&data).await {
+            Ok(true) => handle.progress(writer.flushed()),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(%digest, error = %e, "cache write failed mid-blob; discarding");
+                writer.discard().await;
+                return handle.fail("cache write failed");
+            }
+        }
+    }
+    if let Err(e) = writer.flush().await {
+        tracing::error!(%digest, error = %e, "cache write failed mid-blob; discarding");
+        writer.discard().await;
+        return handle.fail("cache write failed");
+    }
+    handle.progress(writer.flushed());
+    match writer.commit().await {
+        Ok(stored) => {
+            tracing::debug!(%digest, bytes = stored.len, "blob cached");
+            handle.done(stored.len);
+        }
+        Err(e) => {
+            tracing::warn!(%digest, error = %e, "blob from upstream rejected; not cached");
+            handle.fail(&e.to_string());
+        }
+    }
+}
+
+/// Asks upstream for a tag's current digest with a HEAD.
+async fn revalidate(upstream: UpstreamClient, url: Uri, headers: HeaderMap) -> Revalidation {
+    match upstream.send_following_redirects(Method::HEAD, url, headers).await {
+        Err(e) => Revalidation::Unavailable { reason: e.to_string(), head: None },
+        Ok(res) => {
+            let status = res.status();
+            let mut h = res.headers().clone();
+            headers::strip_hop_by_hop(&mut h);
+            if upstream_unavailable(status) {
+                Revalidation::Unavailable { reason: format!("upstream answered {status}"), head: Some((status, h)) }
+            } else if status == StatusCode::OK {
+                match record_from_head(&h) {
+                    Some(r) => Revalidation::Current(r),
+                    None => Revalidation::NoDigest,
+                }
+            } else {
+                Revalidation::Refused(status, h)
+            }
+        }
+    }
+}
+
+/// A tag record from manifest response headers (HEAD or GET).
+fn record_from_head(h: &HeaderMap) -> Option<TagRecord> {
+    let digest = h.get(DOCKER_CONTENT_DIGEST)?.to_str().ok()?.parse::<Digest>().ok()?;
+    Some(TagRecord {
+        digest: digest.to_string(),
+        media_type: content_type(h),
+        size: content_length(h)?,
+        validated_at_ms: store::now_ms(),
+    })
+}
+
+fn upstream_unavailable(status: StatusCode) -> bool {
+    status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
+}
+
+fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+fn content_type(h: &HeaderMap) -> String {
+    h.get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.split(';').next().unwrap_or(s).trim().to_string())
+        .unwrap_or_else(|| "application/octet-stream".to_string())
+}
+
+/// A short, non-reversible fingerprint of the client's credentials, to coalesce only requests
+/// that upstream would answer alike.
+fn auth_fingerprint(h: &HeaderMap) -> String {
+    match h.get(header::AUTHORIZATION) {
+        None => "anonymous".into(),
+        Some(v) => Digest::of(Algorithm::Sha256, v.as_bytes()).hex()[..16].to_string(),
+    }
+}
+
+fn outcome_of(label: &str) -> Outcome {
+    match label {
+        "HIT" => Outcome::Hit,
+        "REVALIDATED" => Outcome::Revalidated,
+        "STALE" => Outcome::Stale,
+        "BYPASS" => Outcome::Bypass,
+        _ => Outcome::Miss,
+    }
+}
+
+fn error(e: ProxyError) -> Served {
+    tracing::warn!(error = %e, "registry request failed");
+    (e.into_response(), Outcome::Error)
+}
+
+fn passthrough(res: Response<Incoming>, label: &'static str) -> Response<Body> {
+    let (mut parts, body) = res.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    parts.headers.insert(X_CACHE, HeaderValue::from_static(label));
+    Response::from_parts(parts, body::boxed(body))
+}
+
+fn fetched_response(f: &Fetched, label: &'static str) -> Response<Body> {
+    let mut res = Response::new(body::full(f.body.clone()));
+    *res.status_mut() = f.status;
+    *res.headers_mut() = f.headers.clone();
+    res.headers_mut().insert(X_CACHE, HeaderValue::from_static(label));
+    res
+}
+
+fn head_only(status: StatusCode, h: &HeaderMap, label: &'static str) -> Response<Body> {
+    let mut res = Response::new(body::empty());
+    *res.status_mut() = status;
+    *res.headers_mut() = h.clone();
+    res.headers_mut().insert(X_CACHE, HeaderValue::from_static(label));
+    res
+}
+
+fn local_ping(head: bool) -> Response<Body> {
+    let mut res = Response::new(if head { body::empty() } else { body::full("{}") });
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("2"));
+    h.insert(DOCKER_API_VERSION, HeaderValue::from_static("registry/2.0"));
+    h.insert(X_CACHE, HeaderValue::from_static("STALE"));
+    h.insert(header::WARNING, HeaderValue::from_static("110 - \"Response is Stale\""));
+    res
+}
+
+fn set_manifest_headers(h: &mut HeaderMap, len: u64, media_type: &str, digest: &Digest, label: &'static str, stale: bool) {
+    headers::set(h, header::CONTENT_TYPE, media_type);
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    headers::set(h, DOCKER_CONTENT_DIGEST, &digest.to_string());
+    headers::set(h, header::ETAG, &format!("\"{digest}\""));
+    h.insert(DOCKER_API_VERSION, HeaderValue::from_static("registry/2.0"));
+    h.insert(X_CACHE, HeaderValue::from_static(label));
+    if stale {
+        h.insert(header::WARNING, HeaderValue::from_static("110 - \"Response is Stale\""));
+    }
+}
+
+fn manifest_response(head: bool, bytes: &Bytes, media_type: &str, digest: &Digest, label: &'static str, stale: bool) -> Response<Body> {
+    let mut res = Response::new(if head { body::empty() } else { body::full(bytes.clone()) });
+    set_manifest_headers(res.headers_mut(), bytes.len() as u64, media_type, digest, label, stale);
+    res
+}
+
+fn blob_headers(h: &mut HeaderMap, digest: &Digest, label: &'static str) {
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    headers::set(h, DOCKER_CONTENT_DIGEST, &digest.to_string());
+    headers::set(h, header::ETAG, &format!("\"{digest}\""));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(DOCKER_API_VERSION, HeaderValue::from_static("registry/2.0"));
+    h.insert(X_CACHE, HeaderValue::from_static(label));
+}
+
+/// Status, length and `Content-Range` for a blob of `total` bytes under the client's `Range`.
+fn range_head(h: &HeaderMap, total: u64) -> Result<(StatusCode, u64, u64), Response<Body>> {
+    match range::parse(h, total) {
+        ByteRange::Full => Ok((StatusCode::OK, 0, total)),
+        ByteRange::Partial { start, end } => Ok((StatusCode::PARTIAL_CONTENT, start, end + 1)),
+        ByteRange::Unsatisfiable => {
+            let mut res = body::text(StatusCode::RANGE_NOT_SATISFIABLE, "regcache: range not satisfiable");
+            headers::set(res.headers_mut(), header::CONTENT_RANGE, &format!("bytes */{total}"));
+            Err(res)
+        }
+    }
+}
+
+async fn blob_from_file(ctx: &Ctx<'_>, digest: &Digest, path: std::path::PathBuf, total: u64) -> Response<Body> {
+    let (status, start, end) = match range_head(ctx.headers, total) {
+        Ok(r) => r,
+        Err(res) => return res,
+    };
+    let body = if ctx.head {
+        body::empty()
+    } else {
+        match tokio::fs::File::open(&path).await {
+            Ok(mut file) => {
+                if start > 0
+                    && let Err(e) = tokio::io::AsyncSeekExt::seek(&mut file, std::io::SeekFrom::Start(start)).await
+                {
+                    return error(ProxyError::Upstream { target: "cache".into(), reason: e.to_string() }).0;
+                }
+                let reader = tokio::io::AsyncReadExt::take(file, end - start);
+                let stream = tokio_util::io::ReaderStream::with_capacity(reader, READ_CHUNK);
+                body::boxed(http_body_util::StreamBody::new(stream.map_ok(hyper::body::Frame::data)))
+            }
+            Err(e) => {
+                tracing::error!(%digest, error = %e, "cached blob vanished while opening it");
+                return error(ProxyError::Upstream { target: "cache".into(), reason: "cached blob unreadable".into() }).0;
+            }
+        }
+    };
+    let mut res = Response::new(body);
+    *res.status_mut() = status;
+    blob_headers(res.headers_mut(), digest, "HIT");
+    res.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+    if status == StatusCode::PARTIAL_CONTENT {
+        headers::set(res.headers_mut(), header::CONTENT_RANGE, &format!("bytes {start}-{}/{total}", end - 1));
+    }
+    res
+}
+
+/// A response following a download in progress, or `None` if it never started (the caller
+/// then asks upstream itself).
+fn blob_from_download(
+    ctx: &Ctx<'_>,
+    digest: &Digest,
+    dl: &Arc<crate::downloads::Download>,
+    state: DownloadState,
+) -> Option<Response<Body>> {
+    let total = match state {
+        DownloadState::Running { total, .. } => total,
+        DownloadState::Done { len } => Some(len),
+        DownloadState::Connecting | DownloadState::Abandoned => return None,
+        DownloadState::Failed(why) => {
+            return Some(
+                error(ProxyError::Upstream { target: ctx.origin.host.to_string(), reason: format!("blob download failed: {why}") }).0,
+            );
+        }
+    };
+    let (status, start, end) = match total {
+        Some(t) => match range_head(ctx.headers, t) {
+            Ok((s, a, b)) => (s, a, Some(b)),
+            Err(res) => return Some(res),
+        },
+        // Unknown length: ranges cannot be checked yet; send everything.
+        None => (StatusCode::OK, 0, None),
+    };
+    let body = if ctx.head {
+        body::empty()
+    } else {
+        body::boxed(http_body_util::StreamBody::new(dl.read(start, end).map_ok(hyper::body::Frame::data)))
+    };
+    let mut res = Response::new(body);
+    *res.status_mut() = status;
+    blob_headers(res.headers_mut(), digest, "MISS");
+    if let Some(end) = end {
+        res.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+        if status == StatusCode::PARTIAL_CONTENT
+            && let Some(t) = total
+        {
+            headers::set(res.headers_mut(), header::CONTENT_RANGE, &format!("bytes {start}-{}/{t}", end - 1));
+        }
+    }
+    Some(res)
+}

@@ -1,0 +1,336 @@
+//! Blob downloads in progress, one per digest, shared by every client that wants that blob.
+//!
+//! The first miss registers a [`Download`]; the task that fetches it writes to a temporary file
+//! and publishes how many bytes are there. Every client (the first one included) reads that
+//! file as it grows, so concurrent requests cost one upstream transfer, late joiners and
+//! `Range` requests start wherever they like, and the download finishes even if the client
+//! that started it goes away.
+//!
+//! The last byte of a blob of known length is only released once the digest has been
+//! verified: a client never receives a complete-looking body with the wrong content.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::sync::watch;
+
+use crate::digest::Digest;
+
+/// Read size when following a download or serving a file.
+pub const READ_CHUNK: usize = 256 * 1024;
+
+/// Where a download stands.
+#[derive(Debug, Clone)]
+pub enum DownloadState {
+    /// Asking upstream.
+    Connecting,
+    /// Upstream answered 200; bytes are arriving.
+    Running {
+        /// The file being written.
+        temp: Arc<PathBuf>,
+        /// Bytes written so far.
+        written: u64,
+        /// Length announced by upstream.
+        total: Option<u64>,
+    },
+    /// Verified and in the store.
+    Done {
+        /// Length of the blob.
+        len: u64,
+    },
+    /// Never started (upstream refused, store unwritable): each waiter asks upstream itself.
+    Abandoned,
+    /// Started and broke (upstream cut, digest mismatch, disk error).
+    Failed(Arc<str>),
+}
+
+/// One blob being fetched.
+pub struct Download {
+    state: watch::Receiver<DownloadState>,
+    final_path: PathBuf,
+}
+
+impl Download {
+    /// The current state.
+    pub fn state(&self) -> DownloadState {
+        self.state.borrow().clone()
+    }
+
+    /// Waits until the download has left [`DownloadState::Connecting`].
+    pub async fn started(&self) -> DownloadState {
+        let mut rx = self.state.clone();
+        match rx.wait_for(|s| !matches!(s, DownloadState::Connecting)).await {
+            Ok(s) => s.clone(),
+            Err(_) => DownloadState::Failed("download task ended".into()),
+        }
+    }
+
+    /// The bytes `start..end` (end exclusive; `None` = to the end) as they become available.
+    pub fn read(&self, start: u64, end: Option<u64>) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+        let reader = Reader {
+            rx: self.state.clone(),
+            final_path: self.final_path.clone(),
+            file: None,
+            pos: start,
+            end,
+            finished: false,
+        };
+        futures_util::stream::unfold(reader, |mut r| async move {
+            if r.finished {
+                return None;
+            }
+            match r.next_chunk().await {
+                Ok(Some(b)) => Some((Ok(b), r)),
+                Ok(None) => None,
+                Err(e) => {
+                    r.finished = true;
+                    Some((Err(e), r))
+                }
+            }
+        })
+    }
+}
+
+struct Reader {
+    rx: watch::Receiver<DownloadState>,
+    final_path: PathBuf,
+    file: Option<tokio::fs::File>,
+    pos: u64,
+    end: Option<u64>,
+    finished: bool,
+}
+
+impl Reader {
+    async fn next_chunk(&mut self) -> io::Result<Option<Bytes>> {
+        loop {
+            if self.end.is_some_and(|e| self.pos >= e) {
+                return Ok(None);
+            }
+            let state = self.rx.borrow_and_update().clone();
+            let (available, complete, temp) = match state {
+                DownloadState::Connecting => (0, false, None),
+                // Hold back the final byte until the digest is verified.
+                DownloadState::Running { temp, written, total } => {
+                    let avail = match total {
+                        Some(t) => written.min(t.saturating_sub(1)),
+                        None => written,
+                    };
+                    (avail, false, Some(temp))
+                }
+                DownloadState::Done { len } => (len, true, None),
+                DownloadState::Abandoned => return Err(io::Error::other("download abandoned")),
+                DownloadState::Failed(why) => return Err(io::Error::other(format!("blob download failed: {why}"))),
+            };
+            if self.pos < available {
+                let want = (available - self.pos).min(READ_CHUNK as u64);
+                let want = self.end.map_or(want, |e| want.min(e - self.pos)) as usize;
+                self.open(temp.as_deref()).await?;
+                let file = self.file.as_mut().ok_or_else(|| io::Error::other("blob file not open"))?;
+                let mut buf = BytesMut::with_capacity(want);
+                while buf.len() < want {
+                    let n = file.read_buf(&mut buf).await?;
+                    if n == 0 {
+                        break;
+                    }
+                }
+                if buf.is_empty() {
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "blob file shorter than announced"));
+                }
+                self.pos += buf.len() as u64;
+                return Ok(Some(buf.freeze()));
+            }
+            if complete {
+                return if self.end.is_some_and(|e| self.pos < e) {
+                    Err(io::Error::new(io::ErrorKind::UnexpectedEof, "blob shorter than the range asked for"))
+                } else {
+                    Ok(None)
+                };
+            }
+            if self.rx.changed().await.is_err() {
+                return Err(io::Error::other("blob download ended without a result"));
+            }
+        }
+    }
+
+    /// Opens the temporary file (or, once renamed into the store, the final one) at `pos`.
+    async fn open(&mut self, temp: Option<&PathBuf>) -> io::Result<()> {
+        if self.file.is_some() {
+            return Ok(());
+        }
+        let mut file = match temp {
+            Some(t) => match tokio::fs::File::open(t).await {
+                Ok(f) => f,
+                Err(_) => tokio::fs::File::open(&self.final_path).await?,
+            },
+            None => tokio::fs::File::open(&self.final_path).await?,
+        };
+        file.seek(io::SeekFrom::Start(self.pos)).await?;
+        self.file = Some(file);
+        Ok(())
+    }
+}
+
+/// The writer's side of a [`Download`]: reports progress; unregisters when dropped.
+pub struct DownloadHandle {
+    state: watch::Sender<DownloadState>,
+    digest: Digest,
+    table: Arc<Mutex<HashMap<Digest, Arc<Download>>>>,
+}
+
+impl DownloadHandle {
+    /// Upstream answered 200; bytes go to `temp`.
+    pub fn running(&self, temp: PathBuf, total: Option<u64>) {
+        self.state.send_replace(DownloadState::Running { temp: Arc::new(temp), written: 0, total });
+    }
+
+    /// `written` bytes are now in the file.
+    pub fn progress(&self, written: u64) {
+        self.state.send_modify(|s| {
+            if let DownloadState::Running { written: w, .. } = s {
+                *w = written;
+            }
+        });
+    }
+
+    /// The blob is verified and in the store.
+    pub fn done(self, len: u64) {
+        self.finish(DownloadState::Done { len });
+    }
+
+    /// The download never started; waiters should ask upstream themselves.
+    pub fn abandon(self) {
+        self.finish(DownloadState::Abandoned);
+    }
+
+    /// The download broke.
+    pub fn fail(self, why: &str) {
+        self.finish(DownloadState::Failed(why.into()));
+    }
+
+    fn finish(&self, state: DownloadState) {
+        self.state.send_replace(state);
+        self.table.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.digest);
+    }
+}
+
+impl Drop for DownloadHandle {
+    fn drop(&mut self) {
+        let unfinished = matches!(*self.state.borrow(), DownloadState::Connecting | DownloadState::Running { .. });
+        if unfinished {
+            self.finish(DownloadState::Failed("download task ended unexpectedly".into()));
+        }
+    }
+}
+
+/// Either join a download in progress or become the one that starts it.
+pub enum Joined {
+    /// Someone else is fetching this blob.
+    Existing(Arc<Download>),
+    /// This caller fetches it and must drive the handle to an end.
+    New(Arc<Download>, DownloadHandle),
+}
+
+/// The table of downloads in progress.
+#[derive(Default, Clone)]
+pub struct Downloads {
+    table: Arc<Mutex<HashMap<Digest, Arc<Download>>>>,
+}
+
+impl Downloads {
+    /// Joins the download of `digest`, or registers a new one (in `Connecting`) for the caller.
+    pub fn join_or_start(&self, digest: &Digest, final_path: PathBuf) -> Joined {
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(d) = table.get(digest) {
+            return Joined::Existing(d.clone());
+        }
+        let (tx, rx) = watch::channel(DownloadState::Connecting);
+        let download = Arc::new(Download { state: rx, final_path });
+        table.insert(digest.clone(), download.clone());
+        Joined::New(download, DownloadHandle { state: tx, digest: digest.clone(), table: self.table.clone() })
+    }
+
+    /// The download of `digest`, if one is in progress.
+    pub fn get(&self, digest: &Digest) -> Option<Arc<Download>> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner()).get(digest).cloned()
+    }
+
+    /// How many downloads are in progress.
+    pub fn in_flight(&self) -> usize {
+        self.table.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::Algorithm;
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+
+    async fn collect(s: impl Stream<Item = io::Result<Bytes>>) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut s = std::pin::pin!(s);
+        while let Some(chunk) = s.next().await {
+            out.extend_from_slice(&chunk?);
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn readers_follow_a_growing_file_and_get_the_last_byte_after_verification() {
+        let dir = tempfile::tempdir().unwrap();
+        let temp = dir.path().join("t.partial");
+        let fin = dir.path().join("final");
+        let data: Vec<u8> = (0..600_000u32).map(|i| (i % 253) as u8).collect();
+        let digest = Digest::of(Algorithm::Sha256, &data);
+        let downloads = Downloads::default();
+        let Joined::New(dl, handle) = downloads.join_or_start(&digest, fin.clone()) else { panic!() };
+        assert!(matches!(downloads.join_or_start(&digest, fin.clone()), Joined::Existing(_)));
+
+        let whole = tokio::spawn(collect(dl.read(0, None)));
+        let tail = tokio::spawn(collect(dl.read(599_990, None)));
+        let middle = tokio::spawn(collect(dl.read(10, Some(20))));
+
+        let mut f = tokio::fs::File::create(&temp).await.unwrap();
+        handle.running(temp.clone(), Some(data.len() as u64));
+        for (i, chunk) in data.chunks(100_000).enumerate() {
+            f.write_all(chunk).await.unwrap();
+            f.flush().await.unwrap();
+            handle.progress(((i + 1) * 100_000).min(data.len()) as u64);
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        // All bytes are written but not verified: the tail reader must still be waiting.
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        assert!(!tail.is_finished(), "last byte must wait for verification");
+        std::fs::rename(&temp, &fin).unwrap();
+        handle.done(data.len() as u64);
+
+        assert_eq!(whole.await.unwrap().unwrap(), data);
+        assert_eq!(tail.await.unwrap().unwrap(), &data[599_990..]);
+        assert_eq!(middle.await.unwrap().unwrap(), &data[10..20]);
+        assert_eq!(downloads.in_flight(), 0);
+        // A reader arriving after the rename reads the final file.
+        assert_eq!(collect(dl.read(5, Some(9))).await.unwrap(), &data[5..9]);
+    }
+
+    #[tokio::test]
+    async fn failure_aborts_readers_and_a_dropped_handle_counts_as_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let digest = Digest::of(Algorithm::Sha256, b"x");
+        let downloads = Downloads::default();
+        let Joined::New(dl, handle) = downloads.join_or_start(&digest, dir.path().join("f")) else { panic!() };
+        let reader = tokio::spawn(collect(dl.read(0, None)));
+        handle.fail("upstream cut the connection");
+        assert!(reader.await.unwrap().is_err());
+
+        let Joined::New(dl, handle) = downloads.join_or_start(&digest, dir.path().join("f")) else { panic!() };
+        drop(handle);
+        assert!(matches!(dl.state(), DownloadState::Failed(_)));
+        assert_eq!(downloads.in_flight(), 0);
+    }
+}
