@@ -117,21 +117,26 @@ pub struct LoggedBody {
     outcome: Outcome,
     status: u16,
     bytes: u64,
+    expected: Option<u64>,
 }
 
 impl LoggedBody {
-    /// Wraps `inner`; the line is written once, at end of stream or on drop.
-    pub fn new(inner: Body, record: AccessRecord, outcome: Outcome, status: u16) -> Self {
+    /// Wraps `inner`; the line is written once, at end of stream or on drop. `expected` is
+    /// the announced length (0 for HEAD): hyper stops polling a body once it has sent that
+    /// many bytes, so reaching it counts as complete.
+    pub fn new(inner: Body, record: AccessRecord, outcome: Outcome, status: u16, expected: Option<u64>) -> Self {
         Self {
             inner,
             record: Some(record),
             outcome,
             status,
             bytes: 0,
+            expected,
         }
     }
 
     fn finish(&mut self, complete: bool) {
+        let complete = complete || self.expected == Some(self.bytes);
         if let Some(r) = self.record.take() {
             r.emit(self.outcome, self.status, self.bytes, complete);
         }

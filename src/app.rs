@@ -8,13 +8,13 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use crate::admin::LocalEndpoints;
-use crate::cache::RegistryCache;
-use crate::store::ContentStore;
 use crate::ca::CertificateAuthority;
+use crate::cache::RegistryCache;
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::leaf_certs::LeafCertCache;
 use crate::listener;
+use crate::store::ContentStore;
 use crate::upstream::{UpstreamClient, UpstreamSetupError};
 
 /// Errors starting the proxy. Each names what it concerns.

@@ -59,7 +59,10 @@ enum Revalidation {
     /// 200 without `Docker-Content-Digest`: only a GET can tell.
     NoDigest,
     /// Upstream is in trouble (unreachable, timeout, 5xx, 429): stale content may be served.
-    Unavailable { reason: String, head: Option<(StatusCode, HeaderMap)> },
+    Unavailable {
+        reason: String,
+        head: Option<(StatusCode, HeaderMap)>,
+    },
     /// Upstream answered, but not with the manifest (401, 403, 404, …): the client must see it.
     Refused(StatusCode, HeaderMap),
 }
@@ -131,7 +134,9 @@ impl RegistryCache {
             RegistryRequest::Ping => (String::new(), Some(Class::Ping)),
             _ => (String::new(), None),
         };
-        let Some(class) = class else { return self.bypass(origin, req).await };
+        let Some(class) = class else {
+            return self.bypass(origin, req).await;
+        };
         let registry = registry::canonical_registry(&origin.host);
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let url: Uri = match format!("{}{}", origin.base_url(), path).parse() {
@@ -171,7 +176,11 @@ impl RegistryCache {
     /// upstream is down, so cached images stay pullable.
     async fn ping(&self, ctx: &Ctx<'_>) -> Served {
         let method = if ctx.head { Method::HEAD } else { Method::GET };
-        match self.upstream.send_following_redirects(method, ctx.url.clone(), headers::for_upstream(ctx.headers)).await {
+        match self
+            .upstream
+            .send_following_redirects(method, ctx.url.clone(), headers::for_upstream(ctx.headers))
+            .await
+        {
             Ok(res) if !upstream_unavailable(res.status()) => (passthrough(res, "BYPASS"), Outcome::Bypass),
             Ok(res) => {
                 tracing::warn!(registry = %ctx.registry, status = res.status().as_u16(), "registry unavailable; answering /v2/ locally");
@@ -253,10 +262,19 @@ impl RegistryCache {
                 let writer = writer.expect_len(total);
                 handle.running(writer.temp_path().to_path_buf(), total);
                 let state = dl.state();
-                tokio::spawn(run_download(handle, writer, res.into_body(), self.body_idle, digest.clone()));
+                tokio::spawn(run_download(
+                    handle,
+                    writer,
+                    res.into_body(),
+                    self.body_idle,
+                    digest.clone(),
+                ));
                 match blob_from_download(ctx, digest, &dl, state) {
                     Some(res) => (res, Outcome::Miss),
-                    None => error(ProxyError::Upstream { target: ctx.origin.host.to_string(), reason: "blob download failed".into() }),
+                    None => error(ProxyError::Upstream {
+                        target: ctx.origin.host.to_string(),
+                        reason: "blob download failed".into(),
+                    }),
                 }
             }
         }
@@ -281,7 +299,10 @@ impl RegistryCache {
         if let Some(m) = self.store.manifest(&ctx.registry, &ctx.repository, digest).await
             && accept.allows(&m.media_type)
         {
-            return (manifest_response(ctx.head, &m.bytes, &m.media_type, digest, "HIT", false), Outcome::Hit);
+            return (
+                manifest_response(ctx.head, &m.bytes, &m.media_type, digest, "HIT", false),
+                Outcome::Hit,
+            );
         }
         if ctx.head {
             return self.head_passthrough(ctx).await;
@@ -301,7 +322,10 @@ impl RegistryCache {
         }
         let media_type = content_type(&fetched.headers);
         self.store_manifest(ctx, digest, &media_type, &fetched.body).await;
-        (manifest_response(false, &fetched.body, &media_type, digest, "MISS", false), Outcome::Miss)
+        (
+            manifest_response(false, &fetched.body, &media_type, digest, "MISS", false),
+            Outcome::Miss,
+        )
     }
 
     async fn manifest_by_tag(&self, ctx: &Ctx<'_>, tag: &str) -> Served {
@@ -323,9 +347,14 @@ impl RegistryCache {
         let upstream = self.upstream.clone();
         let result = self
             .revalidations
-            .run(format!("{key}|{auth}"), move || revalidate(upstream, head_url, head_headers))
+            .run(format!("{key}|{auth}"), move || {
+                revalidate(upstream, head_url, head_headers)
+            })
             .await
-            .unwrap_or(Revalidation::Unavailable { reason: "revalidation task panicked".into(), head: None });
+            .unwrap_or(Revalidation::Unavailable {
+                reason: "revalidation task panicked".into(),
+                head: None,
+            });
 
         match result {
             Revalidation::Current(fresh) if fresh.digest == memo.record.digest => {
@@ -349,7 +378,10 @@ impl RegistryCache {
                     // Give the client upstream's own error, via its own request.
                     Some(_) if !ctx.head => self.get_passthrough(ctx).await,
                     Some((status, headers)) => (head_only(status, &headers, "MISS"), Outcome::Miss),
-                    None => error(ProxyError::Upstream { target: ctx.origin.host.to_string(), reason }),
+                    None => error(ProxyError::Upstream {
+                        target: ctx.origin.host.to_string(),
+                        reason,
+                    }),
                 }
             }
             Revalidation::Refused(status, headers) => {
@@ -389,7 +421,11 @@ impl RegistryCache {
             return (fetched_response(&fetched, "MISS"), Outcome::Miss);
         }
         let media_type = content_type(&fetched.headers);
-        let announced = fetched.headers.get(DOCKER_CONTENT_DIGEST).and_then(|v| v.to_str().ok()).and_then(|s| s.parse::<Digest>().ok());
+        let announced = fetched
+            .headers
+            .get(DOCKER_CONTENT_DIGEST)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.parse::<Digest>().ok());
         let algorithm = announced.as_ref().map_or(Algorithm::Sha256, Digest::algorithm);
         let digest = Digest::of(algorithm, &fetched.body);
         if announced.as_ref().is_some_and(|a| *a != digest) {
@@ -406,7 +442,10 @@ impl RegistryCache {
             };
             self.remember_tag(key, record, None).await;
         }
-        (manifest_response(false, &fetched.body, &media_type, &digest, "MISS", false), Outcome::Miss)
+        (
+            manifest_response(false, &fetched.body, &media_type, &digest, "MISS", false),
+            Outcome::Miss,
+        )
     }
 
     /// Serves a tag from its record: HEAD from the record alone, GET with the stored manifest
@@ -421,17 +460,29 @@ impl RegistryCache {
         stale: bool,
     ) -> Served {
         let outcome = outcome_of(label);
-        let Ok(digest) = record.digest.parse::<Digest>() else { return self.tag_miss(ctx, key, accept).await };
+        let Ok(digest) = record.digest.parse::<Digest>() else {
+            return self.tag_miss(ctx, key, accept).await;
+        };
         if !accept.allows(&record.media_type) {
             return self.tag_miss(ctx, key, accept).await;
         }
         if ctx.head {
             let mut res = Response::new(body::empty());
-            set_manifest_headers(res.headers_mut(), record.size, &record.media_type, &digest, label, stale);
+            set_manifest_headers(
+                res.headers_mut(),
+                record.size,
+                &record.media_type,
+                &digest,
+                label,
+                stale,
+            );
             return (res, outcome);
         }
         match self.store.manifest(&ctx.registry, &ctx.repository, &digest).await {
-            Some(m) => (manifest_response(false, &m.bytes, &m.media_type, &digest, label, stale), outcome),
+            Some(m) => (
+                manifest_response(false, &m.bytes, &m.media_type, &digest, label, stale),
+                outcome,
+            ),
             None if stale => error(ProxyError::Upstream {
                 target: ctx.origin.host.to_string(),
                 reason: "registry unavailable and this manifest is not cached".into(),
@@ -465,7 +516,12 @@ impl RegistryCache {
     /// GETs a manifest, coalescing identical concurrent requests (same URL, `Accept` and
     /// credentials).
     async fn fetch_manifest(&self, ctx: &Ctx<'_>) -> Result<Fetched, ProxyError> {
-        let key = format!("{}|{}|{}", ctx.url, AcceptSet::from_headers(ctx.headers).key(), auth_fingerprint(ctx.headers));
+        let key = format!(
+            "{}|{}|{}",
+            ctx.url,
+            AcceptSet::from_headers(ctx.headers).key(),
+            auth_fingerprint(ctx.headers)
+        );
         let upstream = self.upstream.clone();
         let url = ctx.url.clone();
         let headers = headers::for_upstream(ctx.headers);
@@ -475,20 +531,33 @@ impl RegistryCache {
                 let res = upstream.send_following_redirects(Method::GET, url, headers).await?;
                 let (parts, body) = res.into_parts();
                 if content_length(&parts.headers).is_some_and(|n| n > MAX_MANIFEST as u64) {
-                    return Err(ProxyError::Upstream { target, reason: "manifest larger than 4 MiB".into() });
+                    return Err(ProxyError::Upstream {
+                        target,
+                        reason: "manifest larger than 4 MiB".into(),
+                    });
                 }
                 let body = http_body_util::Limited::new(body, MAX_MANIFEST)
                     .collect()
                     .await
-                    .map_err(|e| ProxyError::Upstream { target, reason: format!("reading manifest: {e}") })?
+                    .map_err(|e| ProxyError::Upstream {
+                        target,
+                        reason: format!("reading manifest: {e}"),
+                    })?
                     .to_bytes();
                 let mut headers = parts.headers;
                 headers::strip_hop_by_hop(&mut headers);
-                Ok(Fetched { status: parts.status, headers, body })
+                Ok(Fetched {
+                    status: parts.status,
+                    headers,
+                    body,
+                })
             })
             .await
             .unwrap_or_else(|| {
-                Err(ProxyError::Upstream { target: ctx.origin.host.to_string(), reason: "manifest fetch panicked".into() })
+                Err(ProxyError::Upstream {
+                    target: ctx.origin.host.to_string(),
+                    reason: "manifest fetch panicked".into(),
+                })
             })
     }
 
@@ -496,7 +565,11 @@ impl RegistryCache {
         if !self.store_usable() {
             return;
         }
-        if let Err(e) = self.store.put_manifest(&ctx.registry, &ctx.repository, digest, media_type, bytes).await {
+        if let Err(e) = self
+            .store
+            .put_manifest(&ctx.registry, &ctx.repository, digest, media_type, bytes)
+            .await
+        {
             self.store_failed(&e);
         }
     }
@@ -506,7 +579,10 @@ impl RegistryCache {
             return Some(m);
         }
         let record = self.store.tag(key).await?;
-        let memo = TagMemo { persisted_ms: record.validated_at_ms, record };
+        let memo = TagMemo {
+            persisted_ms: record.validated_at_ms,
+            record,
+        };
         self.tags.insert(key.to_string(), memo.clone());
         Some(memo)
     }
@@ -535,7 +611,8 @@ impl RegistryCache {
 
     fn store_failed(&self, e: &store::StoreError) {
         self.store_failures.fetch_add(1, Ordering::Relaxed);
-        self.store_broken_until_ms.store(store::now_ms() + STORE_BACKOFF_MS, Ordering::Relaxed);
+        self.store_broken_until_ms
+            .store(store::now_ms() + STORE_BACKOFF_MS, Ordering::Relaxed);
         tracing::error!(error = %e, "cache write failed; passing responses through uncached for 30 s");
     }
 }
@@ -601,13 +678,19 @@ async fn run_download(
 /// Asks upstream for a tag's current digest with a HEAD.
 async fn revalidate(upstream: UpstreamClient, url: Uri, headers: HeaderMap) -> Revalidation {
     match upstream.send_following_redirects(Method::HEAD, url, headers).await {
-        Err(e) => Revalidation::Unavailable { reason: e.to_string(), head: None },
+        Err(e) => Revalidation::Unavailable {
+            reason: e.to_string(),
+            head: None,
+        },
         Ok(res) => {
             let status = res.status();
             let mut h = res.headers().clone();
             headers::strip_hop_by_hop(&mut h);
             if upstream_unavailable(status) {
-                Revalidation::Unavailable { reason: format!("upstream answered {status}"), head: Some((status, h)) }
+                Revalidation::Unavailable {
+                    reason: format!("upstream answered {status}"),
+                    head: Some((status, h)),
+                }
             } else if status == StatusCode::OK {
                 match record_from_head(&h) {
                     Some(r) => Revalidation::Current(r),
@@ -704,7 +787,14 @@ fn local_ping(head: bool) -> Response<Body> {
     res
 }
 
-fn set_manifest_headers(h: &mut HeaderMap, len: u64, media_type: &str, digest: &Digest, label: &'static str, stale: bool) {
+fn set_manifest_headers(
+    h: &mut HeaderMap,
+    len: u64,
+    media_type: &str,
+    digest: &Digest,
+    label: &'static str,
+    stale: bool,
+) {
     headers::set(h, header::CONTENT_TYPE, media_type);
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     headers::set(h, DOCKER_CONTENT_DIGEST, &digest.to_string());
@@ -716,14 +806,24 @@ fn set_manifest_headers(h: &mut HeaderMap, len: u64, media_type: &str, digest: &
     }
 }
 
-fn manifest_response(head: bool, bytes: &Bytes, media_type: &str, digest: &Digest, label: &'static str, stale: bool) -> Response<Body> {
+fn manifest_response(
+    head: bool,
+    bytes: &Bytes,
+    media_type: &str,
+    digest: &Digest,
+    label: &'static str,
+    stale: bool,
+) -> Response<Body> {
     let mut res = Response::new(if head { body::empty() } else { body::full(bytes.clone()) });
     set_manifest_headers(res.headers_mut(), bytes.len() as u64, media_type, digest, label, stale);
     res
 }
 
 fn blob_headers(h: &mut HeaderMap, digest: &Digest, label: &'static str) {
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     headers::set(h, DOCKER_CONTENT_DIGEST, &digest.to_string());
     headers::set(h, header::ETAG, &format!("\"{digest}\""));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
@@ -757,7 +857,11 @@ async fn blob_from_file(ctx: &Ctx<'_>, digest: &Digest, path: std::path::PathBuf
                 if start > 0
                     && let Err(e) = tokio::io::AsyncSeekExt::seek(&mut file, std::io::SeekFrom::Start(start)).await
                 {
-                    return error(ProxyError::Upstream { target: "cache".into(), reason: e.to_string() }).0;
+                    return error(ProxyError::Upstream {
+                        target: "cache".into(),
+                        reason: e.to_string(),
+                    })
+                    .0;
                 }
                 let reader = tokio::io::AsyncReadExt::take(file, end - start);
                 let stream = tokio_util::io::ReaderStream::with_capacity(reader, READ_CHUNK);
@@ -765,16 +869,25 @@ async fn blob_from_file(ctx: &Ctx<'_>, digest: &Digest, path: std::path::PathBuf
             }
             Err(e) => {
                 tracing::error!(%digest, error = %e, "cached blob vanished while opening it");
-                return error(ProxyError::Upstream { target: "cache".into(), reason: "cached blob unreadable".into() }).0;
+                return error(ProxyError::Upstream {
+                    target: "cache".into(),
+                    reason: "cached blob unreadable".into(),
+                })
+                .0;
             }
         }
     };
     let mut res = Response::new(body);
     *res.status_mut() = status;
     blob_headers(res.headers_mut(), digest, "HIT");
-    res.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+    res.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
     if status == StatusCode::PARTIAL_CONTENT {
-        headers::set(res.headers_mut(), header::CONTENT_RANGE, &format!("bytes {start}-{}/{total}", end - 1));
+        headers::set(
+            res.headers_mut(),
+            header::CONTENT_RANGE,
+            &format!("bytes {start}-{}/{total}", end - 1),
+        );
     }
     res
 }
@@ -793,7 +906,11 @@ fn blob_from_download(
         DownloadState::Connecting | DownloadState::Abandoned => return None,
         DownloadState::Failed(why) => {
             return Some(
-                error(ProxyError::Upstream { target: ctx.origin.host.to_string(), reason: format!("blob download failed: {why}") }).0,
+                error(ProxyError::Upstream {
+                    target: ctx.origin.host.to_string(),
+                    reason: format!("blob download failed: {why}"),
+                })
+                .0,
             );
         }
     };
@@ -808,17 +925,24 @@ fn blob_from_download(
     let body = if ctx.head {
         body::empty()
     } else {
-        body::boxed(http_body_util::StreamBody::new(dl.read(start, end).map_ok(hyper::body::Frame::data)))
+        body::boxed(http_body_util::StreamBody::new(
+            dl.read(start, end).map_ok(hyper::body::Frame::data),
+        ))
     };
     let mut res = Response::new(body);
     *res.status_mut() = status;
     blob_headers(res.headers_mut(), digest, "MISS");
     if let Some(end) = end {
-        res.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+        res.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
         if status == StatusCode::PARTIAL_CONTENT
             && let Some(t) = total
         {
-            headers::set(res.headers_mut(), header::CONTENT_RANGE, &format!("bytes {start}-{}/{t}", end - 1));
+            headers::set(
+                res.headers_mut(),
+                header::CONTENT_RANGE,
+                &format!("bytes {start}-{}/{t}", end - 1),
+            );
         }
     }
     Some(res)

@@ -130,7 +130,10 @@ impl Reader {
                 let want = (available - self.pos).min(READ_CHUNK as u64);
                 let want = self.end.map_or(want, |e| want.min(e - self.pos)) as usize;
                 self.open(temp.as_deref()).await?;
-                let file = self.file.as_mut().ok_or_else(|| io::Error::other("blob file not open"))?;
+                let file = self
+                    .file
+                    .as_mut()
+                    .ok_or_else(|| io::Error::other("blob file not open"))?;
                 let mut buf = BytesMut::with_capacity(want);
                 while buf.len() < want {
                     let n = file.read_buf(&mut buf).await?;
@@ -139,14 +142,20 @@ impl Reader {
                     }
                 }
                 if buf.is_empty() {
-                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "blob file shorter than announced"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "blob file shorter than announced",
+                    ));
                 }
                 self.pos += buf.len() as u64;
                 return Ok(Some(buf.freeze()));
             }
             if complete {
                 return if self.end.is_some_and(|e| self.pos < e) {
-                    Err(io::Error::new(io::ErrorKind::UnexpectedEof, "blob shorter than the range asked for"))
+                    Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "blob shorter than the range asked for",
+                    ))
                 } else {
                     Ok(None)
                 };
@@ -185,7 +194,11 @@ pub struct DownloadHandle {
 impl DownloadHandle {
     /// Upstream answered 200; bytes go to `temp`.
     pub fn running(&self, temp: PathBuf, total: Option<u64>) {
-        self.state.send_replace(DownloadState::Running { temp: Arc::new(temp), written: 0, total });
+        self.state.send_replace(DownloadState::Running {
+            temp: Arc::new(temp),
+            written: 0,
+            total,
+        });
     }
 
     /// `written` bytes are now in the file.
@@ -214,13 +227,19 @@ impl DownloadHandle {
 
     fn finish(&self, state: DownloadState) {
         self.state.send_replace(state);
-        self.table.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.digest);
+        self.table
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.digest);
     }
 }
 
 impl Drop for DownloadHandle {
     fn drop(&mut self) {
-        let unfinished = matches!(*self.state.borrow(), DownloadState::Connecting | DownloadState::Running { .. });
+        let unfinished = matches!(
+            *self.state.borrow(),
+            DownloadState::Connecting | DownloadState::Running { .. }
+        );
         if unfinished {
             self.finish(DownloadState::Failed("download task ended unexpectedly".into()));
         }
@@ -251,12 +270,23 @@ impl Downloads {
         let (tx, rx) = watch::channel(DownloadState::Connecting);
         let download = Arc::new(Download { state: rx, final_path });
         table.insert(digest.clone(), download.clone());
-        Joined::New(download, DownloadHandle { state: tx, digest: digest.clone(), table: self.table.clone() })
+        Joined::New(
+            download,
+            DownloadHandle {
+                state: tx,
+                digest: digest.clone(),
+                table: self.table.clone(),
+            },
+        )
     }
 
     /// The download of `digest`, if one is in progress.
     pub fn get(&self, digest: &Digest) -> Option<Arc<Download>> {
-        self.table.lock().unwrap_or_else(|p| p.into_inner()).get(digest).cloned()
+        self.table
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(digest)
+            .cloned()
     }
 
     /// How many downloads are in progress.
@@ -289,8 +319,13 @@ mod tests {
         let data: Vec<u8> = (0..600_000u32).map(|i| (i % 253) as u8).collect();
         let digest = Digest::of(Algorithm::Sha256, &data);
         let downloads = Downloads::default();
-        let Joined::New(dl, handle) = downloads.join_or_start(&digest, fin.clone()) else { panic!() };
-        assert!(matches!(downloads.join_or_start(&digest, fin.clone()), Joined::Existing(_)));
+        let Joined::New(dl, handle) = downloads.join_or_start(&digest, fin.clone()) else {
+            panic!()
+        };
+        assert!(matches!(
+            downloads.join_or_start(&digest, fin.clone()),
+            Joined::Existing(_)
+        ));
 
         let whole = tokio::spawn(collect(dl.read(0, None)));
         let tail = tokio::spawn(collect(dl.read(599_990, None)));
@@ -323,12 +358,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let digest = Digest::of(Algorithm::Sha256, b"x");
         let downloads = Downloads::default();
-        let Joined::New(dl, handle) = downloads.join_or_start(&digest, dir.path().join("f")) else { panic!() };
+        let Joined::New(dl, handle) = downloads.join_or_start(&digest, dir.path().join("f")) else {
+            panic!()
+        };
         let reader = tokio::spawn(collect(dl.read(0, None)));
         handle.fail("upstream cut the connection");
         assert!(reader.await.unwrap().is_err());
 
-        let Joined::New(dl, handle) = downloads.join_or_start(&digest, dir.path().join("f")) else { panic!() };
+        let Joined::New(dl, handle) = downloads.join_or_start(&digest, dir.path().join("f")) else {
+            panic!()
+        };
         drop(handle);
         assert!(matches!(dl.state(), DownloadState::Failed(_)));
         assert_eq!(downloads.in_flight(), 0);

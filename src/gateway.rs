@@ -27,8 +27,15 @@ impl Gateway {
 
     /// Handles one request for `origin` from `client`. `registry` says whether the origin is a
     /// configured registry (cached) or any other host (forwarded as is).
-    pub async fn handle(&self, client: SocketAddr, origin: &Origin, registry: bool, req: Request<Body>) -> Response<Body> {
+    pub async fn handle(
+        &self,
+        client: SocketAddr,
+        origin: &Origin,
+        registry: bool,
+        req: Request<Body>,
+    ) -> Response<Body> {
         let record = AccessRecord::new(client, origin.host.to_string(), req.method().clone(), req.uri().path());
+        let head = req.method() == http::Method::HEAD;
         let (res, outcome) = if registry {
             self.cache.handle(origin, req).await
         } else {
@@ -41,6 +48,14 @@ impl Gateway {
             }
         };
         let status = res.status().as_u16();
-        res.map(|b| body::boxed(LoggedBody::new(b, record, outcome, status)))
+        let expected = if head || status == 304 || status == 204 {
+            Some(0)
+        } else {
+            res.headers()
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+        };
+        res.map(|b| body::boxed(LoggedBody::new(b, record, outcome, status, expected)))
     }
 }

@@ -207,7 +207,10 @@ async fn absolute_form(req: Request<Incoming>, client: SocketAddr, shared: Arc<S
         );
     }
     let origin = Origin { tls, host };
-    shared.gateway.handle(client, &origin, registry, req.map(body::boxed)).await
+    shared
+        .gateway
+        .handle(client, &origin, registry, req.map(body::boxed))
+        .await
 }
 
 /// Whether `target` names the proxy's own listener (a request loop).

@@ -19,7 +19,9 @@ pub struct SingleFlight<K, V> {
 
 impl<K, V> Default for SingleFlight<K, V> {
     fn default() -> Self {
-        Self { flights: Arc::new(Mutex::new(HashMap::new())) }
+        Self {
+            flights: Arc::new(Mutex::new(HashMap::new())),
+        }
     }
 }
 

@@ -23,9 +23,9 @@ use rustls::pki_types::pem::PemObject;
 use tokio::net::TcpStream;
 
 use crate::body::{self, Body};
-use crate::headers::strip_hop_by_hop;
 use crate::config::{Config, ConnectTo, HostPort, Timeouts};
 use crate::error::{ProxyError, chain_line};
+use crate::headers::strip_hop_by_hop;
 
 /// Errors building the upstream client (bad `--upstream-ca` files).
 #[derive(Debug, thiserror::Error)]
@@ -198,7 +198,9 @@ impl UpstreamClient {
             let status = res.status();
             let is_redirect = matches!(status.as_u16(), 301 | 302 | 303 | 307 | 308);
             let location = res.headers().get(header::LOCATION).and_then(|l| l.to_str().ok());
-            let (true, Some(location)) = (is_redirect, location) else { return Ok(res) };
+            let (true, Some(location)) = (is_redirect, location) else {
+                return Ok(res);
+            };
             let next = resolve_location(&url, location).ok_or_else(|| ProxyError::Upstream {
                 target: target_of(&url),
                 reason: format!("redirect to an unusable Location {location:?}"),
@@ -212,7 +214,10 @@ impl UpstreamClient {
             tracing::debug!(from = %target_of(&url), to = %target_of(&next), status = status.as_u16(), "following redirect");
             url = next;
         }
-        Err(ProxyError::Upstream { target: target_of(&url), reason: format!("more than {MAX_REDIRECTS} redirects") })
+        Err(ProxyError::Upstream {
+            target: target_of(&url),
+            reason: format!("more than {MAX_REDIRECTS} redirects"),
+        })
     }
 
     /// Opens a raw TCP connection for a tunnel, honouring `--connect-to` and the connect timeout.
