@@ -49,6 +49,8 @@ struct Fetched {
     status: StatusCode,
     headers: HeaderMap,
     body: Bytes,
+    /// Fingerprint of the credentials it was fetched with.
+    auth: String,
 }
 
 /// Result of asking upstream about a tag with `HEAD`.
@@ -64,7 +66,7 @@ enum Revalidation {
         head: Option<(StatusCode, HeaderMap)>,
     },
     /// Upstream answered, but not with the manifest (401, 403, 404, …): the client must see it.
-    Refused(StatusCode, HeaderMap),
+    Refused,
 }
 
 /// Memory of a tag: the record, and when it was last written to disk.
@@ -341,15 +343,12 @@ impl RegistryCache {
             return self.serve_tag(ctx, &key, &accept, &memo.record, "HIT", false).await;
         }
 
-        let auth = auth_fingerprint(ctx.headers);
         let head_url = ctx.url.clone();
         let head_headers = headers::for_upstream(ctx.headers);
         let upstream = self.upstream.clone();
         let result = self
             .revalidations
-            .run(format!("{key}|{auth}"), move || {
-                revalidate(upstream, head_url, head_headers)
-            })
+            .run(key.clone(), move || revalidate(upstream, head_url, head_headers))
             .await
             .unwrap_or(Revalidation::Unavailable {
                 reason: "revalidation task panicked".into(),
@@ -384,13 +383,9 @@ impl RegistryCache {
                     }),
                 }
             }
-            Revalidation::Refused(status, headers) => {
-                if ctx.head {
-                    (head_only(status, &headers, "MISS"), Outcome::Miss)
-                } else {
-                    self.get_passthrough(ctx).await
-                }
-            }
+            // Each client gets upstream's verdict on its own credentials.
+            Revalidation::Refused if ctx.head => self.head_passthrough(ctx).await,
+            Revalidation::Refused => self.get_passthrough(ctx).await,
         }
     }
 
@@ -516,49 +511,39 @@ impl RegistryCache {
     /// GETs a manifest, coalescing identical concurrent requests (same URL, `Accept` and
     /// credentials).
     async fn fetch_manifest(&self, ctx: &Ctx<'_>) -> Result<Fetched, ProxyError> {
-        let key = format!(
-            "{}|{}|{}",
-            ctx.url,
-            AcceptSet::from_headers(ctx.headers).key(),
-            auth_fingerprint(ctx.headers)
-        );
+        // Coalesced across credentials: with Docker Hub every CI job has its own token, and a
+        // manifest GET is a counted pull. A refusal is not shared with different credentials.
+        let key = format!("{}|{}", ctx.url, AcceptSet::from_headers(ctx.headers).key());
+        let mine = auth_fingerprint(ctx.headers);
         let upstream = self.upstream.clone();
         let url = ctx.url.clone();
         let headers = headers::for_upstream(ctx.headers);
         let target = ctx.origin.host.to_string();
-        self.manifest_fetches
-            .run(key, move || async move {
-                let res = upstream.send_following_redirects(Method::GET, url, headers).await?;
-                let (parts, body) = res.into_parts();
-                if content_length(&parts.headers).is_some_and(|n| n > MAX_MANIFEST as u64) {
-                    return Err(ProxyError::Upstream {
-                        target,
-                        reason: "manifest larger than 4 MiB".into(),
-                    });
-                }
-                let body = http_body_util::Limited::new(body, MAX_MANIFEST)
-                    .collect()
-                    .await
-                    .map_err(|e| ProxyError::Upstream {
-                        target,
-                        reason: format!("reading manifest: {e}"),
-                    })?
-                    .to_bytes();
-                let mut headers = parts.headers;
-                headers::strip_hop_by_hop(&mut headers);
-                Ok(Fetched {
-                    status: parts.status,
-                    headers,
-                    body,
-                })
-            })
+        let leader = mine.clone();
+        let shared = self
+            .manifest_fetches
+            .run(key, move || fetch_buffered(upstream, url, headers, target, leader))
             .await
             .unwrap_or_else(|| {
                 Err(ProxyError::Upstream {
                     target: ctx.origin.host.to_string(),
                     reason: "manifest fetch panicked".into(),
                 })
-            })
+            });
+        match shared {
+            Ok(f) if f.status != StatusCode::OK && f.auth != mine => {
+                let target = ctx.origin.host.to_string();
+                fetch_buffered(
+                    self.upstream.clone(),
+                    ctx.url.clone(),
+                    headers::for_upstream(ctx.headers),
+                    target,
+                    mine,
+                )
+                .await
+            }
+            other => other,
+        }
     }
 
     async fn store_manifest(&self, ctx: &Ctx<'_>, digest: &Digest, media_type: &str, bytes: &Bytes) {
@@ -675,6 +660,40 @@ async fn run_download(
     }
 }
 
+/// GETs a manifest and buffers it (bounded: manifests are small and must be verified whole).
+async fn fetch_buffered(
+    upstream: UpstreamClient,
+    url: Uri,
+    headers: HeaderMap,
+    target: String,
+    auth: String,
+) -> Result<Fetched, ProxyError> {
+    let res = upstream.send_following_redirects(Method::GET, url, headers).await?;
+    let (parts, body) = res.into_parts();
+    if content_length(&parts.headers).is_some_and(|n| n > MAX_MANIFEST as u64) {
+        return Err(ProxyError::Upstream {
+            target,
+            reason: "manifest larger than 4 MiB".into(),
+        });
+    }
+    let body = http_body_util::Limited::new(body, MAX_MANIFEST)
+        .collect()
+        .await
+        .map_err(|e| ProxyError::Upstream {
+            target,
+            reason: format!("reading manifest: {e}"),
+        })?
+        .to_bytes();
+    let mut headers = parts.headers;
+    headers::strip_hop_by_hop(&mut headers);
+    Ok(Fetched {
+        status: parts.status,
+        headers,
+        body,
+        auth,
+    })
+}
+
 /// Asks upstream for a tag's current digest with a HEAD.
 async fn revalidate(upstream: UpstreamClient, url: Uri, headers: HeaderMap) -> Revalidation {
     match upstream.send_following_redirects(Method::HEAD, url, headers).await {
@@ -697,7 +716,7 @@ async fn revalidate(upstream: UpstreamClient, url: Uri, headers: HeaderMap) -> R
                     None => Revalidation::NoDigest,
                 }
             } else {
-                Revalidation::Refused(status, h)
+                Revalidation::Refused
             }
         }
     }
@@ -832,14 +851,14 @@ fn blob_headers(h: &mut HeaderMap, digest: &Digest, label: &'static str) {
 }
 
 /// Status, length and `Content-Range` for a blob of `total` bytes under the client's `Range`.
-fn range_head(h: &HeaderMap, total: u64) -> Result<(StatusCode, u64, u64), Response<Body>> {
+fn range_head(h: &HeaderMap, total: u64) -> Result<(StatusCode, u64, u64), Box<Response<Body>>> {
     match range::parse(h, total) {
         ByteRange::Full => Ok((StatusCode::OK, 0, total)),
         ByteRange::Partial { start, end } => Ok((StatusCode::PARTIAL_CONTENT, start, end + 1)),
         ByteRange::Unsatisfiable => {
             let mut res = body::text(StatusCode::RANGE_NOT_SATISFIABLE, "regcache: range not satisfiable");
             headers::set(res.headers_mut(), header::CONTENT_RANGE, &format!("bytes */{total}"));
-            Err(res)
+            Err(Box::new(res))
         }
     }
 }
@@ -847,7 +866,7 @@ fn range_head(h: &HeaderMap, total: u64) -> Result<(StatusCode, u64, u64), Respo
 async fn blob_from_file(ctx: &Ctx<'_>, digest: &Digest, path: std::path::PathBuf, total: u64) -> Response<Body> {
     let (status, start, end) = match range_head(ctx.headers, total) {
         Ok(r) => r,
-        Err(res) => return res,
+        Err(res) => return *res,
     };
     let body = if ctx.head {
         body::empty()
@@ -917,7 +936,7 @@ fn blob_from_download(
     let (status, start, end) = match total {
         Some(t) => match range_head(ctx.headers, t) {
             Ok((s, a, b)) => (s, a, Some(b)),
-            Err(res) => return Some(res),
+            Err(res) => return Some(*res),
         },
         // Unknown length: ranges cannot be checked yet; send everything.
         None => (StatusCode::OK, 0, None),

@@ -146,7 +146,7 @@ impl ContentStore {
     pub async fn blob(&self, digest: &Digest) -> Option<StoredBlob> {
         let path = self.content_path(digest);
         let meta = tokio::fs::metadata(&path).await.ok()?;
-        meta.is_file().then(|| StoredBlob { len: meta.len(), path })
+        meta.is_file().then_some(StoredBlob { len: meta.len(), path })
     }
 
     /// Starts writing a blob that must turn out to be `digest` (and `expected_len`, if known).
@@ -298,7 +298,7 @@ pub fn now_ms() -> u64 {
 }
 
 fn integrity(digest: &Digest) -> Result<cacache::Integrity, StoreError> {
-    Ok(cacache::Integrity::from_hex(digest.hex(), cache_algorithm(digest.algorithm())).map_err(index_err)?)
+    cacache::Integrity::from_hex(digest.hex(), cache_algorithm(digest.algorithm())).map_err(index_err)
 }
 
 fn cache_algorithm(a: Algorithm) -> cacache::Algorithm {
