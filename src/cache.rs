@@ -86,8 +86,27 @@ pub struct RegistryCache {
     tags: moka::sync::Cache<String, TagMemo>,
     manifest_fetches: SingleFlight<String, Result<Fetched, ProxyError>>,
     revalidations: SingleFlight<String, Revalidation>,
-    store_broken_until_ms: AtomicU64,
-    store_failures: AtomicU64,
+    health: Arc<StoreHealth>,
+}
+
+/// Whether the store can be written; shared with download tasks.
+#[derive(Default)]
+struct StoreHealth {
+    broken_until_ms: AtomicU64,
+    failures: AtomicU64,
+}
+
+impl StoreHealth {
+    fn usable(&self) -> bool {
+        store::now_ms() >= self.broken_until_ms.load(Ordering::Relaxed)
+    }
+
+    fn failed(&self, e: &store::StoreError) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        self.broken_until_ms
+            .store(store::now_ms() + STORE_BACKOFF_MS, Ordering::Relaxed);
+        tracing::error!(error = %e, "cache write failed; passing responses through uncached for 30 s");
+    }
 }
 
 /// Everything about one registry request that the handlers need.
@@ -112,14 +131,13 @@ impl RegistryCache {
             tags: moka::sync::Cache::new(100_000),
             manifest_fetches: SingleFlight::default(),
             revalidations: SingleFlight::default(),
-            store_broken_until_ms: AtomicU64::new(0),
-            store_failures: AtomicU64::new(0),
+            health: Arc::new(StoreHealth::default()),
         }
     }
 
     /// Store writes that failed since start (each made a response pass through uncached).
     pub fn store_failures(&self) -> u64 {
-        self.store_failures.load(Ordering::Relaxed)
+        self.health.failures.load(Ordering::Relaxed)
     }
 
     /// Blob downloads in progress.
@@ -235,47 +253,31 @@ impl RegistryCache {
                     handle.abandon();
                     return (blob_from_file(ctx, digest, stored.path, stored.len).await, Outcome::Hit);
                 }
-                let writer = match self.store.blob_writer(digest, None).await {
-                    Ok(w) => w,
-                    Err(e) => {
-                        self.store_failed(&e);
-                        handle.abandon();
-                        return self.blob_passthrough(ctx).await;
-                    }
-                };
-                let res = match self
-                    .upstream
-                    .send_following_redirects(Method::GET, ctx.url.clone(), headers::for_upstream(ctx.headers))
-                    .await
-                {
-                    Ok(res) => res,
-                    Err(e) => {
-                        writer.discard().await;
-                        handle.abandon();
-                        return error(e);
-                    }
-                };
-                if res.status() != StatusCode::OK {
-                    writer.discard().await;
-                    handle.abandon();
-                    return (passthrough(res, "MISS"), Outcome::Miss);
-                }
-                let total = content_length(res.headers());
-                let writer = writer.expect_len(total);
-                handle.running(writer.temp_path().to_path_buf(), total);
-                let state = dl.state();
-                tokio::spawn(run_download(
+                // The download runs in its own task from the first byte on, so it completes
+                // (and is cached) even if this client goes away while upstream is answering.
+                let (reply, started) = tokio::sync::oneshot::channel();
+                tokio::spawn(download_blob(DownloadJob {
+                    upstream: self.upstream.clone(),
+                    store: self.store.clone(),
+                    health: self.health.clone(),
+                    url: ctx.url.clone(),
+                    headers: headers::for_upstream(ctx.headers),
                     handle,
-                    writer,
-                    res.into_body(),
-                    self.body_idle,
-                    digest.clone(),
-                ));
-                match blob_from_download(ctx, digest, &dl, state) {
-                    Some(res) => (res, Outcome::Miss),
-                    None => error(ProxyError::Upstream {
+                    idle: self.body_idle,
+                    digest: digest.clone(),
+                    reply,
+                }));
+                match started.await {
+                    Ok(Started::Streaming) => match blob_from_download(ctx, digest, &dl, dl.state()) {
+                        Some(res) => (res, Outcome::Miss),
+                        None => self.blob_passthrough(ctx).await,
+                    },
+                    Ok(Started::StoreUnavailable) => self.blob_passthrough(ctx).await,
+                    Ok(Started::Refused(res)) => (passthrough(res, "MISS"), Outcome::Miss),
+                    Ok(Started::Failed(e)) => error(e),
+                    Err(_) => error(ProxyError::Upstream {
                         target: ctx.origin.host.to_string(),
-                        reason: "blob download failed".into(),
+                        reason: "blob download task ended".into(),
                     }),
                 }
             }
@@ -591,14 +593,11 @@ impl RegistryCache {
     }
 
     fn store_usable(&self) -> bool {
-        store::now_ms() >= self.store_broken_until_ms.load(Ordering::Relaxed)
+        self.health.usable()
     }
 
     fn store_failed(&self, e: &store::StoreError) {
-        self.store_failures.fetch_add(1, Ordering::Relaxed);
-        self.store_broken_until_ms
-            .store(store::now_ms() + STORE_BACKOFF_MS, Ordering::Relaxed);
-        tracing::error!(error = %e, "cache write failed; passing responses through uncached for 30 s");
+        self.health.failed(e);
     }
 }
 
@@ -606,6 +605,74 @@ enum Class {
     Ping,
     Blob(Digest),
     Manifest(Reference),
+}
+
+/// How a blob download began, told to the request that started it.
+enum Started {
+    /// Upstream answered 200; bytes are flowing into the download.
+    Streaming,
+    /// The store cannot be written: fetch for yourself.
+    StoreUnavailable,
+    /// Upstream answered something else (401, 404, …): pass it on.
+    Refused(Response<Incoming>),
+    /// Upstream could not be reached.
+    Failed(ProxyError),
+}
+
+struct DownloadJob {
+    upstream: UpstreamClient,
+    store: ContentStore,
+    health: Arc<StoreHealth>,
+    url: Uri,
+    headers: HeaderMap,
+    handle: crate::downloads::DownloadHandle,
+    idle: Duration,
+    digest: Digest,
+    reply: tokio::sync::oneshot::Sender<Started>,
+}
+
+/// Fetches a blob into the store, reporting to the request that started it how it began.
+async fn download_blob(job: DownloadJob) {
+    let DownloadJob {
+        upstream,
+        store,
+        health,
+        url,
+        headers,
+        handle,
+        idle,
+        digest,
+        reply,
+    } = job;
+    let writer = match store.blob_writer(&digest, None).await {
+        Ok(w) => w,
+        Err(e) => {
+            health.failed(&e);
+            handle.abandon();
+            let _ = reply.send(Started::StoreUnavailable);
+            return;
+        }
+    };
+    let res = match upstream.send_following_redirects(Method::GET, url, headers).await {
+        Ok(res) => res,
+        Err(e) => {
+            writer.discard().await;
+            handle.abandon();
+            let _ = reply.send(Started::Failed(e));
+            return;
+        }
+    };
+    if res.status() != StatusCode::OK {
+        writer.discard().await;
+        handle.abandon();
+        let _ = reply.send(Started::Refused(res));
+        return;
+    }
+    let total = content_length(res.headers());
+    let writer = writer.expect_len(total);
+    handle.running(writer.temp_path().to_path_buf(), total);
+    let _ = reply.send(Started::Streaming);
+    run_download(handle, writer, res.into_body(), idle, digest).await;
 }
 
 /// Streams the upstream body into the store, publishing progress to readers.
