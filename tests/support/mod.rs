@@ -11,6 +11,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod ca;
+pub mod fault_registry;
 pub mod image;
 pub mod regcache;
 pub mod registry;
@@ -22,6 +23,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 pub use ca::TestCa;
+pub use fault_registry::{Fault, FaultRegistry, FaultRule, RequestRecord};
 pub use image::{
     ImageFormat, ImageSpec, PushedImage, PushedIndex, RegistryClient, TestImage, TestIndex, push, push_index,
 };
