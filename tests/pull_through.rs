@@ -127,7 +127,13 @@ async fn skopeo_pulls_from_a_basic_auth_registry() {
         "{err}"
     );
     pull_fails(&w, &proxy, "docker://quay.io/org/private:1.0", Some(("alice", "wrong")));
-    pull_and_verify(&w, &proxy, "docker://quay.io/org/private:1.0", Some(("alice", "s3cret")), &image);
+    pull_and_verify(
+        &w,
+        &proxy,
+        "docker://quay.io/org/private:1.0",
+        Some(("alice", "s3cret")),
+        &image,
+    );
 
     let logs = proxy.logs();
     assert!(
