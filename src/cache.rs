@@ -24,7 +24,7 @@ use crate::access_log::Outcome;
 use crate::body::{self, Body};
 use crate::config::CachePolicy;
 use crate::digest::{Algorithm, Digest};
-use crate::downloads::{DownloadState, Downloads, Joined, READ_CHUNK};
+use crate::downloads::{DownloadState, Downloads, Joined};
 use crate::error::ProxyError;
 use crate::headers::{self, DOCKER_API_VERSION, DOCKER_CONTENT_DIGEST, X_CACHE};
 use crate::range::{self, ByteRange};
@@ -700,8 +700,11 @@ async fn run_download(
         };
         let Ok(data) = frame.into_data() else { continue };
         match writer.write(&data).await {
-            Ok(true) => handle.progress(writer.flushed()),
-            Ok(false) => {}
+            Ok(batches) => {
+                for (offset, batch) in batches {
+                    handle.append(offset, batch);
+                }
+            }
             Err(e) => {
                 tracing::error!(%digest, error = %e, "cache write failed mid-blob; discarding");
                 writer.discard().await;
@@ -709,12 +712,18 @@ async fn run_download(
             }
         }
     }
-    if let Err(e) = writer.flush().await {
-        tracing::error!(%digest, error = %e, "cache write failed mid-blob; discarding");
-        writer.discard().await;
-        return handle.fail("cache write failed");
+    match writer.flush().await {
+        Ok(batches) => {
+            for (offset, batch) in batches {
+                handle.append(offset, batch);
+            }
+        }
+        Err(e) => {
+            tracing::error!(%digest, error = %e, "cache write failed mid-blob; discarding");
+            writer.discard().await;
+            return handle.fail("cache write failed");
+        }
     }
-    handle.progress(writer.flushed());
     match writer.commit().await {
         Ok(stored) => {
             tracing::debug!(%digest, bytes = stored.len, "blob cached");
@@ -931,6 +940,7 @@ fn range_head(h: &HeaderMap, total: u64) -> Result<(StatusCode, u64, u64), Box<R
 }
 
 async fn blob_from_file(ctx: &Ctx<'_>, digest: &Digest, path: std::path::PathBuf, total: u64) -> Response<Body> {
+    // Content verified when written; clients verify again. Served with plain reads.
     let (status, start, end) = match range_head(ctx.headers, total) {
         Ok(r) => r,
         Err(res) => return *res,
@@ -938,30 +948,8 @@ async fn blob_from_file(ctx: &Ctx<'_>, digest: &Digest, path: std::path::PathBuf
     let body = if ctx.head {
         body::empty()
     } else {
-        match tokio::fs::File::open(&path).await {
-            Ok(mut file) => {
-                if start > 0
-                    && let Err(e) = tokio::io::AsyncSeekExt::seek(&mut file, std::io::SeekFrom::Start(start)).await
-                {
-                    return error(ProxyError::Upstream {
-                        target: "cache".into(),
-                        reason: e.to_string(),
-                    })
-                    .0;
-                }
-                let reader = tokio::io::AsyncReadExt::take(file, end - start);
-                let stream = tokio_util::io::ReaderStream::with_capacity(reader, READ_CHUNK);
-                body::boxed(http_body_util::StreamBody::new(stream.map_ok(hyper::body::Frame::data)))
-            }
-            Err(e) => {
-                tracing::error!(%digest, error = %e, "cached blob vanished while opening it");
-                return error(ProxyError::Upstream {
-                    target: "cache".into(),
-                    reason: "cached blob unreadable".into(),
-                })
-                .0;
-            }
-        }
+        let stream = crate::downloads::file_stream(path, start, end - start);
+        body::boxed(http_body_util::StreamBody::new(stream.map_ok(hyper::body::Frame::data)))
     };
     let mut res = Response::new(body);
     *res.status_mut() = status;

@@ -14,15 +14,14 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::Stream;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::watch;
 
 use crate::digest::Digest;
 
 /// Read size when following a download or serving a file.
-pub const READ_CHUNK: usize = 256 * 1024;
+pub const READ_CHUNK: usize = 512 * 1024;
 
 /// Where a download stands.
 #[derive(Debug, Clone)]
@@ -53,6 +52,44 @@ pub enum DownloadState {
 pub struct Download {
     state: watch::Receiver<DownloadState>,
     final_path: PathBuf,
+    recent: Arc<Mutex<Recent>>,
+}
+
+/// How much of the newest data a download keeps in memory for clients following it closely.
+/// Followers within this window are served from memory; slower ones read the file.
+const RECENT_BYTES: usize = 4 * 1024 * 1024;
+
+/// The newest batches written, as shared `Bytes` (no copies per reader).
+#[derive(Default)]
+struct Recent {
+    chunks: std::collections::VecDeque<(u64, Bytes)>,
+    bytes: usize,
+}
+
+impl Recent {
+    fn push(&mut self, offset: u64, chunk: Bytes) {
+        self.bytes += chunk.len();
+        self.chunks.push_back((offset, chunk));
+        while self.bytes > RECENT_BYTES && self.chunks.len() > 1 {
+            if let Some((_, old)) = self.chunks.pop_front() {
+                self.bytes -= old.len();
+            }
+        }
+    }
+
+    /// Bytes from `pos` up to `limit` (exclusive), if `pos` is still in memory.
+    fn slice(&self, pos: u64, limit: u64) -> Option<Bytes> {
+        if pos >= limit {
+            return None;
+        }
+        self.chunks.iter().find_map(|(off, chunk)| {
+            let end = off + chunk.len() as u64;
+            (pos >= *off && pos < end).then(|| {
+                let stop = end.min(limit);
+                chunk.slice((pos - off) as usize..(stop - off) as usize)
+            })
+        })
+    }
 }
 
 impl Download {
@@ -75,6 +112,7 @@ impl Download {
         let reader = Reader {
             rx: self.state.clone(),
             final_path: self.final_path.clone(),
+            recent: self.recent.clone(),
             file: None,
             pos: start,
             end,
@@ -99,7 +137,8 @@ impl Download {
 struct Reader {
     rx: watch::Receiver<DownloadState>,
     final_path: PathBuf,
-    file: Option<tokio::fs::File>,
+    recent: Arc<Mutex<Recent>>,
+    file: Option<std::fs::File>,
     pos: u64,
     end: Option<u64>,
     finished: bool,
@@ -127,28 +166,29 @@ impl Reader {
                 DownloadState::Failed(why) => return Err(io::Error::other(format!("blob download failed: {why}"))),
             };
             if self.pos < available {
-                let want = (available - self.pos).min(READ_CHUNK as u64);
-                let want = self.end.map_or(want, |e| want.min(e - self.pos)) as usize;
-                self.open(temp.as_deref()).await?;
-                let file = self
-                    .file
-                    .as_mut()
-                    .ok_or_else(|| io::Error::other("blob file not open"))?;
-                let mut buf = BytesMut::with_capacity(want);
-                while buf.len() < want {
-                    let n = file.read_buf(&mut buf).await?;
-                    if n == 0 {
-                        break;
-                    }
+                let limit = self.end.map_or(available, |e| e.min(available));
+                let in_memory = self
+                    .recent
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .slice(self.pos, limit);
+                if let Some(bytes) = in_memory {
+                    self.pos += bytes.len() as u64;
+                    return Ok(Some(bytes));
                 }
-                if buf.is_empty() {
+                let want = (limit - self.pos).min(READ_CHUNK as u64) as usize;
+                self.open(temp.as_deref()).await?;
+                let file = self.file.take().ok_or_else(|| io::Error::other("blob file not open"))?;
+                let (file, bytes) = read_blocking(file, want).await?;
+                self.file = Some(file);
+                if bytes.is_empty() {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "blob file shorter than announced",
                     ));
                 }
-                self.pos += buf.len() as u64;
-                return Ok(Some(buf.freeze()));
+                self.pos += bytes.len() as u64;
+                return Ok(Some(bytes));
             }
             if complete {
                 return if self.end.is_some_and(|e| self.pos < e) {
@@ -171,22 +211,100 @@ impl Reader {
         if self.file.is_some() {
             return Ok(());
         }
-        let mut file = match temp {
-            Some(t) => match tokio::fs::File::open(t).await {
-                Ok(f) => f,
-                Err(_) => tokio::fs::File::open(&self.final_path).await?,
-            },
-            None => tokio::fs::File::open(&self.final_path).await?,
-        };
-        file.seek(io::SeekFrom::Start(self.pos)).await?;
+        let temp = temp.cloned();
+        let final_path = self.final_path.clone();
+        let pos = self.pos;
+        let file = tokio::task::spawn_blocking(move || -> io::Result<std::fs::File> {
+            let mut file = match temp.map(std::fs::File::open) {
+                Some(Ok(f)) => f,
+                _ => std::fs::File::open(&final_path)?,
+            };
+            std::io::Seek::seek(&mut file, io::SeekFrom::Start(pos))?;
+            Ok(file)
+        })
+        .await
+        .map_err(io::Error::other)??;
         self.file = Some(file);
         Ok(())
     }
 }
 
+/// Reads up to `want` bytes from the file's position on the blocking pool, straight into a
+/// fresh buffer (one copy, kernel to user; tokio's `File` would add a second).
+pub async fn read_blocking(file: std::fs::File, want: usize) -> io::Result<(std::fs::File, Bytes)> {
+    tokio::task::spawn_blocking(move || {
+        let mut buf = Vec::with_capacity(want);
+        let mut limited = std::io::Read::take(file, want as u64);
+        std::io::Read::read_to_end(&mut limited, &mut buf)?;
+        Ok((limited.into_inner(), Bytes::from(buf)))
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
+/// Streams `len` bytes of a file from `start`, in [`READ_CHUNK`] pieces.
+pub fn file_stream(path: PathBuf, start: u64, len: u64) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+    struct St {
+        path: PathBuf,
+        file: Option<std::fs::File>,
+        pos: u64,
+        left: u64,
+        failed: bool,
+    }
+    let st = St {
+        path,
+        file: None,
+        pos: start,
+        left: len,
+        failed: false,
+    };
+    futures_util::stream::unfold(st, |mut st| async move {
+        if st.left == 0 || st.failed {
+            return None;
+        }
+        let step = async {
+            let file = match st.file.take() {
+                Some(f) => f,
+                None => {
+                    let (path, pos) = (st.path.clone(), st.pos);
+                    tokio::task::spawn_blocking(move || -> io::Result<std::fs::File> {
+                        let mut f = std::fs::File::open(path)?;
+                        std::io::Seek::seek(&mut f, io::SeekFrom::Start(pos))?;
+                        Ok(f)
+                    })
+                    .await
+                    .map_err(io::Error::other)??
+                }
+            };
+            let want = st.left.min(READ_CHUNK as u64) as usize;
+            let (file, bytes) = read_blocking(file, want).await?;
+            if bytes.is_empty() {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "cached blob is shorter than its length",
+                ));
+            }
+            st.file = Some(file);
+            Ok(bytes)
+        };
+        match step.await {
+            Ok(bytes) => {
+                st.pos += bytes.len() as u64;
+                st.left -= bytes.len() as u64;
+                Some((Ok(bytes), st))
+            }
+            Err(e) => {
+                st.failed = true;
+                Some((Err(e), st))
+            }
+        }
+    })
+}
+
 /// The writer's side of a [`Download`]: reports progress; unregisters when dropped.
 pub struct DownloadHandle {
     state: watch::Sender<DownloadState>,
+    recent: Arc<Mutex<Recent>>,
     digest: Digest,
     table: Arc<Mutex<HashMap<Digest, Arc<Download>>>>,
 }
@@ -199,6 +317,17 @@ impl DownloadHandle {
             written: 0,
             total,
         });
+    }
+
+    /// A batch now in the file at `offset`: kept in memory for close followers, then
+    /// published.
+    pub fn append(&self, offset: u64, batch: Bytes) {
+        let end = offset + batch.len() as u64;
+        self.recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(offset, batch);
+        self.progress(end);
     }
 
     /// `written` bytes are now in the file.
@@ -226,6 +355,8 @@ impl DownloadHandle {
     }
 
     fn finish(&self, state: DownloadState) {
+        // Followers read what is left from the file; the memory is no longer needed.
+        *self.recent.lock().unwrap_or_else(|p| p.into_inner()) = Recent::default();
         self.state.send_replace(state);
         self.table
             .lock()
@@ -268,16 +399,20 @@ impl Downloads {
             return Joined::Existing(d.clone());
         }
         let (tx, rx) = watch::channel(DownloadState::Connecting);
-        let download = Arc::new(Download { state: rx, final_path });
+        let recent = Arc::new(Mutex::new(Recent::default()));
+        let download = Arc::new(Download {
+            state: rx,
+            final_path,
+            recent: recent.clone(),
+        });
         table.insert(digest.clone(), download.clone());
-        Joined::New(
-            download,
-            DownloadHandle {
-                state: tx,
-                digest: digest.clone(),
-                table: self.table.clone(),
-            },
-        )
+        let handle = DownloadHandle {
+            state: tx,
+            recent,
+            digest: digest.clone(),
+            table: self.table.clone(),
+        };
+        Joined::New(download, handle)
     }
 
     /// The download of `digest`, if one is in progress.

@@ -20,7 +20,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWriteExt;
+use tokio::io::AsyncWriteExt as _;
 
 use crate::digest::{Algorithm, Digest, Hasher};
 
@@ -96,7 +96,9 @@ struct ManifestMeta {
 
 /// Writes shorter than this are gathered before touching the file: upstream frames are often
 /// 16 KiB, and every write is a blocking-pool hop.
-const WRITE_BATCH: usize = 256 * 1024;
+const WRITE_BATCH: usize = 512 * 1024;
+/// Longest time received bytes wait before being written out for followers.
+const BATCH_MAX_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// The cache directory.
 #[derive(Debug, Clone)]
@@ -173,16 +175,23 @@ impl ContentStore {
             .map_err(|source| StoreError::Io {
                 path: path.clone(),
                 source,
-            })?;
+            })?
+            .into_std()
+            .await;
         Ok(BlobWriter {
-            file,
+            sink: Some(Sink {
+                file,
+                hasher: digest.hasher(),
+            }),
+            inflight: None,
             path,
             final_path: self.content_path(digest),
             digest: digest.clone(),
-            hasher: digest.hasher(),
             expected_len,
             pending: BytesMut::with_capacity(WRITE_BATCH),
+            queued: 0,
             flushed: 0,
+            last_dispatch: std::time::Instant::now(),
         })
     }
 
@@ -313,15 +322,33 @@ fn index_err(e: impl std::fmt::Display) -> StoreError {
 }
 
 /// A blob being written: hashed as it streams, renamed into the content store on success.
+///
+/// Batches are hashed and written by a job on the blocking pool while the next batch is being
+/// received, so network, hashing and disk overlap. Each job owns the file and the hash state
+/// and hands them back; a batch's `Bytes` are written as they are and then returned to the
+/// caller so that followers of the download can be served from memory.
 pub struct BlobWriter {
-    file: tokio::fs::File,
+    sink: Option<Sink>,
+    inflight: Option<tokio::task::JoinHandle<WriteJob>>,
     path: PathBuf,
     final_path: PathBuf,
     digest: Digest,
-    hasher: Hasher,
     expected_len: Option<u64>,
     pending: BytesMut,
+    /// Bytes handed to jobs so far.
+    queued: u64,
+    /// Bytes known to be in the file.
     flushed: u64,
+    last_dispatch: std::time::Instant,
+}
+
+/// A finished write job: the sink back, its result, and the batch it wrote at its offset.
+type WriteJob = (Sink, io::Result<()>, u64, Bytes);
+
+/// What a write job needs and returns.
+struct Sink {
+    file: std::fs::File,
+    hasher: Hasher,
 }
 
 impl BlobWriter {
@@ -341,56 +368,92 @@ impl BlobWriter {
         &self.final_path
     }
 
-    /// Bytes durably handed to the file so far (what readers may read).
+    /// Bytes known to be in the file (what readers may read from it).
     pub fn flushed(&self) -> u64 {
         self.flushed
     }
 
-    /// Appends a chunk; returns whether bytes were flushed to the file (so readers can advance).
+    /// Appends a chunk. Returns the batches that have reached the file since the last call,
+    /// with their offsets, for followers of the download.
+    ///
+    /// A batch is dispatched when it is full, or when data has waited [`BATCH_MAX_DELAY`]
+    /// (a slow upstream must not hold followers back until half a MiB has trickled in).
     ///
     /// # Errors
     /// On an I/O failure.
-    pub async fn write(&mut self, chunk: &[u8]) -> Result<bool, StoreError> {
-        self.hasher.update(chunk);
-        if self.pending.is_empty() && chunk.len() >= WRITE_BATCH {
-            self.write_out(chunk).await?;
-            return Ok(true);
-        }
+    pub async fn write(&mut self, chunk: &[u8]) -> Result<Vec<(u64, Bytes)>, StoreError> {
         self.pending.extend_from_slice(chunk);
-        if self.pending.len() >= WRITE_BATCH {
-            self.flush().await?;
-            return Ok(true);
+        let mut done = Vec::new();
+        if self.inflight.as_ref().is_some_and(|j| j.is_finished()) {
+            done.extend(self.wait_inflight().await?);
         }
-        Ok(false)
+        let overdue = self.last_dispatch.elapsed() >= BATCH_MAX_DELAY && self.inflight.is_none();
+        if self.pending.len() >= WRITE_BATCH || (overdue && !self.pending.is_empty()) {
+            done.extend(self.dispatch().await?);
+        }
+        Ok(done)
     }
 
-    /// Writes out whatever is gathered.
+    /// Waits for the batch in flight, then starts a job for what is gathered. Returns the batch
+    /// that completed.
+    async fn dispatch(&mut self) -> Result<Option<(u64, Bytes)>, StoreError> {
+        let done = self.wait_inflight().await?;
+        self.last_dispatch = std::time::Instant::now();
+        if !self.pending.is_empty() {
+            let batch = std::mem::replace(&mut self.pending, BytesMut::with_capacity(WRITE_BATCH)).freeze();
+            let offset = self.queued;
+            self.queued += batch.len() as u64;
+            let mut sink = self.sink.take().ok_or_else(|| self.lost())?;
+            self.inflight = Some(tokio::task::spawn_blocking(move || {
+                sink.hasher.update(&batch);
+                let r = std::io::Write::write_all(&mut sink.file, &batch);
+                (sink, r, offset, batch)
+            }));
+        }
+        Ok(done)
+    }
+
+    async fn wait_inflight(&mut self) -> Result<Option<(u64, Bytes)>, StoreError> {
+        let Some(job) = self.inflight.take() else {
+            return Ok(None);
+        };
+        let (sink, result, offset, batch) = job.await.map_err(|e| StoreError::Io {
+            path: self.path.clone(),
+            source: io::Error::other(e),
+        })?;
+        self.sink = Some(sink);
+        result.map_err(|source| StoreError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        self.flushed = offset + batch.len() as u64;
+        Ok(Some((offset, batch)))
+    }
+
+    fn lost(&self) -> StoreError {
+        StoreError::Io {
+            path: self.path.clone(),
+            source: io::Error::other("blob file lost after an earlier failure"),
+        }
+    }
+
+    /// Writes out everything gathered and waits for it; returns the batches that reached the
+    /// file (at most two: the one in flight and the rest).
     ///
     /// # Errors
     /// On an I/O failure.
-    pub async fn flush(&mut self) -> Result<(), StoreError> {
-        if !self.pending.is_empty() {
-            let buf = self.pending.split().freeze();
-            self.write_out(&buf).await?;
-        }
-        Ok(())
-    }
-
-    async fn write_out(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
-        self.file.write_all(bytes).await.map_err(|source| StoreError::Io {
-            path: self.path.clone(),
-            source,
-        })?;
-        // tokio's File buffers internally; flush so readers of the path see the bytes.
-        self.file.flush().await.map_err(|source| StoreError::Io {
-            path: self.path.clone(),
-            source,
-        })?;
-        self.flushed += bytes.len() as u64;
-        Ok(())
+    pub async fn flush(&mut self) -> Result<Vec<(u64, Bytes)>, StoreError> {
+        let mut done = Vec::new();
+        done.extend(self.dispatch().await?);
+        done.extend(self.wait_inflight().await?);
+        Ok(done)
     }
 
     /// Verifies length and digest, then moves the blob into the content store.
+    ///
+    /// The rename happens before the data is fsynced: a process crash (the case that matters,
+    /// `kill -9` included) cannot lose page-cache data, and waiting for the disk would hold
+    /// every client's last byte back by seconds per GiB. The fsync follows in the background.
     ///
     /// # Errors
     /// On a mismatch (the temporary file is removed) or an I/O failure.
@@ -404,10 +467,6 @@ impl BlobWriter {
 
     async fn finish(&mut self) -> Result<StoredBlob, StoreError> {
         self.flush().await?;
-        self.file.sync_all().await.map_err(|source| StoreError::Io {
-            path: self.path.clone(),
-            source,
-        })?;
         if let Some(expected) = self.expected_len
             && expected != self.flushed
         {
@@ -416,8 +475,8 @@ impl BlobWriter {
                 actual: self.flushed,
             });
         }
-        let hasher = std::mem::replace(&mut self.hasher, Hasher::new(self.digest.algorithm()));
-        let actual = hasher.finish();
+        let sink = self.sink.take().ok_or_else(|| self.lost())?;
+        let actual = sink.hasher.finish();
         if actual != self.digest {
             return Err(StoreError::DigestMismatch {
                 expected: self.digest.clone(),
@@ -438,6 +497,14 @@ impl BlobWriter {
                 path: self.final_path.clone(),
                 source,
             })?;
+        let file = sink.file;
+        let dir = self.final_path.parent().map(Path::to_path_buf);
+        tokio::task::spawn_blocking(move || {
+            let _ = file.sync_all();
+            if let Some(dir) = dir.and_then(|d| std::fs::File::open(d).ok()) {
+                let _ = dir.sync_all();
+            }
+        });
         Ok(StoredBlob {
             path: self.final_path.clone(),
             len: self.flushed,
@@ -445,7 +512,8 @@ impl BlobWriter {
     }
 
     /// Abandons the blob and removes the temporary file.
-    pub async fn discard(self) {
+    pub async fn discard(mut self) {
+        let _ = self.wait_inflight().await;
         let _ = tokio::fs::remove_file(&self.path).await;
     }
 }

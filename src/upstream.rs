@@ -119,8 +119,9 @@ impl UpstreamClient {
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
+            // HTTP/1.1 upstream: bulk blob transfers run ~2x faster than over h2 (flow-control
+            // windows and 16 KiB frames), and the pool keeps connections alive anyway.
             .enable_http1()
-            .enable_http2()
             .wrap_connector(dial);
         let client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())

@@ -912,7 +912,7 @@ fn blob_response(state: &State, req: &Request<Incoming>, digest: &str) -> Planne
 }
 
 /// The body with the body faults applied, streamed in chunks; marks the
-/// request complete after the last chunk.
+/// request complete when the last chunk is handed over.
 fn fault_body(data: Bytes, applied: &Applied, state: Arc<State>, index: usize) -> FaultBody {
     let data = if applied.wrong_bytes {
         Bytes::from(data.iter().map(|b| !b).collect::<Vec<u8>>())
@@ -960,6 +960,11 @@ fn fault_body(data: Bytes, applied: &Applied, state: Arc<State>, index: usize) -
         let end = (s.pos + s.chunk).min(limit);
         let piece = s.data.slice(s.pos..end);
         s.pos = end;
+        // Over HTTP/1.1 hyper stops polling a body once Content-Length bytes are out, so the
+        // last piece (not the end of the stream) is where the body counts as sent.
+        if end == s.data.len() {
+            mark_complete(&s.state, s.index);
+        }
         Some((Ok(Frame::data(piece)), s))
     });
 
