@@ -179,7 +179,7 @@ impl Reader {
                 let want = (limit - self.pos).min(READ_CHUNK as u64) as usize;
                 self.open(temp.as_deref()).await?;
                 let file = self.file.take().ok_or_else(|| io::Error::other("blob file not open"))?;
-                let (file, bytes) = read_blocking(file, want).await?;
+                let (file, bytes) = read_blocking(file, self.pos, want).await?;
                 self.file = Some(file);
                 if bytes.is_empty() {
                     return Err(io::Error::new(
@@ -206,21 +206,18 @@ impl Reader {
         }
     }
 
-    /// Opens the temporary file (or, once renamed into the store, the final one) at `pos`.
+    /// Opens the temporary file (or, once renamed into the store, the final one).
     async fn open(&mut self, temp: Option<&PathBuf>) -> io::Result<()> {
         if self.file.is_some() {
             return Ok(());
         }
         let temp = temp.cloned();
         let final_path = self.final_path.clone();
-        let pos = self.pos;
         let file = tokio::task::spawn_blocking(move || -> io::Result<std::fs::File> {
-            let mut file = match temp.map(std::fs::File::open) {
-                Some(Ok(f)) => f,
-                _ => std::fs::File::open(&final_path)?,
-            };
-            std::io::Seek::seek(&mut file, io::SeekFrom::Start(pos))?;
-            Ok(file)
+            match temp.map(std::fs::File::open) {
+                Some(Ok(f)) => Ok(f),
+                _ => std::fs::File::open(&final_path),
+            }
         })
         .await
         .map_err(io::Error::other)??;
@@ -229,10 +226,13 @@ impl Reader {
     }
 }
 
-/// Reads up to `want` bytes from the file's position on the blocking pool, straight into a
-/// fresh buffer (one copy, kernel to user; tokio's `File` would add a second).
-pub async fn read_blocking(file: std::fs::File, want: usize) -> io::Result<(std::fs::File, Bytes)> {
+/// Reads up to `want` bytes at `pos` on the blocking pool, straight into a fresh buffer (one
+/// copy, kernel to user; tokio's `File` would add a second). Always positions first: a
+/// follower of a download alternates between memory and the file, so the file's own cursor
+/// cannot be trusted.
+pub async fn read_blocking(mut file: std::fs::File, pos: u64, want: usize) -> io::Result<(std::fs::File, Bytes)> {
     tokio::task::spawn_blocking(move || {
+        std::io::Seek::seek(&mut file, io::SeekFrom::Start(pos))?;
         let mut buf = Vec::with_capacity(want);
         let mut limited = std::io::Read::take(file, want as u64);
         std::io::Read::read_to_end(&mut limited, &mut buf)?;
@@ -266,18 +266,14 @@ pub fn file_stream(path: PathBuf, start: u64, len: u64) -> impl Stream<Item = io
             let file = match st.file.take() {
                 Some(f) => f,
                 None => {
-                    let (path, pos) = (st.path.clone(), st.pos);
-                    tokio::task::spawn_blocking(move || -> io::Result<std::fs::File> {
-                        let mut f = std::fs::File::open(path)?;
-                        std::io::Seek::seek(&mut f, io::SeekFrom::Start(pos))?;
-                        Ok(f)
-                    })
-                    .await
-                    .map_err(io::Error::other)??
+                    let path = st.path.clone();
+                    tokio::task::spawn_blocking(move || std::fs::File::open(path))
+                        .await
+                        .map_err(io::Error::other)??
                 }
             };
             let want = st.left.min(READ_CHUNK as u64) as usize;
-            let (file, bytes) = read_blocking(file, want).await?;
+            let (file, bytes) = read_blocking(file, st.pos, want).await?;
             if bytes.is_empty() {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -506,5 +502,58 @@ mod tests {
         drop(handle);
         assert!(matches!(dl.state(), DownloadState::Failed(_)));
         assert_eq!(downloads.in_flight(), 0);
+    }
+}
+
+#[cfg(test)]
+mod follower_tests {
+    use super::*;
+    use crate::digest::Algorithm;
+    use futures_util::StreamExt;
+    use std::io::Write as _;
+
+    /// A follower that is served from memory at first, falls behind the in-memory window and
+    /// continues from the file must still get every byte in order.
+    #[tokio::test]
+    async fn followers_switching_between_memory_and_file_get_the_right_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let temp = dir.path().join("t.partial");
+        let data: Vec<u8> = (0..12 * 1024 * 1024u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+            .collect();
+        let digest = Digest::of(Algorithm::Sha256, &data);
+        let downloads = Downloads::default();
+        let Joined::New(dl, handle) = downloads.join_or_start(&digest, dir.path().join("final")) else {
+            panic!()
+        };
+        let mut file = std::fs::File::create(&temp).unwrap();
+        handle.running(temp.clone(), Some(data.len() as u64));
+        let batch = 512 * 1024;
+        let mut offset = 0usize;
+        let mut append = |n: usize, offset: &mut usize| {
+            for _ in 0..n {
+                let chunk = &data[*offset..*offset + batch];
+                file.write_all(chunk).unwrap();
+                handle.append(*offset as u64, Bytes::copy_from_slice(chunk));
+                *offset += batch;
+            }
+        };
+        // Start behind the in-memory window (file), catch up into it (memory), then fall
+        // behind again (file).
+        append(10, &mut offset);
+        let mut reader = std::pin::pin!(dl.read(0, None));
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            got.extend_from_slice(&reader.next().await.unwrap().unwrap());
+        }
+        append(14, &mut offset);
+        assert_eq!(offset, data.len());
+        handle.done(data.len() as u64);
+        std::fs::rename(&temp, dir.path().join("final")).unwrap();
+        while let Some(chunk) = reader.next().await {
+            got.extend_from_slice(&chunk.unwrap());
+        }
+        assert_eq!(got.len(), data.len());
+        assert!(got == data, "bytes differ from what was written");
     }
 }

@@ -1197,6 +1197,55 @@ async fn concurrent_misses_for_one_blob_make_one_upstream_get() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_fast_followers_of_one_download_get_exact_bytes() {
+    // Followers close to the head of a download are served from memory, slower ones from the
+    // file; one that alternates (falls behind, catches up, falls behind) must still get every
+    // byte in order. Upstream is throttled so that the download stays ahead of a paused reader.
+    let w = world();
+    let reg = FaultRegistry::new(&w.ca, &[H]);
+    let data = Bytes::from(random_bytes(24 * 1024 * 1024));
+    let digest = reg.put_blob(data.clone());
+    reg.set_fault(
+        &digest,
+        Fault::SlowBody {
+            chunk: 1024 * 1024,
+            every: Duration::from_millis(30),
+        },
+    );
+    let p = proxy(&w, &[(H, &reg)], &[]);
+    let url = blob_url(H, REPO, &digest);
+    let paused = {
+        let c = client_with(&p, true);
+        let url = url.clone();
+        tokio::spawn(async move {
+            let mut res = c.get(url).send().await.unwrap();
+            let mut got = Vec::new();
+            let mut pauses = 0;
+            while let Some(chunk) = res.chunk().await.unwrap() {
+                got.extend_from_slice(&chunk);
+                // Pause twice, at different depths, long enough for the download to move
+                // several MiB past this reader.
+                if (got.len() > 2 * 1024 * 1024 && pauses == 0) || (got.len() > 9 * 1024 * 1024 && pauses == 1) {
+                    pauses += 1;
+                    tokio::time::sleep(Duration::from_millis(400)).await;
+                }
+            }
+            got
+        })
+    };
+    let fast = get(&client_with(&p, false), &url, &[]).await;
+    assert_eq!(fast.status, 200);
+    assert!(
+        fast.body().as_ref() == data.as_ref(),
+        "the fast follower got the right bytes"
+    );
+    let slow = paused.await.unwrap();
+    assert_eq!(slow.len(), data.len());
+    assert!(slow == data.as_ref(), "the paused follower got the right bytes");
+    assert_eq!(reg.count("GET", &digest), 1, "one upstream GET for both");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn download_completes_and_is_cached_when_the_first_client_disconnects() {
     let w = world();
     let reg = FaultRegistry::new(&w.ca, &[H]);
