@@ -510,8 +510,7 @@ impl RegistryCache {
         }
     }
 
-    /// GETs a manifest, coalescing identical concurrent requests (same URL, `Accept` and
-    /// credentials).
+    /// GETs a manifest, coalescing identical concurrent requests (same URL and `Accept`).
     async fn fetch_manifest(&self, ctx: &Ctx<'_>) -> Result<Fetched, ProxyError> {
         // Coalesced across credentials: with Docker Hub every CI job has its own token, and a
         // manifest GET is a counted pull. A refusal is not shared with different credentials.
