@@ -72,7 +72,7 @@ struct Args {
     #[arg(long, default_value = "/v2/")]
     path: String,
     /// HEAD or GET; GET bodies are read fully and discarded.
-    #[arg(long, value_enum, default_value_t = HttpMethod::Head)]
+    #[arg(long, value_enum, ignore_case = true, default_value_t = HttpMethod::Head)]
     method: HttpMethod,
     /// Extra request header, repeatable.
     #[arg(long = "header", value_name = "NAME: VALUE")]

@@ -42,8 +42,17 @@ pub async fn serve(
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
-            // Almost always a client that does not trust the regcache CA yet.
-            tracing::warn!(%client, host = %origin.host, error = %e, "TLS handshake with client failed (does it trust the regcache CA?)");
+            // A client that rejects our certificate says so with an alert; one that merely
+            // went away (EOF, reset) is not a trust problem.
+            let alert = e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                .is_some_and(|r| matches!(r, rustls::Error::AlertReceived(_)));
+            if alert {
+                tracing::warn!(%client, host = %origin.host, error = %e, "client rejected regcache's certificate (does it trust the regcache CA?)");
+            } else {
+                tracing::debug!(%client, host = %origin.host, error = %e, "client left during the TLS handshake");
+            }
             return;
         }
         Err(_) => {
