@@ -30,7 +30,7 @@ use crate::headers::{self, DOCKER_API_VERSION, DOCKER_CONTENT_DIGEST, X_CACHE};
 use crate::range::{self, ByteRange};
 use crate::registry::{self, AcceptSet, Reference, RegistryRequest};
 use crate::single_flight::SingleFlight;
-use crate::store::{self, ContentStore, TagRecord};
+use crate::store::{self, ContentStore, StoredManifest, TagRecord};
 use crate::upstream::{Origin, UpstreamClient};
 
 /// Manifests are buffered to be verified; the distribution registry refuses larger ones.
@@ -39,6 +39,8 @@ const MAX_MANIFEST: usize = 4 * 1024 * 1024;
 const STORE_BACKOFF_MS: u64 = 30_000;
 /// A tag's validation time is written to disk at most this often when its digest is unchanged.
 const TAG_PERSIST_EVERY_MS: u64 = 10 * 60 * 1000;
+/// Bytes of manifests kept in memory (a typical manifest is 1–10 KiB).
+const MANIFEST_MEMORY: u64 = 16 * 1024 * 1024;
 
 /// A response and what the cache did to produce it.
 pub type Served = (Response<Body>, Outcome);
@@ -84,6 +86,9 @@ pub struct RegistryCache {
     policy: CachePolicy,
     body_idle: Duration,
     tags: moka::sync::Cache<String, TagMemo>,
+    /// Recently used manifests, so that a GET of a cached manifest costs no disk I/O. They were
+    /// verified when stored; this is a copy of the store, never a replacement for it.
+    manifests: moka::sync::Cache<String, StoredManifest>,
     manifest_fetches: SingleFlight<String, Result<Fetched, ProxyError>>,
     revalidations: SingleFlight<String, Revalidation>,
     health: Arc<StoreHealth>,
@@ -129,6 +134,10 @@ impl RegistryCache {
             policy,
             body_idle,
             tags: moka::sync::Cache::new(100_000),
+            manifests: moka::sync::Cache::builder()
+                .max_capacity(MANIFEST_MEMORY)
+                .weigher(|k: &String, m: &StoredManifest| (k.len() + m.bytes.len()).try_into().unwrap_or(u32::MAX))
+                .build(),
             manifest_fetches: SingleFlight::default(),
             revalidations: SingleFlight::default(),
             health: Arc::new(StoreHealth::default()),
@@ -300,7 +309,7 @@ impl RegistryCache {
 
     async fn manifest_by_digest(&self, ctx: &Ctx<'_>, digest: &Digest) -> Served {
         let accept = AcceptSet::from_headers(ctx.headers);
-        if let Some(m) = self.store.manifest(&ctx.registry, &ctx.repository, digest).await
+        if let Some(m) = self.cached_manifest(ctx, digest).await
             && accept.allows(&m.media_type)
         {
             return (
@@ -475,7 +484,7 @@ impl RegistryCache {
             );
             return (res, outcome);
         }
-        match self.store.manifest(&ctx.registry, &ctx.repository, &digest).await {
+        match self.cached_manifest(ctx, &digest).await {
             Some(m) => (
                 manifest_response(false, &m.bytes, &m.media_type, &digest, label, stale),
                 outcome,
@@ -551,13 +560,32 @@ impl RegistryCache {
         if !self.store_usable() {
             return;
         }
-        if let Err(e) = self
+        match self
             .store
             .put_manifest(&ctx.registry, &ctx.repository, digest, media_type, bytes)
             .await
         {
-            self.store_failed(&e);
+            Ok(()) => self.manifests.insert(
+                store::manifest_key(&ctx.registry, &ctx.repository, digest),
+                StoredManifest {
+                    bytes: bytes.clone(),
+                    media_type: media_type.to_string(),
+                    digest: digest.clone(),
+                },
+            ),
+            Err(e) => self.store_failed(&e),
         }
+    }
+
+    /// A manifest cached for this registry and repository: from memory, else from the store.
+    async fn cached_manifest(&self, ctx: &Ctx<'_>, digest: &Digest) -> Option<StoredManifest> {
+        let key = store::manifest_key(&ctx.registry, &ctx.repository, digest);
+        if let Some(m) = self.manifests.get(&key) {
+            return Some(m);
+        }
+        let m = self.store.manifest(&ctx.registry, &ctx.repository, digest).await?;
+        self.manifests.insert(key, m.clone());
+        Some(m)
     }
 
     async fn tag_memo(&self, key: &str) -> Option<TagMemo> {

@@ -53,7 +53,7 @@ impl LeafCertCache {
             .try_get_with(host.to_string(), async move {
                 let leaf = ca.mint_leaf(&host_owned)?;
                 minted.fetch_add(1, Ordering::Relaxed);
-                let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+                let provider = Arc::new(server_provider());
                 let mut config = ServerConfig::builder_with_provider(provider)
                     .with_safe_default_protocol_versions()
                     .map_err(|e| CaError::Invalid {
@@ -67,6 +67,7 @@ impl LeafCertCache {
                         reason: e.to_string(),
                     })?;
                 config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+                config.ignore_client_order = true;
                 // Session tickets let a client's 30+ tunnels per pull resume instead of redoing
                 // the full handshake.
                 if let Ok(ticketer) = rustls::crypto::aws_lc_rs::Ticketer::new() {
@@ -81,6 +82,17 @@ impl LeafCertCache {
     pub fn minted(&self) -> u64 {
         self.minted.load(Ordering::Relaxed)
     }
+}
+
+/// aws-lc-rs with TLS 1.3 AES-128-GCM preferred (the server's order wins): its SHA-256 key
+/// schedule makes each of a pull's many handshakes cheaper than AES-256's SHA-384 one, which
+/// rustls and OpenSSL clients list first. Both are strong; Go clients prefer AES-128 anyway.
+fn server_provider() -> rustls::crypto::CryptoProvider {
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider
+        .cipher_suites
+        .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    provider
 }
 
 #[cfg(test)]
@@ -131,6 +143,17 @@ mod tests {
         let other_dir = tempfile::tempdir().unwrap();
         let other = CertificateAuthority::generate(other_dir.path(), false).unwrap();
         assert!(verify(&other, &leaf, "ghcr.io").is_err());
+    }
+
+    #[test]
+    fn aes_128_is_preferred_and_nothing_is_dropped() {
+        let ours = server_provider();
+        let default = rustls::crypto::aws_lc_rs::default_provider();
+        assert_eq!(
+            ours.cipher_suites[0].suite(),
+            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+        );
+        assert_eq!(ours.cipher_suites.len(), default.cipher_suites.len());
     }
 
     #[tokio::test]
