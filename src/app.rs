@@ -95,8 +95,12 @@ impl App {
             addr: config.listen,
             source,
         })?;
+        let leaf_certs = LeafCertCache::new(ca.clone());
+        leaf_certs
+            .prewarm(config.registries.iter().filter_map(|p| p.exact_host()))
+            .await;
         let shared = Arc::new(Shared {
-            leaf_certs: LeafCertCache::new(ca.clone()),
+            leaf_certs,
             gateway: Gateway::new(upstream.clone(), cache),
             upstream,
             local: LocalEndpoints::new(ca.cert_pem().to_string()),

@@ -258,6 +258,11 @@ pub struct HostPattern {
 }
 
 impl HostPattern {
+    /// The host name, if this pattern names exactly one host (not a wildcard).
+    pub fn exact_host(&self) -> Option<&str> {
+        (!self.wildcard).then_some(self.host.as_str())
+    }
+
     /// Whether `target` is covered by this pattern.
     pub fn matches(&self, target: &HostPort) -> bool {
         if target.port != self.port {
@@ -418,6 +423,8 @@ mod tests {
         assert!(!wild.matches(&hp("evilgcr.io")));
         assert!(!wild.matches(&hp("eu.gcr.io:8443")));
         assert!("*.".parse::<HostPattern>().is_err());
+        assert_eq!(exact.exact_host(), Some("ghcr.io"));
+        assert_eq!(wild.exact_host(), None);
     }
 
     #[test]
