@@ -57,7 +57,7 @@ pub struct Download {
 
 /// How much of the newest data a download keeps in memory for clients following it closely.
 /// Followers within this window are served from memory; slower ones read the file.
-const RECENT_BYTES: usize = 4 * 1024 * 1024;
+const RECENT_BYTES: usize = 2 * 1024 * 1024;
 
 /// The newest batches written, as shared `Bytes` (no copies per reader).
 #[derive(Default)]
@@ -540,13 +540,16 @@ mod follower_tests {
         };
         // Start behind the in-memory window (file), catch up into it (memory), then fall
         // behind again (file).
-        append(10, &mut offset);
+        // The window then holds batches 2.. of the first ones written: two reads from the
+        // file, two from memory.
+        let first = RECENT_BYTES / batch + 2;
+        append(first, &mut offset);
         let mut reader = std::pin::pin!(dl.read(0, None));
         let mut got = Vec::new();
         for _ in 0..4 {
             got.extend_from_slice(&reader.next().await.unwrap().unwrap());
         }
-        append(14, &mut offset);
+        append(data.len() / batch - first, &mut offset);
         assert_eq!(offset, data.len());
         handle.done(data.len() as u64);
         std::fs::rename(&temp, dir.path().join("final")).unwrap();
