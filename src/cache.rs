@@ -711,22 +711,29 @@ async fn run_download(
     digest: Digest,
 ) {
     loop {
-        let frame = match tokio::time::timeout(idle, body.frame()).await {
+        // `None` once upstream has sent everything: then whatever is gathered is written out.
+        let data = match tokio::time::timeout(idle, body.frame()).await {
             Err(_) => {
                 tracing::warn!(%digest, "upstream stalled mid-blob; discarding");
                 writer.discard().await;
                 return handle.fail("upstream stalled");
             }
-            Ok(None) => break,
+            Ok(None) => None,
             Ok(Some(Err(e))) => {
                 tracing::warn!(%digest, error = %e, "upstream broke off mid-blob; discarding");
                 writer.discard().await;
                 return handle.fail("upstream closed the connection mid-blob");
             }
-            Ok(Some(Ok(frame))) => frame,
+            Ok(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => Some(data),
+                Err(_) => continue,
+            },
         };
-        let Ok(data) = frame.into_data() else { continue };
-        match writer.write(&data).await {
+        let written = match &data {
+            Some(data) => writer.write(data).await,
+            None => writer.flush().await,
+        };
+        match written {
             Ok(batches) => {
                 for (offset, batch) in batches {
                     handle.append(offset, batch);
@@ -738,17 +745,8 @@ async fn run_download(
                 return handle.fail("cache write failed");
             }
         }
-    }
-    match writer.flush().await {
-        Ok(batches) => {
-            for (offset, batch) in batches {
-                handle.append(offset, batch);
-            }
-        }
-        Err(e) => {
-            tracing::error!(%digest, error = %e, "cache write failed mid-blob; discarding");
-            writer.discard().await;
-            return handle.fail("cache write failed");
+        if data.is_none() {
+            break;
         }
     }
     match writer.commit().await {
