@@ -58,6 +58,19 @@ impl Outcome {
     }
 }
 
+impl Outcome {
+    /// The `X-Cache` value of a registry response with this outcome.
+    pub fn x_cache(self) -> &'static str {
+        match self {
+            Self::Hit => "HIT",
+            Self::Miss => "MISS",
+            Self::Revalidated => "REVALIDATED",
+            Self::Stale => "STALE",
+            _ => "BYPASS",
+        }
+    }
+}
+
 impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

@@ -192,7 +192,8 @@ impl RegistryCache {
     async fn bypass(&self, origin: &Origin, req: Request<Body>) -> Served {
         match self.upstream.forward(origin, req).await {
             Ok(mut res) => {
-                res.headers_mut().insert(X_CACHE, HeaderValue::from_static("BYPASS"));
+                res.headers_mut()
+                    .insert(X_CACHE, HeaderValue::from_static(Outcome::Bypass.x_cache()));
                 (res, Outcome::Bypass)
             }
             Err(e) => error(e),
@@ -205,12 +206,8 @@ impl RegistryCache {
     /// upstream is down, so cached images stay pullable.
     async fn ping(&self, ctx: &Ctx<'_>) -> Served {
         let method = if ctx.head { Method::HEAD } else { Method::GET };
-        match self
-            .upstream
-            .send_following_redirects(method, ctx.url.clone(), headers::for_upstream(ctx.headers))
-            .await
-        {
-            Ok(res) if !upstream_unavailable(res.status()) => (passthrough(res, "BYPASS"), Outcome::Bypass),
+        match self.ask_upstream(ctx, method).await {
+            Ok(res) if !upstream_unavailable(res.status()) => passthrough(res, Outcome::Bypass),
             Ok(res) => {
                 tracing::warn!(registry = %ctx.registry, status = res.status().as_u16(), "registry unavailable; answering /v2/ locally");
                 (local_ping(ctx.head), Outcome::Stale)
@@ -228,34 +225,23 @@ impl RegistryCache {
         if let Some(stored) = self.store.blob(digest).await {
             return (blob_from_file(ctx, digest, stored.path, stored.len).await, Outcome::Hit);
         }
-        if let Some(dl) = self.downloads.get(digest) {
-            let state = dl.started().await;
-            if let Some(res) = blob_from_download(ctx, digest, &dl, state) {
-                return (res, Outcome::Miss);
-            }
+        if let Some(dl) = self.downloads.get(digest)
+            && let Some(served) = follow(ctx, digest, &dl).await
+        {
+            return served;
         }
         if ctx.head {
             // A HEAD stays a HEAD upstream: it tells the client the size without a transfer.
-            return match self
-                .upstream
-                .send_following_redirects(Method::HEAD, ctx.url.clone(), headers::for_upstream(ctx.headers))
-                .await
-            {
-                Ok(res) => (passthrough(res, "MISS"), Outcome::Miss),
-                Err(e) => error(e),
-            };
+            return self.relay(ctx, Method::HEAD, Outcome::Miss).await;
         }
         if !self.store_usable() {
-            return self.blob_passthrough(ctx).await;
+            return self.relay(ctx, Method::GET, Outcome::Bypass).await;
         }
         match self.downloads.join_or_start(digest, self.store.content_path(digest)) {
-            Joined::Existing(dl) => {
-                let state = dl.started().await;
-                match blob_from_download(ctx, digest, &dl, state) {
-                    Some(res) => (res, Outcome::Miss),
-                    None => self.blob_passthrough(ctx).await,
-                }
-            }
+            Joined::Existing(dl) => match follow(ctx, digest, &dl).await {
+                Some(served) => served,
+                None => self.relay(ctx, Method::GET, Outcome::Bypass).await,
+            },
             Joined::New(dl, handle) => {
                 // It may have been committed between the store check and registering.
                 if let Some(stored) = self.store.blob(digest).await {
@@ -277,12 +263,12 @@ impl RegistryCache {
                     reply,
                 }));
                 match started.await {
-                    Ok(Started::Streaming) => match blob_from_download(ctx, digest, &dl, dl.state()) {
-                        Some(res) => (res, Outcome::Miss),
-                        None => self.blob_passthrough(ctx).await,
+                    Ok(Started::Streaming) => match follow(ctx, digest, &dl).await {
+                        Some(served) => served,
+                        None => self.relay(ctx, Method::GET, Outcome::Bypass).await,
                     },
-                    Ok(Started::StoreUnavailable) => self.blob_passthrough(ctx).await,
-                    Ok(Started::Refused(res)) => (passthrough(res, "MISS"), Outcome::Miss),
+                    Ok(Started::StoreUnavailable) => self.relay(ctx, Method::GET, Outcome::Bypass).await,
+                    Ok(Started::Refused(res)) => passthrough(res, Outcome::Miss),
                     Ok(Started::Failed(e)) => error(e),
                     Err(_) => error(ProxyError::Upstream {
                         target: ctx.origin.host.to_string(),
@@ -290,18 +276,6 @@ impl RegistryCache {
                     }),
                 }
             }
-        }
-    }
-
-    /// Fetches a blob for this client alone and streams it through, uncached.
-    async fn blob_passthrough(&self, ctx: &Ctx<'_>) -> Served {
-        match self
-            .upstream
-            .send_following_redirects(Method::GET, ctx.url.clone(), headers::for_upstream(ctx.headers))
-            .await
-        {
-            Ok(res) => (passthrough(res, "BYPASS"), Outcome::Bypass),
-            Err(e) => error(e),
         }
     }
 
@@ -313,19 +287,19 @@ impl RegistryCache {
             && accept.allows(&m.media_type)
         {
             return (
-                manifest_response(ctx.head, &m.bytes, &m.media_type, digest, "HIT", false),
+                manifest_response(ctx.head, &m.bytes, &m.media_type, digest, Outcome::Hit, false),
                 Outcome::Hit,
             );
         }
         if ctx.head {
-            return self.head_passthrough(ctx).await;
+            return self.relay(ctx, Method::HEAD, Outcome::Miss).await;
         }
         let fetched = match self.fetch_manifest(ctx).await {
             Ok(f) => f,
             Err(e) => return error(e),
         };
         if fetched.status != StatusCode::OK {
-            return (fetched_response(&fetched, "MISS"), Outcome::Miss);
+            return fetched_response(&fetched, Outcome::Miss);
         }
         if !digest.matches(&fetched.body) {
             return error(ProxyError::Upstream {
@@ -336,7 +310,7 @@ impl RegistryCache {
         let media_type = content_type(&fetched.headers);
         self.store_manifest(ctx, digest, &media_type, &fetched.body).await;
         (
-            manifest_response(false, &fetched.body, &media_type, digest, "MISS", false),
+            manifest_response(false, &fetched.body, &media_type, digest, Outcome::Miss, false),
             Outcome::Miss,
         )
     }
@@ -351,7 +325,9 @@ impl RegistryCache {
         };
         let age = now.saturating_sub(memo.record.validated_at_ms);
         if !ttl.is_zero() && age < ttl.as_millis() as u64 {
-            return self.serve_tag(ctx, &key, &accept, &memo.record, "HIT", false).await;
+            return self
+                .serve_tag(ctx, &key, &accept, &memo.record, Outcome::Hit, false)
+                .await;
         }
 
         let head_url = ctx.url.clone();
@@ -369,25 +345,29 @@ impl RegistryCache {
         match result {
             Revalidation::Current(fresh) if fresh.digest == memo.record.digest => {
                 self.remember_tag(&key, fresh.clone(), Some(&memo)).await;
-                self.serve_tag(ctx, &key, &accept, &fresh, "REVALIDATED", false).await
+                self.serve_tag(ctx, &key, &accept, &fresh, Outcome::Revalidated, false)
+                    .await
             }
             Revalidation::Current(fresh) => {
                 tracing::info!(registry = %ctx.registry, repository = %ctx.repository, tag, old = %memo.record.digest, new = %fresh.digest, "tag moved upstream");
                 self.remember_tag(&key, fresh.clone(), None).await;
-                self.serve_tag(ctx, &key, &accept, &fresh, "REVALIDATED", false).await
+                self.serve_tag(ctx, &key, &accept, &fresh, Outcome::Revalidated, false)
+                    .await
             }
             Revalidation::NoDigest => self.tag_miss(ctx, &key, &accept).await,
             Revalidation::Unavailable { reason, head } => {
                 let max_stale = self.policy.max_stale.as_millis() as u64;
                 if age <= max_stale.saturating_add(ttl.as_millis() as u64) {
                     tracing::warn!(registry = %ctx.registry, repository = %ctx.repository, tag, reason, "upstream unavailable; serving stale tag");
-                    return self.serve_tag(ctx, &key, &accept, &memo.record, "STALE", true).await;
+                    return self
+                        .serve_tag(ctx, &key, &accept, &memo.record, Outcome::Stale, true)
+                        .await;
                 }
                 tracing::warn!(registry = %ctx.registry, repository = %ctx.repository, tag, reason, "upstream unavailable and cached tag is older than --max-stale");
                 match head {
                     // Give the client upstream's own error, via its own request.
-                    Some(_) if !ctx.head => self.get_passthrough(ctx).await,
-                    Some((status, headers)) => (head_only(status, &headers, "MISS"), Outcome::Miss),
+                    Some(_) if !ctx.head => self.relay(ctx, Method::GET, Outcome::Miss).await,
+                    Some((status, headers)) => head_only(status, &headers, Outcome::Miss),
                     None => error(ProxyError::Upstream {
                         target: ctx.origin.host.to_string(),
                         reason,
@@ -395,19 +375,15 @@ impl RegistryCache {
                 }
             }
             // Each client gets upstream's verdict on its own credentials.
-            Revalidation::Refused if ctx.head => self.head_passthrough(ctx).await,
-            Revalidation::Refused => self.get_passthrough(ctx).await,
+            Revalidation::Refused if ctx.head => self.relay(ctx, Method::HEAD, Outcome::Miss).await,
+            Revalidation::Refused => self.relay(ctx, Method::GET, Outcome::Miss).await,
         }
     }
 
     /// A tag with no usable entry: ask upstream (HEAD for HEAD, GET for GET) and remember.
     async fn tag_miss(&self, ctx: &Ctx<'_>, key: &str, accept: &AcceptSet) -> Served {
         if ctx.head {
-            let res = match self
-                .upstream
-                .send_following_redirects(Method::HEAD, ctx.url.clone(), headers::for_upstream(ctx.headers))
-                .await
-            {
+            let res = match self.ask_upstream(ctx, Method::HEAD).await {
                 Ok(res) => res,
                 Err(e) => return error(e),
             };
@@ -417,14 +393,14 @@ impl RegistryCache {
             {
                 self.remember_tag(key, record, None).await;
             }
-            return (passthrough(res, "MISS"), Outcome::Miss);
+            return passthrough(res, Outcome::Miss);
         }
         let fetched = match self.fetch_manifest(ctx).await {
             Ok(f) => f,
             Err(e) => return error(e),
         };
         if fetched.status != StatusCode::OK {
-            return (fetched_response(&fetched, "MISS"), Outcome::Miss);
+            return fetched_response(&fetched, Outcome::Miss);
         }
         let media_type = content_type(&fetched.headers);
         let announced = fetched
@@ -436,7 +412,7 @@ impl RegistryCache {
         let digest = Digest::of(algorithm, &fetched.body);
         if announced.as_ref().is_some_and(|a| *a != digest) {
             tracing::warn!(registry = %ctx.registry, repository = %ctx.repository, "manifest body does not match Docker-Content-Digest; not caching");
-            return (fetched_response(&fetched, "MISS"), Outcome::Miss);
+            return fetched_response(&fetched, Outcome::Miss);
         }
         if accept.allows(&media_type) {
             self.store_manifest(ctx, &digest, &media_type, &fetched.body).await;
@@ -449,7 +425,7 @@ impl RegistryCache {
             self.remember_tag(key, record, None).await;
         }
         (
-            manifest_response(false, &fetched.body, &media_type, &digest, "MISS", false),
+            manifest_response(false, &fetched.body, &media_type, &digest, Outcome::Miss, false),
             Outcome::Miss,
         )
     }
@@ -462,10 +438,9 @@ impl RegistryCache {
         key: &str,
         accept: &AcceptSet,
         record: &TagRecord,
-        label: &'static str,
+        outcome: Outcome,
         stale: bool,
     ) -> Served {
-        let outcome = outcome_of(label);
         let Ok(digest) = record.digest.parse::<Digest>() else {
             return self.tag_miss(ctx, key, accept).await;
         };
@@ -479,14 +454,14 @@ impl RegistryCache {
                 record.size,
                 &record.media_type,
                 &digest,
-                label,
+                outcome,
                 stale,
             );
             return (res, outcome);
         }
         match self.cached_manifest(ctx, &digest).await {
             Some(m) => (
-                manifest_response(false, &m.bytes, &m.media_type, &digest, label, stale),
+                manifest_response(false, &m.bytes, &m.media_type, &digest, outcome, stale),
                 outcome,
             ),
             None if stale => error(ProxyError::Upstream {
@@ -497,24 +472,18 @@ impl RegistryCache {
         }
     }
 
-    async fn head_passthrough(&self, ctx: &Ctx<'_>) -> Served {
-        match self
-            .upstream
-            .send_following_redirects(Method::HEAD, ctx.url.clone(), headers::for_upstream(ctx.headers))
+    /// Sends the client's request upstream for this client alone (its own credentials), as
+    /// `method`, following redirects.
+    async fn ask_upstream(&self, ctx: &Ctx<'_>, method: Method) -> Result<Response<Incoming>, ProxyError> {
+        self.upstream
+            .send_following_redirects(method, ctx.url.clone(), headers::for_upstream(ctx.headers))
             .await
-        {
-            Ok(res) => (passthrough(res, "MISS"), Outcome::Miss),
-            Err(e) => error(e),
-        }
     }
 
-    async fn get_passthrough(&self, ctx: &Ctx<'_>) -> Served {
-        match self
-            .upstream
-            .send_following_redirects(Method::GET, ctx.url.clone(), headers::for_upstream(ctx.headers))
-            .await
-        {
-            Ok(res) => (passthrough(res, "MISS"), Outcome::Miss),
+    /// Streams upstream's answer to the client's request back, uncached, labelled `outcome`.
+    async fn relay(&self, ctx: &Ctx<'_>, method: Method, outcome: Outcome) -> Served {
+        match self.ask_upstream(ctx, method).await {
+            Ok(res) => passthrough(res, outcome),
             Err(e) => error(e),
         }
     }
@@ -858,42 +827,36 @@ fn auth_fingerprint(h: &HeaderMap) -> String {
     }
 }
 
-fn outcome_of(label: &str) -> Outcome {
-    match label {
-        "HIT" => Outcome::Hit,
-        "REVALIDATED" => Outcome::Revalidated,
-        "STALE" => Outcome::Stale,
-        "BYPASS" => Outcome::Bypass,
-        _ => Outcome::Miss,
-    }
-}
-
 fn error(e: ProxyError) -> Served {
     tracing::warn!(error = %e, "registry request failed");
     (e.into_response(), Outcome::Error)
 }
 
-fn passthrough(res: Response<Incoming>, label: &'static str) -> Response<Body> {
+fn passthrough(res: Response<Incoming>, outcome: Outcome) -> Served {
     let (mut parts, body) = res.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
-    parts.headers.insert(X_CACHE, HeaderValue::from_static(label));
-    Response::from_parts(parts, body::boxed(body))
+    parts
+        .headers
+        .insert(X_CACHE, HeaderValue::from_static(outcome.x_cache()));
+    (Response::from_parts(parts, body::boxed(body)), outcome)
 }
 
-fn fetched_response(f: &Fetched, label: &'static str) -> Response<Body> {
+fn fetched_response(f: &Fetched, outcome: Outcome) -> Served {
     let mut res = Response::new(body::full(f.body.clone()));
     *res.status_mut() = f.status;
     *res.headers_mut() = f.headers.clone();
-    res.headers_mut().insert(X_CACHE, HeaderValue::from_static(label));
-    res
+    res.headers_mut()
+        .insert(X_CACHE, HeaderValue::from_static(outcome.x_cache()));
+    (res, outcome)
 }
 
-fn head_only(status: StatusCode, h: &HeaderMap, label: &'static str) -> Response<Body> {
+fn head_only(status: StatusCode, h: &HeaderMap, outcome: Outcome) -> Served {
     let mut res = Response::new(body::empty());
     *res.status_mut() = status;
     *res.headers_mut() = h.clone();
-    res.headers_mut().insert(X_CACHE, HeaderValue::from_static(label));
-    res
+    res.headers_mut()
+        .insert(X_CACHE, HeaderValue::from_static(outcome.x_cache()));
+    (res, outcome)
 }
 
 fn local_ping(head: bool) -> Response<Body> {
@@ -902,25 +865,18 @@ fn local_ping(head: bool) -> Response<Body> {
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("2"));
     h.insert(DOCKER_API_VERSION, HeaderValue::from_static("registry/2.0"));
-    h.insert(X_CACHE, HeaderValue::from_static("STALE"));
+    h.insert(X_CACHE, HeaderValue::from_static(Outcome::Stale.x_cache()));
     h.insert(header::WARNING, HeaderValue::from_static("110 - \"Response is Stale\""));
     res
 }
 
-fn set_manifest_headers(
-    h: &mut HeaderMap,
-    len: u64,
-    media_type: &str,
-    digest: &Digest,
-    label: &'static str,
-    stale: bool,
-) {
+fn set_manifest_headers(h: &mut HeaderMap, len: u64, media_type: &str, digest: &Digest, outcome: Outcome, stale: bool) {
     headers::set(h, header::CONTENT_TYPE, media_type);
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     headers::set(h, DOCKER_CONTENT_DIGEST, &digest.to_string());
     headers::set(h, header::ETAG, &format!("\"{digest}\""));
     h.insert(DOCKER_API_VERSION, HeaderValue::from_static("registry/2.0"));
-    h.insert(X_CACHE, HeaderValue::from_static(label));
+    h.insert(X_CACHE, HeaderValue::from_static(outcome.x_cache()));
     if stale {
         h.insert(header::WARNING, HeaderValue::from_static("110 - \"Response is Stale\""));
     }
@@ -931,15 +887,22 @@ fn manifest_response(
     bytes: &Bytes,
     media_type: &str,
     digest: &Digest,
-    label: &'static str,
+    outcome: Outcome,
     stale: bool,
 ) -> Response<Body> {
     let mut res = Response::new(if head { body::empty() } else { body::full(bytes.clone()) });
-    set_manifest_headers(res.headers_mut(), bytes.len() as u64, media_type, digest, label, stale);
+    set_manifest_headers(
+        res.headers_mut(),
+        bytes.len() as u64,
+        media_type,
+        digest,
+        outcome,
+        stale,
+    );
     res
 }
 
-fn blob_headers(h: &mut HeaderMap, digest: &Digest, label: &'static str) {
+fn blob_headers(h: &mut HeaderMap, digest: &Digest, outcome: Outcome) {
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
@@ -948,7 +911,7 @@ fn blob_headers(h: &mut HeaderMap, digest: &Digest, label: &'static str) {
     headers::set(h, header::ETAG, &format!("\"{digest}\""));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(DOCKER_API_VERSION, HeaderValue::from_static("registry/2.0"));
-    h.insert(X_CACHE, HeaderValue::from_static(label));
+    h.insert(X_CACHE, HeaderValue::from_static(outcome.x_cache()));
 }
 
 /// Status, length and `Content-Range` for a blob of `total` bytes under the client's `Range`.
@@ -978,7 +941,7 @@ async fn blob_from_file(ctx: &Ctx<'_>, digest: &Digest, path: std::path::PathBuf
     };
     let mut res = Response::new(body);
     *res.status_mut() = status;
-    blob_headers(res.headers_mut(), digest, "HIT");
+    blob_headers(res.headers_mut(), digest, Outcome::Hit);
     res.headers_mut()
         .insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
     if status == StatusCode::PARTIAL_CONTENT {
@@ -989,6 +952,13 @@ async fn blob_from_file(ctx: &Ctx<'_>, digest: &Digest, path: std::path::PathBuf
         );
     }
     res
+}
+
+/// Serves a client from a download in progress once it has started, or `None` if it never
+/// did (the caller then asks upstream itself).
+async fn follow(ctx: &Ctx<'_>, digest: &Digest, dl: &Arc<crate::downloads::Download>) -> Option<Served> {
+    let state = dl.started().await;
+    blob_from_download(ctx, digest, dl, state).map(|res| (res, Outcome::Miss))
 }
 
 /// A response following a download in progress, or `None` if it never started (the caller
@@ -1030,7 +1000,7 @@ fn blob_from_download(
     };
     let mut res = Response::new(body);
     *res.status_mut() = status;
-    blob_headers(res.headers_mut(), digest, "MISS");
+    blob_headers(res.headers_mut(), digest, Outcome::Miss);
     if let Some(end) = end {
         res.headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
