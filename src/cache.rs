@@ -664,7 +664,7 @@ async fn download_blob(job: DownloadJob) {
         let _ = reply.send(Started::Refused(res));
         return;
     }
-    let total = content_length(res.headers());
+    let total = headers::content_length(res.headers());
     let writer = writer.expect_len(total);
     handle.running(writer.temp_path().to_path_buf(), total);
     let _ = reply.send(Started::Streaming);
@@ -740,7 +740,7 @@ async fn fetch_buffered(
 ) -> Result<Fetched, ProxyError> {
     let res = upstream.send_following_redirects(Method::GET, url, headers).await?;
     let (parts, body) = res.into_parts();
-    if content_length(&parts.headers).is_some_and(|n| n > MAX_MANIFEST as u64) {
+    if headers::content_length(&parts.headers).is_some_and(|n| n > MAX_MANIFEST as u64) {
         return Err(ProxyError::Upstream {
             target,
             reason: "manifest larger than 4 MiB".into(),
@@ -798,17 +798,13 @@ fn record_from_head(h: &HeaderMap) -> Option<TagRecord> {
     Some(TagRecord {
         digest: digest.to_string(),
         media_type: content_type(h),
-        size: content_length(h)?,
+        size: headers::content_length(h)?,
         validated_at_ms: store::now_ms(),
     })
 }
 
 fn upstream_unavailable(status: StatusCode) -> bool {
     status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
-}
-
-fn content_length(h: &HeaderMap) -> Option<u64> {
-    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
 fn content_type(h: &HeaderMap) -> String {

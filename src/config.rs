@@ -310,6 +310,13 @@ pub struct ConnectTo {
     pub address: SocketAddr,
 }
 
+impl ConnectTo {
+    /// The address `overrides` say to dial for `target`, if any.
+    pub fn lookup(overrides: &[ConnectTo], target: &HostPort) -> Option<SocketAddr> {
+        overrides.iter().find(|c| c.target == *target).map(|c| c.address)
+    }
+}
+
 impl FromStr for ConnectTo {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -362,11 +369,6 @@ impl Config {
     /// Whether CONNECTs to `target` are intercepted.
     pub fn is_registry(&self, target: &HostPort) -> bool {
         self.registries.iter().any(|p| p.matches(target))
-    }
-
-    /// The address to dial for `target`, if overridden.
-    pub fn dial_override(&self, target: &HostPort) -> Option<SocketAddr> {
-        self.connect_to.iter().find(|c| c.target == *target).map(|c| c.address)
     }
 }
 

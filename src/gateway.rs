@@ -51,10 +51,7 @@ impl Gateway {
         let expected = if head || status == 304 || status == 204 {
             Some(0)
         } else {
-            res.headers()
-                .get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok())
+            crate::headers::content_length(res.headers())
         };
         res.map(|b| body::boxed(LoggedBody::new(b, record, outcome, status, expected)))
     }

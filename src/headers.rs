@@ -60,6 +60,11 @@ pub fn for_upstream(client: &HeaderMap) -> HeaderMap {
     h
 }
 
+/// The `Content-Length`, when present and well-formed.
+pub fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
 /// Sets a header from a string known to be a valid value (digests, media types from
 /// upstream, numbers).
 pub fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {

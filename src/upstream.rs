@@ -226,7 +226,7 @@ impl UpstreamClient {
     /// # Errors
     /// [`ProxyError::Connect`] on failure or timeout.
     pub async fn dial(&self, target: &HostPort) -> Result<TcpStream, ProxyError> {
-        let addr = self.overrides.iter().find(|c| c.target == *target).map(|c| c.address);
+        let addr = ConnectTo::lookup(&self.overrides, target);
         let name = target.to_string();
         let after = self.timeouts.upstream_connect;
         let fut = async {
@@ -277,9 +277,22 @@ fn resolve_location(base: &Uri, location: &str) -> Option<Uri> {
     joined.parse().ok()
 }
 
-fn target_of(uri: &Uri) -> String {
+/// The host and port an absolute URI points at (the scheme's default port when none is given).
+fn host_port_of(uri: &Uri) -> Option<HostPort> {
     let default = if uri.scheme_str() == Some("http") { 80 } else { 443 };
-    format!("{}:{}", uri.host().unwrap_or("?"), uri.port_u16().unwrap_or(default))
+    let host = uri
+        .host()?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    Some(HostPort {
+        host,
+        port: uri.port_u16().unwrap_or(default),
+    })
+}
+
+fn target_of(uri: &Uri) -> String {
+    host_port_of(uri).map_or_else(|| "?".to_string(), |t| t.to_string())
 }
 
 /// Maps a client error to whose fault it was, with a one-line reason.
@@ -371,17 +384,7 @@ struct DialConnector {
 
 impl DialConnector {
     fn override_for(&self, dst: &Uri) -> Option<SocketAddr> {
-        let default = if dst.scheme_str() == Some("http") { 80 } else { 443 };
-        let host = dst
-            .host()?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_ascii_lowercase();
-        let target = HostPort {
-            host,
-            port: dst.port_u16().unwrap_or(default),
-        };
-        self.overrides.iter().find(|c| c.target == target).map(|c| c.address)
+        ConnectTo::lookup(&self.overrides, &host_port_of(dst)?)
     }
 }
 
