@@ -10,51 +10,20 @@ use std::time::Duration;
 
 use support::image::{ImageSpec, TestImage};
 use support::skopeo::{assert_success, verify_dir_blobs};
-use support::{Regcache, Registry, RegistryAuth, TestCa, cert_dir_with, manifest_digest_of_dir, skopeo_copy};
+use support::{Regcache, Registry, RegistryAuth, cert_dir_with, manifest_digest_of_dir, skopeo_copy};
 
 const MIB: u64 = 1024 * 1024;
 
-struct World {
-    ca: TestCa,
-    tmp: tempfile::TempDir,
-    upstream_ca_file: PathBuf,
-}
+type World = support::PullWorld;
 
 fn world() -> World {
-    support::install_crypto_provider();
-    let ca = TestCa::new();
-    let tmp = tempfile::tempdir().unwrap();
-    let upstream_ca_file = ca.write_cert(tmp.path());
-    World {
-        ca,
-        tmp,
-        upstream_ca_file,
-    }
+    World::new()
 }
 
 /// Pulls `src` through `proxy` into a fresh directory, checks the manifest digest and re-hashes
 /// every blob; returns the directory.
 fn pull_and_verify(w: &World, proxy: &Regcache, src: &str, image: &TestImage) -> PathBuf {
-    let cert_dir = cert_dir_with(w.tmp.path(), &[&proxy.ca_cert_pem()]);
-    let dest = w.tmp.path().join(format!("pull-{}", support::random_hex(4)));
-    let out = skopeo_copy(&proxy.proxy_url(), &cert_dir, src, &dest, None);
-    if !out.status.success() {
-        eprintln!("----- regcache -----\n{}", proxy.logs());
-    }
-    assert_success(&out, &format!("skopeo copy {src} through regcache"));
-    assert_eq!(
-        manifest_digest_of_dir(&dest),
-        image.manifest_digest,
-        "{src}: manifest digest"
-    );
-    let mut expected = image.blob_digests();
-    expected.sort();
-    assert_eq!(
-        verify_dir_blobs(&dest),
-        expected,
-        "{src}: blob digests (re-hashed from disk)"
-    );
-    dest
+    w.pull_through(proxy, src, None, image)
 }
 
 /// regcache access-log lines for `host` about manifests or blobs.

@@ -6,44 +6,17 @@
 mod support;
 
 use support::image::{RegistryClient, TestImage};
-use support::skopeo::{assert_success, verify_dir_blobs};
-use support::{
-    Regcache, Registry, RegistryAuth, TestCa, TokenServer, cert_dir_with, manifest_digest_of_dir, skopeo_copy,
-};
+use support::{Regcache, Registry, RegistryAuth, TokenServer, cert_dir_with, skopeo_copy};
 
-struct World {
-    ca: TestCa,
-    tmp: tempfile::TempDir,
-    upstream_ca_file: std::path::PathBuf,
-}
+type World = support::PullWorld;
 
 fn world() -> World {
-    support::install_crypto_provider();
-    let ca = TestCa::new();
-    let tmp = tempfile::tempdir().unwrap();
-    let upstream_ca_file = ca.write_cert(tmp.path());
-    World {
-        ca,
-        tmp,
-        upstream_ca_file,
-    }
+    World::new()
 }
 
 /// Pulls `src` through `proxy` with skopeo into a fresh directory and checks every digest.
 fn pull_and_verify(w: &World, proxy: &Regcache, src: &str, creds: Option<(&str, &str)>, image: &TestImage) {
-    // skopeo trusts regcache's CA only: the registry's own (test) CA is not in this dir, so a
-    // successful pull proves the connection was intercepted and re-signed.
-    let cert_dir = cert_dir_with(w.tmp.path(), &[&proxy.ca_cert_pem()]);
-    let dest = w.tmp.path().join(format!("pull-{}", support::random_hex(4)));
-    let out = skopeo_copy(&proxy.proxy_url(), &cert_dir, src, &dest, creds);
-    if !out.status.success() {
-        eprintln!("----- regcache -----\n{}", proxy.logs());
-    }
-    assert_success(&out, &format!("skopeo copy {src} through regcache"));
-    assert_eq!(manifest_digest_of_dir(&dest), image.manifest_digest, "manifest digest");
-    let mut expected = image.blob_digests();
-    expected.sort();
-    assert_eq!(verify_dir_blobs(&dest), expected, "blob digests (re-hashed from disk)");
+    w.pull_through(proxy, src, creds, image);
 }
 
 fn pull_fails(w: &World, proxy: &Regcache, src: &str, creds: Option<(&str, &str)>) -> String {

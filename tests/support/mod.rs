@@ -17,6 +17,7 @@ pub mod regcache;
 pub mod registry;
 pub mod skopeo;
 pub mod token;
+pub mod world;
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -31,6 +32,7 @@ pub use regcache::{Regcache, RegcacheBuilder, run_cli};
 pub use registry::{AccessLogEntry, Registry, RegistryAuth, RegistryBuilder};
 pub use skopeo::{SkopeoCopy, cert_dir_with, dir_blob_digests, manifest_digest_of_dir, skopeo_copy};
 pub use token::{TokenServer, TokenServerBuilder};
+pub use world::PullWorld;
 
 /// Boxed error used by every fallible fixture function.
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
