@@ -698,23 +698,20 @@ async fn run_download(
                 Err(_) => continue,
             },
         };
-        let written = match &data {
+        let at_end = data.is_none();
+        let written = match data {
             Some(data) => writer.write(data).await,
             None => writer.flush().await,
         };
         match written {
-            Ok(batches) => {
-                for (offset, batch) in batches {
-                    handle.append(offset, batch);
-                }
-            }
+            Ok(chunks) => handle.append(chunks),
             Err(e) => {
                 tracing::error!(%digest, error = %e, "cache write failed mid-blob; discarding");
                 writer.discard().await;
                 return handle.fail("cache write failed");
             }
         }
-        if data.is_none() {
+        if at_end {
             break;
         }
     }

@@ -315,14 +315,17 @@ impl DownloadHandle {
         });
     }
 
-    /// A batch now in the file at `offset`: kept in memory for close followers, then
-    /// published.
-    pub fn append(&self, offset: u64, batch: Bytes) {
-        let end = offset + batch.len() as u64;
-        self.recent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(offset, batch);
+    /// Chunks now in the file, each at its offset: kept in memory for close followers, then
+    /// published (one wake-up for all of them).
+    pub fn append(&self, chunks: Vec<(u64, Bytes)>) {
+        let Some(end) = chunks.last().map(|(offset, c)| offset + c.len() as u64) else {
+            return;
+        };
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        for (offset, chunk) in chunks {
+            recent.push(offset, chunk);
+        }
+        drop(recent);
         self.progress(end);
     }
 
@@ -534,7 +537,7 @@ mod follower_tests {
             for _ in 0..n {
                 let chunk = &data[*offset..*offset + batch];
                 file.write_all(chunk).unwrap();
-                handle.append(*offset as u64, Bytes::copy_from_slice(chunk));
+                handle.append(vec![(*offset as u64, Bytes::copy_from_slice(chunk))]);
                 *offset += batch;
             }
         };

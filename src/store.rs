@@ -18,7 +18,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt as _;
 
@@ -188,7 +188,8 @@ impl ContentStore {
             final_path: self.content_path(digest),
             digest: digest.clone(),
             expected_len,
-            pending: BytesMut::with_capacity(WRITE_BATCH),
+            pending: Vec::new(),
+            pending_len: 0,
             queued: 0,
             flushed: 0,
             last_dispatch: std::time::Instant::now(),
@@ -320,8 +321,10 @@ fn index_err(e: impl std::fmt::Display) -> StoreError {
 ///
 /// Batches are hashed and written by a job on the blocking pool while the next batch is being
 /// received, so network, hashing and disk overlap. Each job owns the file and the hash state
-/// and hands them back; a batch's `Bytes` are written as they are and then returned to the
-/// caller so that followers of the download can be served from memory.
+/// and hands them back. A batch is the list of the body's own `Bytes` (never gathered into one
+/// buffer, which would copy every byte once more): they are hashed and written with vectored
+/// writes as they are, then returned to the caller so that followers of the download can be
+/// served from memory.
 pub struct BlobWriter {
     sink: Option<Sink>,
     inflight: Option<tokio::task::JoinHandle<WriteJob>>,
@@ -329,7 +332,8 @@ pub struct BlobWriter {
     final_path: PathBuf,
     digest: Digest,
     expected_len: Option<u64>,
-    pending: BytesMut,
+    pending: Vec<Bytes>,
+    pending_len: usize,
     /// Bytes handed to jobs so far.
     queued: u64,
     /// Bytes known to be in the file.
@@ -338,7 +342,7 @@ pub struct BlobWriter {
 }
 
 /// A finished write job: the sink back, its result, and the batch it wrote at its offset.
-type WriteJob = (Sink, io::Result<()>, u64, Bytes);
+type WriteJob = (Sink, io::Result<()>, u64, Vec<Bytes>);
 
 /// What a write job needs and returns.
 struct Sink {
@@ -358,7 +362,7 @@ impl BlobWriter {
         &self.path
     }
 
-    /// Appends a chunk. Returns the batches that have reached the file since the last call,
+    /// Appends a chunk. Returns the chunks that have reached the file since the last call,
     /// with their offsets, for followers of the download.
     ///
     /// A batch is dispatched when it is full, or when data has waited [`BATCH_MAX_DELAY`]
@@ -366,41 +370,46 @@ impl BlobWriter {
     ///
     /// # Errors
     /// On an I/O failure.
-    pub async fn write(&mut self, chunk: &[u8]) -> Result<Vec<(u64, Bytes)>, StoreError> {
-        self.pending.extend_from_slice(chunk);
+    pub async fn write(&mut self, chunk: Bytes) -> Result<Vec<(u64, Bytes)>, StoreError> {
+        if !chunk.is_empty() {
+            self.pending_len += chunk.len();
+            self.pending.push(chunk);
+        }
         let mut done = Vec::new();
         if self.inflight.as_ref().is_some_and(|j| j.is_finished()) {
             done.extend(self.wait_inflight().await?);
         }
         let overdue = self.last_dispatch.elapsed() >= BATCH_MAX_DELAY && self.inflight.is_none();
-        if self.pending.len() >= WRITE_BATCH || (overdue && !self.pending.is_empty()) {
+        if self.pending_len >= WRITE_BATCH || (overdue && !self.pending.is_empty()) {
             done.extend(self.dispatch().await?);
         }
         Ok(done)
     }
 
-    /// Waits for the batch in flight, then starts a job for what is gathered. Returns the batch
-    /// that completed.
-    async fn dispatch(&mut self) -> Result<Option<(u64, Bytes)>, StoreError> {
+    /// Waits for the batch in flight, then starts a job for what is gathered. Returns the chunks
+    /// of the batch that completed.
+    async fn dispatch(&mut self) -> Result<Vec<(u64, Bytes)>, StoreError> {
         let done = self.wait_inflight().await?;
         self.last_dispatch = std::time::Instant::now();
         if !self.pending.is_empty() {
-            let batch = std::mem::replace(&mut self.pending, BytesMut::with_capacity(WRITE_BATCH)).freeze();
+            let batch = std::mem::take(&mut self.pending);
             let offset = self.queued;
-            self.queued += batch.len() as u64;
+            self.queued += std::mem::take(&mut self.pending_len) as u64;
             let mut sink = self.sink.take().ok_or_else(|| self.lost())?;
             self.inflight = Some(tokio::task::spawn_blocking(move || {
-                sink.hasher.update(&batch);
-                let r = std::io::Write::write_all(&mut sink.file, &batch);
+                for chunk in &batch {
+                    sink.hasher.update(chunk);
+                }
+                let r = write_all_vectored(&mut sink.file, &batch);
                 (sink, r, offset, batch)
             }));
         }
         Ok(done)
     }
 
-    async fn wait_inflight(&mut self) -> Result<Option<(u64, Bytes)>, StoreError> {
+    async fn wait_inflight(&mut self) -> Result<Vec<(u64, Bytes)>, StoreError> {
         let Some(job) = self.inflight.take() else {
-            return Ok(None);
+            return Ok(Vec::new());
         };
         let (sink, result, offset, batch) = job.await.map_err(|e| StoreError::Io {
             path: self.path.clone(),
@@ -411,8 +420,17 @@ impl BlobWriter {
             path: self.path.clone(),
             source,
         })?;
-        self.flushed = offset + batch.len() as u64;
-        Ok(Some((offset, batch)))
+        let mut at = offset;
+        let chunks = batch
+            .into_iter()
+            .map(|chunk| {
+                let start = at;
+                at += chunk.len() as u64;
+                (start, chunk)
+            })
+            .collect();
+        self.flushed = at;
+        Ok(chunks)
     }
 
     fn lost(&self) -> StoreError {
@@ -422,8 +440,7 @@ impl BlobWriter {
         }
     }
 
-    /// Writes out everything gathered and waits for it; returns the batches that reached the
-    /// file (at most two: the one in flight and the rest).
+    /// Writes out everything gathered and waits for it; returns the chunks that reached the file.
     ///
     /// # Errors
     /// On an I/O failure.
@@ -503,6 +520,25 @@ impl BlobWriter {
     }
 }
 
+/// Writes every chunk, in order, with as few `writev` calls as the kernel allows.
+fn write_all_vectored(file: &mut std::fs::File, chunks: &[Bytes]) -> io::Result<()> {
+    use std::io::{IoSlice, Write};
+    // Linux takes at most IOV_MAX (1024) slices per call.
+    for group in chunks.chunks(1024) {
+        let mut slices: Vec<IoSlice<'_>> = group.iter().map(|c| IoSlice::new(c)).collect();
+        let mut rest = &mut slices[..];
+        while !rest.is_empty() {
+            match file.write_vectored(rest) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => IoSlice::advance_slices(&mut rest, n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -515,7 +551,7 @@ mod tests {
         let digest = Digest::of(Algorithm::Sha256, &data);
         let mut w = store.blob_writer(&digest, Some(data.len() as u64)).await.unwrap();
         for chunk in data.chunks(10_000) {
-            w.write(chunk).await.unwrap();
+            w.write(Bytes::copy_from_slice(chunk)).await.unwrap();
         }
         let stored = w.commit().await.unwrap();
         assert_eq!(stored.len, data.len() as u64);
@@ -533,7 +569,7 @@ mod tests {
 
         let d512 = Digest::of(Algorithm::Sha512, b"sha512 content");
         let mut w = store.blob_writer(&d512, None).await.unwrap();
-        w.write(b"sha512 content").await.unwrap();
+        w.write(Bytes::from_static(b"sha512 content")).await.unwrap();
         w.commit().await.unwrap();
         assert!(cacache::exists(store.root(), &integrity(&d512).unwrap()).await);
     }
@@ -544,14 +580,14 @@ mod tests {
         let store = ContentStore::new(dir.path().join("cache"));
         let digest = Digest::of(Algorithm::Sha256, b"right");
         let mut w = store.blob_writer(&digest, Some(5)).await.unwrap();
-        w.write(b"wrong").await.unwrap();
+        w.write(Bytes::from_static(b"wrong")).await.unwrap();
         let tmp = w.temp_path().to_path_buf();
         assert!(matches!(w.commit().await, Err(StoreError::DigestMismatch { .. })));
         assert!(!tmp.exists(), "temporary file removed");
         assert!(store.blob(&digest).await.is_none());
 
         let mut w = store.blob_writer(&digest, Some(6)).await.unwrap();
-        w.write(b"right").await.unwrap();
+        w.write(Bytes::from_static(b"right")).await.unwrap();
         assert!(matches!(
             w.commit().await,
             Err(StoreError::SizeMismatch { expected: 6, actual: 5 })
@@ -605,7 +641,7 @@ mod tests {
         let store = ContentStore::new(dir.path().join("cache"));
         let digest = Digest::of(Algorithm::Sha256, b"abc");
         let mut w = store.blob_writer(&digest, None).await.unwrap();
-        w.write(b"ab").await.unwrap();
+        w.write(Bytes::from_static(b"ab")).await.unwrap();
         w.flush().await.unwrap();
         std::mem::forget(w);
         assert_eq!(store.sweep_temporary_files(), 1);
