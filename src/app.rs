@@ -5,12 +5,16 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::admin::LocalEndpoints;
 use crate::ca::CertificateAuthority;
 use crate::cache::RegistryCache;
 use crate::config::Config;
+use crate::config_file::{ConfigError, ConfigSource};
 use crate::gateway::Gateway;
 use crate::leaf_certs::LeafCertCache;
 use crate::listener;
@@ -41,10 +45,34 @@ pub enum StartError {
     Upstream(#[from] UpstreamSetupError),
 }
 
-/// What every connection needs, shared read-only.
+/// Why a reload was refused (the running configuration stays).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Its upstream TLS settings are unusable.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamSetupError),
+    /// regcache was started without a configuration source (tests, embedding).
+    #[error("no configuration source to reload from")]
+    NoSource,
+}
+
+/// What every connection needs.
 pub struct Shared {
-    /// The running configuration.
-    pub config: Config,
+    /// The running configuration; replaced whole on a reload.
+    config: Arc<ArcSwap<Config>>,
+    /// Where the configuration is read from again on a reload.
+    source: Option<ConfigSource>,
+    /// Serialises reloads (SIGHUP and the admin endpoint may race).
+    reloading: tokio::sync::Mutex<()>,
+    /// The cache (its tag policy follows reloads).
+    cache: Arc<RegistryCache>,
+    /// Cancelled when a graceful shutdown begins.
+    pub shutdown: CancellationToken,
+    /// Connection and download tasks, awaited by a graceful shutdown.
+    pub tasks: TaskTracker,
     /// Per-host server certificates.
     pub leaf_certs: LeafCertCache,
     /// Request handling for origins.
@@ -68,7 +96,11 @@ impl App {
     ///
     /// # Errors
     /// If the data directory, upstream CA bundles or listen address are unusable.
-    pub async fn build(config: Config, ca: Arc<CertificateAuthority>) -> Result<Self, StartError> {
+    pub async fn build(
+        config: Config,
+        ca: Arc<CertificateAuthority>,
+        source: Option<ConfigSource>,
+    ) -> Result<Self, StartError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
             path: config.data_dir.clone(),
             source,
@@ -79,11 +111,13 @@ impl App {
         if swept > 0 {
             tracing::info!(files = swept, "removed partial downloads left by an earlier run");
         }
+        let tasks = TaskTracker::new();
         let cache = Arc::new(RegistryCache::new(
             store,
             upstream.clone(),
             config.cache.clone(),
             config.timeouts.upstream_response,
+            tasks.clone(),
         ));
         let listener = TcpListener::bind(config.listen)
             .await
@@ -99,13 +133,19 @@ impl App {
         leaf_certs
             .prewarm(config.registries.iter().filter_map(|p| p.exact_host()))
             .await;
+        let config = Arc::new(ArcSwap::from_pointee(config));
         let shared = Arc::new(Shared {
             leaf_certs,
-            gateway: Gateway::new(upstream.clone(), cache),
+            gateway: Gateway::new(upstream.clone(), cache.clone(), config.clone()),
             upstream,
             local: LocalEndpoints::new(ca.cert_pem().to_string()),
             listen_addr,
             config,
+            source,
+            reloading: tokio::sync::Mutex::new(()),
+            cache,
+            shutdown: CancellationToken::new(),
+            tasks,
         });
         Ok(Self { listener, shared })
     }
@@ -115,7 +155,15 @@ impl App {
         self.shared.listen_addr
     }
 
-    /// Accepts connections until `shutdown` resolves.
+    /// A handle to reload the configuration while [`App::run`] runs.
+    pub fn reloader(&self) -> Reloader {
+        Reloader(self.shared.clone())
+    }
+
+    /// Accepts connections until `shutdown` resolves, then drains: stops accepting, lets
+    /// in-flight responses and downloads finish for up to the configured grace period, and
+    /// returns. Partial downloads never become cache entries (they are committed only when
+    /// verified, and their temporary files are swept at the next start).
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         loop {
@@ -123,7 +171,7 @@ impl App {
                 _ = &mut shutdown => break,
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, peer)) => {
-                        tokio::spawn(listener::serve_connection(stream, peer, self.shared.clone()));
+                        self.shared.tasks.spawn(listener::serve_connection(stream, peer, self.shared.clone()));
                     }
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
@@ -133,5 +181,106 @@ impl App {
                 }
             }
         }
+        drop(self.listener);
+        let grace = self.shared.config().shutdown_grace;
+        let shared = self.shared;
+        shared.shutdown.cancel();
+        shared.tasks.close();
+        let busy = shared.tasks.len();
+        if busy > 0 {
+            tracing::info!(
+                tasks = busy,
+                grace_s = grace.as_secs(),
+                "draining connections and downloads"
+            );
+        }
+        match tokio::time::timeout(grace, shared.tasks.wait()).await {
+            Ok(()) => tracing::info!("drained"),
+            Err(_) => tracing::warn!(
+                tasks = shared.tasks.len(),
+                "shutdown grace period over; cutting the remaining connections and downloads"
+            ),
+        }
     }
+}
+
+/// Reloads the configuration of a running [`App`].
+#[derive(Clone)]
+pub struct Reloader(Arc<Shared>);
+
+impl Reloader {
+    /// Re-reads the configuration source and applies it; see [`Shared::reload`].
+    ///
+    /// # Errors
+    /// If the new configuration is invalid: the running one stays.
+    pub async fn reload(&self) -> Result<Vec<String>, ReloadError> {
+        self.0.reload().await
+    }
+}
+
+impl Shared {
+    /// The running configuration (a snapshot: a reload does not change it under the caller).
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// Re-reads the configuration source and applies what can change while running:
+    /// registries, address overrides, upstream TLS, credentials, tag policies, timeouts for new
+    /// connections, push and non-registry policies. Connections and downloads under way are
+    /// untouched. Returns one line per change; settings that need a restart are reported too.
+    ///
+    /// # Errors
+    /// If the new configuration is invalid: nothing changes.
+    pub async fn reload(&self) -> Result<Vec<String>, ReloadError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let source = self.source.as_ref().ok_or(ReloadError::NoSource)?;
+        let loaded = source.load()?;
+        let new = loaded.config;
+        let old = self.config();
+        // Build everything that can fail before changing anything.
+        self.upstream.reconfigure(&new)?;
+        self.cache.set_policy(new.cache.clone());
+        let hosts: Vec<String> = new
+            .registries
+            .iter()
+            .filter_map(|p| p.exact_host().map(str::to_string))
+            .collect();
+        self.leaf_certs.prewarm(hosts.iter().map(String::as_str)).await;
+        let changes = describe_changes(&old, &new);
+        self.config.store(Arc::new(new));
+        Ok(changes)
+    }
+}
+
+/// What differs between two configurations, one line each.
+fn describe_changes(old: &Config, new: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let names = |c: &Config| c.registries.iter().map(ToString::to_string).collect::<Vec<_>>();
+    let (a, b) = (names(old), names(new));
+    let added: Vec<_> = b.iter().filter(|n| !a.contains(n)).cloned().collect();
+    let removed: Vec<_> = a.iter().filter(|n| !b.contains(n)).cloned().collect();
+    if !added.is_empty() {
+        out.push(format!("registries added: {}", added.join(", ")));
+    }
+    if !removed.is_empty() {
+        out.push(format!("registries removed: {}", removed.join(", ")));
+    }
+    if old.connect_to != new.connect_to {
+        out.push(format!("address overrides: {} now", new.connect_to.len()));
+    }
+    if old.credentials.len() != new.credentials.len() {
+        out.push(format!("upstream credentials: {} now", new.credentials.len()));
+    }
+    let restart = [
+        ("listen", old.listen != new.listen),
+        ("data_dir", old.data_dir != new.data_dir),
+        ("ca_dir", old.ca_dir != new.ca_dir),
+        ("log_format", old.log_format != new.log_format),
+    ];
+    for (key, changed) in restart {
+        if changed {
+            out.push(format!("{key} changed: takes effect at the next restart"));
+        }
+    }
+    out
 }

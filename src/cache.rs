@@ -83,8 +83,11 @@ pub struct RegistryCache {
     store: ContentStore,
     downloads: Downloads,
     upstream: UpstreamClient,
-    policy: CachePolicy,
+    /// Replaced whole on a reload; readers take a snapshot.
+    policy: arc_swap::ArcSwap<CachePolicy>,
     body_idle: Duration,
+    /// Download tasks, so that a graceful shutdown can wait for them.
+    tasks: tokio_util::task::TaskTracker,
     tags: moka::sync::Cache<String, TagMemo>,
     /// Recently used manifests, so that a GET of a cached manifest costs no disk I/O. They were
     /// verified when stored; this is a copy of the store, never a replacement for it.
@@ -126,13 +129,20 @@ struct Ctx<'a> {
 
 impl RegistryCache {
     /// A cache over `store`, asking `upstream` on misses.
-    pub fn new(store: ContentStore, upstream: UpstreamClient, policy: CachePolicy, body_idle: Duration) -> Self {
+    pub fn new(
+        store: ContentStore,
+        upstream: UpstreamClient,
+        policy: CachePolicy,
+        body_idle: Duration,
+        tasks: tokio_util::task::TaskTracker,
+    ) -> Self {
         Self {
             store,
             downloads: Downloads::default(),
             upstream,
-            policy,
+            policy: arc_swap::ArcSwap::from_pointee(policy),
             body_idle,
+            tasks,
             tags: moka::sync::Cache::new(100_000),
             manifests: moka::sync::Cache::builder()
                 .max_capacity(MANIFEST_MEMORY)
@@ -142,6 +152,11 @@ impl RegistryCache {
             revalidations: SingleFlight::default(),
             health: Arc::new(StoreHealth::default()),
         }
+    }
+
+    /// Replaces tag freshness rules (a configuration reload); requests under way keep theirs.
+    pub fn set_policy(&self, policy: CachePolicy) {
+        self.policy.store(Arc::new(policy));
     }
 
     /// Store writes that failed since start (each made a response pass through uncached).
@@ -251,7 +266,7 @@ impl RegistryCache {
                 // The download runs in its own task from the first byte on, so it completes
                 // (and is cached) even if this client goes away while upstream is answering.
                 let (reply, started) = tokio::sync::oneshot::channel();
-                tokio::spawn(download_blob(DownloadJob {
+                self.tasks.spawn(download_blob(DownloadJob {
                     upstream: self.upstream.clone(),
                     store: self.store.clone(),
                     health: self.health.clone(),
@@ -318,7 +333,8 @@ impl RegistryCache {
     async fn manifest_by_tag(&self, ctx: &Ctx<'_>, tag: &str) -> Served {
         let accept = AcceptSet::from_headers(ctx.headers);
         let key = store::tag_key(&ctx.registry, &ctx.repository, tag, &accept.key());
-        let ttl = self.policy.tag_ttl(&ctx.registry, &ctx.repository, tag);
+        let policy = self.policy.load_full();
+        let ttl = policy.tag_ttl(&ctx.registry, &ctx.repository, tag);
         let now = store::now_ms();
         let Some(memo) = self.tag_memo(&key).await else {
             return self.tag_miss(ctx, &key, &accept).await;
@@ -356,7 +372,7 @@ impl RegistryCache {
             }
             Revalidation::NoDigest => self.tag_miss(ctx, &key, &accept).await,
             Revalidation::Unavailable { reason, head } => {
-                let max_stale = self.policy.max_stale.as_millis() as u64;
+                let max_stale = policy.max_stale(&ctx.registry).as_millis() as u64;
                 if age <= max_stale.saturating_add(ttl.as_millis() as u64) {
                     tracing::warn!(registry = %ctx.registry, repository = %ctx.repository, tag, reason, "upstream unavailable; serving stale tag");
                     return self

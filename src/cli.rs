@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{self, CachePolicy, Config, ConnectTo, HostPattern, NonRegistryPolicy, TagTtlRule, Timeouts};
+use crate::config::{self, Config, ConnectTo, HostPattern, LogFormat, NonRegistryPolicy, TagTtlRule};
+use crate::config_file::{
+    self, CacheLayer, ConfigSource, DurationValue, Layer, Parsed, RegistrySection, TimeoutsLayer,
+};
 
 /// regcache: a caching HTTPS proxy for container registries.
 #[derive(Debug, Parser)]
@@ -29,27 +32,33 @@ pub enum Command {
     /// Manage the certificate authority that signs intercepted hosts' certificates.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Check the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
 }
 
-/// Flags of `regcache serve`.
-#[derive(Debug, Args)]
+/// Flags of `regcache serve` (and `regcache config check`).
+///
+/// None has a clap default: a flag or `REGCACHE_*` variable that is absent leaves the value to
+/// the config file, then to the built-in default (shown in each help text).
+#[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// Address and port the proxy listens on (HTTPS_PROXY=http://ADDR:PORT).
-    #[arg(
-        long,
-        env = "REGCACHE_LISTEN",
-        value_name = "ADDR:PORT",
-        default_value = "127.0.0.1:3128"
-    )]
-    pub listen: SocketAddr,
+    /// TOML config file [default: ./regcache.toml if it exists]. See regcache.example.toml.
+    #[arg(long, env = "REGCACHE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
 
-    /// Directory for cached content and state.
-    #[arg(long, env = "REGCACHE_DATA_DIR", value_name = "DIR", default_value = "./data")]
-    pub data_dir: PathBuf,
+    /// Address and port the proxy listens on (HTTPS_PROXY=http://ADDR:PORT) [default: 127.0.0.1:3128].
+    #[arg(long, env = "REGCACHE_LISTEN", value_name = "ADDR:PORT")]
+    pub listen: Option<SocketAddr>,
 
-    /// `--ca-dir`.
-    #[command(flatten)]
-    pub ca: CaDirArg,
+    /// Directory for cached content and state [default: ./data].
+    #[arg(long, env = "REGCACHE_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Directory with the CA (ca.crt, ca.key) [default: ./ca]. Generated there on first start
+    /// if both are missing; bring your own by putting an RSA or ECDSA CA there.
+    #[arg(long, env = "REGCACHE_CA_DIR", value_name = "DIR")]
+    pub ca_dir: Option<PathBuf>,
 
     /// Extra registry host to intercept, on top of the built-in list (Docker Hub, ghcr.io,
     /// quay.io, gcr.io, *.gcr.io, *.pkg.dev, registry.k8s.io, public.ecr.aws,
@@ -77,22 +86,22 @@ pub struct ServeArgs {
     pub upstream_ca: Vec<PathBuf>,
 
     /// What to do with CONNECTs to hosts that are not registries: relay them untouched, or
-    /// refuse them with 403.
-    #[arg(long, env = "REGCACHE_NON_REGISTRY", value_enum, default_value_t = NonRegistryPolicy::Tunnel)]
-    pub non_registry: NonRegistryPolicy,
+    /// refuse them with 403 [default: tunnel].
+    #[arg(long, env = "REGCACHE_NON_REGISTRY", value_enum)]
+    pub non_registry: Option<NonRegistryPolicy>,
 
-    /// Close client connections idle for this long (also idle tunnels).
-    #[arg(long, env = "REGCACHE_IDLE_TIMEOUT", value_name = "DURATION", default_value = "5m", value_parser = config::parse_duration)]
-    pub idle_timeout: Duration,
+    /// Close client connections idle for this long (also idle tunnels) [default: 5m].
+    #[arg(long, env = "REGCACHE_IDLE_TIMEOUT", value_name = "DURATION", value_parser = config::parse_duration)]
+    pub idle_timeout: Option<Duration>,
 
-    /// Give up connecting (TCP + TLS) to an upstream after this long: 502.
-    #[arg(long, env = "REGCACHE_CONNECT_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = config::parse_duration)]
-    pub connect_timeout: Duration,
+    /// Give up connecting (TCP + TLS) to an upstream after this long: 502 [default: 10s].
+    #[arg(long, env = "REGCACHE_CONNECT_TIMEOUT", value_name = "DURATION", value_parser = config::parse_duration)]
+    pub connect_timeout: Option<Duration>,
 
     /// How long a tag's digest is trusted before regcache revalidates it with an upstream HEAD
-    /// (free on Docker Hub, unlike a GET). 0 revalidates on every pull.
-    #[arg(long, env = "REGCACHE_TAG_TTL", value_name = "DURATION", default_value = "60s", value_parser = config::parse_duration)]
-    pub tag_ttl: Duration,
+    /// (free on Docker Hub, unlike a GET). 0 revalidates on every pull [default: 60s].
+    #[arg(long, env = "REGCACHE_TAG_TTL", value_name = "DURATION", value_parser = config::parse_duration)]
+    pub tag_ttl: Option<Duration>,
 
     /// Per-registry/repository/tag override of --tag-ttl; the first matching rule wins.
     /// Example: docker.io/library/*:latest=5m (registry names are canonical: docker.io for Hub).
@@ -105,13 +114,30 @@ pub struct ServeArgs {
     pub tag_ttl_rules: Vec<TagTtlRule>,
 
     /// Serve a cached tag this long after its last successful validation when upstream is
-    /// unreachable, times out, or answers 5xx or 429.
-    #[arg(long, env = "REGCACHE_MAX_STALE", value_name = "DURATION", default_value = "7d", value_parser = config::parse_duration)]
-    pub max_stale: Duration,
+    /// unreachable, times out, or answers 5xx or 429 [default: 7d].
+    #[arg(long, env = "REGCACHE_MAX_STALE", value_name = "DURATION", value_parser = config::parse_duration)]
+    pub max_stale: Option<Duration>,
 
-    /// Give up waiting for an upstream's response headers after this long: 504.
-    #[arg(long, env = "REGCACHE_RESPONSE_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = config::parse_duration)]
-    pub response_timeout: Duration,
+    /// Give up waiting for an upstream's response headers after this long: 504 [default: 60s].
+    #[arg(long, env = "REGCACHE_RESPONSE_TIMEOUT", value_name = "DURATION", value_parser = config::parse_duration)]
+    pub response_timeout: Option<Duration>,
+
+    /// Log lines as human-readable text or as one JSON object per line [default: text].
+    /// Filter with RUST_LOG (e.g. RUST_LOG=info,regcache=debug).
+    #[arg(long, env = "REGCACHE_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+
+    /// On SIGTERM, wait this long for in-flight responses and downloads [default: 30s].
+    #[arg(long, env = "REGCACHE_SHUTDOWN_TIMEOUT", value_name = "DURATION", value_parser = config::parse_duration)]
+    pub shutdown_timeout: Option<Duration>,
+}
+
+/// `regcache config …`
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration (file, REGCACHE_* and rpardini variables, flags) and print
+    /// the effective settings, secrets redacted. Exit status 2 when it is invalid.
+    Check(ServeArgs),
 }
 
 /// `--ca-dir`, shared by `serve` and `ca`.
@@ -152,27 +178,57 @@ pub enum CaCommand {
 }
 
 impl ServeArgs {
-    /// The plain configuration these flags describe.
-    pub fn into_config(self) -> Config {
-        Config {
-            listen: self.listen,
-            data_dir: self.data_dir,
-            ca_dir: self.ca.ca_dir,
-            registries: Config::registries_with_defaults(&self.registries),
-            connect_to: self.connect_to,
-            upstream_ca: self.upstream_ca,
-            non_registry: self.non_registry,
-            timeouts: Timeouts {
-                client_idle: self.idle_timeout,
-                upstream_connect: self.connect_timeout,
-                upstream_response: self.response_timeout,
+    /// What the flags and `REGCACHE_*` variables set, as the top configuration layer.
+    pub fn layer(&self) -> Layer {
+        let dur = |d: Option<Duration>| d.map(|d| Parsed(DurationValue(d)));
+        Layer {
+            listen: self.listen.map(Parsed),
+            data_dir: self.data_dir.clone(),
+            ca_dir: self.ca_dir.clone(),
+            non_registry: self.non_registry.map(Parsed),
+            upstream_ca: self.upstream_ca.clone(),
+            connect_to: self.connect_to.iter().cloned().map(Parsed).collect(),
+            log_format: self.log_format.map(Parsed),
+            shutdown_timeout: dur(self.shutdown_timeout),
+            timeouts: TimeoutsLayer {
+                idle: dur(self.idle_timeout),
+                connect: dur(self.connect_timeout),
+                response: dur(self.response_timeout),
             },
-            cache: CachePolicy {
-                tag_ttl: self.tag_ttl,
-                tag_ttl_rules: self.tag_ttl_rules,
-                max_stale: self.max_stale,
+            cache: CacheLayer {
+                tag_ttl: dur(self.tag_ttl),
+                tag_ttl_rules: self.tag_ttl_rules.iter().cloned().map(Parsed).collect(),
+                max_stale: dur(self.max_stale),
+                ..CacheLayer::default()
             },
+            registries: self
+                .registries
+                .iter()
+                .cloned()
+                .map(RegistrySection::host_only)
+                .collect(),
+            ..Layer::default()
         }
+    }
+
+    /// Where the configuration comes from: these flags over the config file.
+    pub fn source(&self) -> ConfigSource {
+        ConfigSource {
+            flags: self.layer(),
+            file: self
+                .config
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(config_file::DEFAULT_FILE)),
+            explicit: self.config.is_some(),
+        }
+    }
+
+    /// The configuration from these flags alone (defaults for the rest).
+    ///
+    /// # Errors
+    /// As [`Layer::resolve`].
+    pub fn flags_config(&self) -> Result<Config, config_file::ConfigError> {
+        self.layer().resolve("command line")
     }
 }
 
@@ -192,7 +248,7 @@ mod tests {
         let Command::Serve(args) = cli.command else {
             panic!("expected serve")
         };
-        let cfg = args.into_config();
+        let cfg = args.flags_config().unwrap();
         assert_eq!(cfg.listen, "127.0.0.1:3128".parse().unwrap());
         assert_eq!(cfg.ca_dir, PathBuf::from("./ca"));
         assert_eq!(cfg.data_dir, PathBuf::from("./data"));
@@ -220,7 +276,7 @@ mod tests {
         let Command::Serve(args) = cli.command else {
             panic!("expected serve")
         };
-        let cfg = args.into_config();
+        let cfg = args.flags_config().unwrap();
         assert_eq!(cfg.connect_to.len(), 2);
         assert_eq!(cfg.non_registry, NonRegistryPolicy::Deny);
         assert_eq!(cfg.timeouts.upstream_connect, Duration::from_secs(3));

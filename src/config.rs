@@ -48,6 +48,145 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// How long tags stay fresh and how long stale content may be served.
     pub cache: CachePolicy,
+    /// Per-registry upstream TLS settings (`[[registry]]` sections of the config file).
+    pub upstream_tls: Vec<UpstreamTls>,
+    /// Accounts regcache uses upstream when a client sends no `Authorization`.
+    pub credentials: Vec<Credential>,
+    /// Whether pushes (`POST`/`PUT`/`PATCH`/`DELETE` under `/v2/`) are relayed to registries.
+    pub allow_push: bool,
+    /// Accept any upstream certificate, for every registry (rpardini's `VERIFY_SSL=false`).
+    pub upstream_skip_verify: bool,
+    /// Disk budget of the cache.
+    pub budget: CacheBudget,
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// How long SIGTERM waits for in-flight responses and downloads before exiting.
+    pub shutdown_grace: Duration,
+}
+
+/// Log line format: human-readable text or one JSON object per line (for collectors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// `tracing`'s human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => Err(format!("{other:?}: expected \"text\" or \"json\"")),
+        }
+    }
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Text => "text",
+            Self::Json => "json",
+        })
+    }
+}
+
+/// How much disk the cache may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CacheBudget {
+    /// Upper bound of the store's size in bytes.
+    pub max_size: Option<u64>,
+    /// Content unused for this long may be evicted.
+    pub inactive: Option<Duration>,
+}
+
+/// Upstream TLS trust for the registries matching `host`, on top of the global settings.
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    /// The registries concerned.
+    pub host: HostPattern,
+    /// An extra CA bundle trusted for these registries only.
+    pub ca: Option<PathBuf>,
+    /// Accept any certificate (a lab registry with a self-signed certificate). Dangerous.
+    pub skip_verify: bool,
+}
+
+/// An upstream account for one registry, optionally only for repositories matching a glob
+/// (several accounts on one host).
+#[derive(Clone)]
+pub struct Credential {
+    /// The registry host (as clients name it, e.g. `registry-1.docker.io` or `ghcr.io`).
+    pub registry: HostPort,
+    /// Repositories covered (`*` crosses `/`); `None` = all of the registry's.
+    pub repository: Option<GlobText>,
+    /// User name.
+    pub username: String,
+    /// Password or token. Never printed (see the `Debug` impl).
+    pub password: String,
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credential")
+            .field("registry", &self.registry)
+            .field("repository", &self.repository.as_ref().map(|g| g.text.as_str()))
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A compiled glob that remembers its text (for display).
+#[derive(Debug, Clone)]
+pub struct GlobText {
+    /// The glob as written.
+    pub text: String,
+    matcher: globset::GlobMatcher,
+}
+
+impl GlobText {
+    /// Whether `s` matches.
+    pub fn is_match(&self, s: &str) -> bool {
+        self.matcher.is_match(s)
+    }
+}
+
+impl FromStr for GlobText {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let matcher = globset::Glob::new(s)
+            .map_err(|e| format!("bad glob {s:?}: {e}"))?
+            .compile_matcher();
+        Ok(Self {
+            text: s.to_string(),
+            matcher,
+        })
+    }
+}
+
+/// Parses sizes such as `50GiB`, `500MB`, `32g` (nginx style: k, m, g, t are binary), or bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let expected = || format!("{s:?}: expected a size like 50GiB, 500MB, 32g or a number of bytes");
+    let n: u64 = num.parse().map_err(|_| expected())?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        _ => return Err(expected()),
+    };
+    n.checked_mul(mult).ok_or_else(expected)
 }
 
 /// Freshness of tags: manifests and blobs by digest never change and need no policy.
@@ -60,6 +199,20 @@ pub struct CachePolicy {
     /// How long after its last successful validation a tag may still be served when upstream
     /// fails (unreachable, timeout, 5xx, 429).
     pub max_stale: Duration,
+    /// Per-registry overrides of `tag_ttl` and `max_stale` (`[[registry]]` sections), by
+    /// canonical registry name (`docker.io` for Docker Hub).
+    pub per_registry: Vec<RegistryPolicy>,
+}
+
+/// `tag_ttl` / `max_stale` of one registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryPolicy {
+    /// Canonical registry name.
+    pub registry: String,
+    /// Replaces the global `tag_ttl` (tag rules still come first).
+    pub tag_ttl: Option<Duration>,
+    /// Replaces the global `max_stale`.
+    pub max_stale: Option<Duration>,
 }
 
 impl Default for CachePolicy {
@@ -68,37 +221,87 @@ impl Default for CachePolicy {
             tag_ttl: Duration::from_secs(60),
             tag_ttl_rules: Vec::new(),
             max_stale: Duration::from_secs(7 * 86_400),
+            per_registry: Vec::new(),
         }
     }
 }
 
 impl CachePolicy {
-    /// The revalidation interval for one tag.
+    /// The revalidation interval for one tag: the first matching rule, else the registry's
+    /// own, else the global one.
     pub fn tag_ttl(&self, registry: &str, repository: &str, tag: &str) -> Duration {
         self.tag_ttl_rules
             .iter()
             .find(|r| r.matches(registry, repository, tag))
-            .map_or(self.tag_ttl, |r| r.ttl)
+            .map(|r| r.ttl)
+            .or_else(|| self.registry(registry).and_then(|p| p.tag_ttl))
+            .unwrap_or(self.tag_ttl)
+    }
+
+    /// How long a tag of `registry` may be served stale.
+    pub fn max_stale(&self, registry: &str) -> Duration {
+        self.registry(registry)
+            .and_then(|p| p.max_stale)
+            .unwrap_or(self.max_stale)
+    }
+
+    fn registry(&self, registry: &str) -> Option<&RegistryPolicy> {
+        self.per_registry.iter().find(|p| p.registry == registry)
     }
 }
 
 /// `REGISTRY/REPO_GLOB[:TAG_GLOB]=DURATION`, e.g. `docker.io/library/*:latest=5m` or
 /// `ghcr.io/org/**=0`. `*` matches across `/` too. Registry names are canonical (`docker.io`
 /// for Docker Hub, `host:port` when the port is not 443).
+///
+/// rpardini/docker-registry-proxy's `MANIFEST_CACHE_*_REGEX` become [`TagTtlRule::path_regex`]
+/// rules instead: a regular expression searched in the request path
+/// `/v2/<repository>/manifests/<tag>`, as nginx matched its `$uri`.
 #[derive(Debug, Clone)]
 pub struct TagTtlRule {
-    registry: String,
-    repository: globset::GlobMatcher,
-    tag: Option<globset::GlobMatcher>,
+    matcher: RuleMatcher,
+    text: String,
     /// The interval for matching tags.
     pub ttl: Duration,
 }
 
+#[derive(Debug, Clone)]
+enum RuleMatcher {
+    Glob {
+        registry: String,
+        repository: globset::GlobMatcher,
+        tag: Option<globset::GlobMatcher>,
+    },
+    PathRegex(regex::Regex),
+}
+
 impl TagTtlRule {
+    /// A rule matching tags whose manifest path `/v2/<repository>/manifests/<tag>` contains a
+    /// match of `pattern`.
+    pub fn path_regex(pattern: &str, ttl: Duration) -> Result<Self, String> {
+        let re = regex::Regex::new(pattern).map_err(|e| format!("{pattern:?}: not a regular expression: {e}"))?;
+        Ok(Self {
+            matcher: RuleMatcher::PathRegex(re),
+            text: format!("path ~ {pattern}"),
+            ttl,
+        })
+    }
+
     fn matches(&self, registry: &str, repository: &str, tag: &str) -> bool {
-        self.registry == registry
-            && self.repository.is_match(repository)
-            && self.tag.as_ref().is_none_or(|t| t.is_match(tag))
+        match &self.matcher {
+            RuleMatcher::Glob {
+                registry: r,
+                repository: repo,
+                tag: t,
+            } => r == registry && repo.is_match(repository) && t.as_ref().is_none_or(|t| t.is_match(tag)),
+            RuleMatcher::PathRegex(re) => re.is_match(&format!("/v2/{repository}/manifests/{tag}")),
+        }
+    }
+}
+
+impl fmt::Display for TagTtlRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
     }
 }
 
@@ -122,9 +325,12 @@ impl FromStr for TagTtlRule {
             return Err(format!("{s:?}: {expected}"));
         }
         Ok(Self {
-            registry: registry.to_ascii_lowercase(),
-            repository: glob(repo)?,
-            tag: tag.map(glob).transpose()?,
+            matcher: RuleMatcher::Glob {
+                registry: registry.to_ascii_lowercase(),
+                repository: glob(repo)?,
+                tag: tag.map(glob).transpose()?,
+            },
+            text: s.trim().to_string(),
             ttl,
         })
     }
@@ -159,6 +365,26 @@ pub enum NonRegistryPolicy {
     Tunnel,
     /// Refuse with 403.
     Deny,
+}
+
+impl FromStr for NonRegistryPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "tunnel" => Ok(Self::Tunnel),
+            "deny" => Ok(Self::Deny),
+            other => Err(format!("{other:?}: expected \"tunnel\" or \"deny\"")),
+        }
+    }
+}
+
+impl fmt::Display for NonRegistryPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Tunnel => "tunnel",
+            Self::Deny => "deny",
+        })
+    }
 }
 
 /// A host, with a port that defaults to 443.
@@ -263,6 +489,16 @@ impl HostPattern {
         (!self.wildcard).then_some(self.host.as_str())
     }
 
+    /// Whether `host` is covered by this pattern, whatever the port (TLS server names carry none).
+    pub fn matches_host(&self, host: &str) -> bool {
+        let host = host.to_ascii_lowercase();
+        if self.wildcard {
+            host.ends_with(&self.host) && host.len() > self.host.len()
+        } else {
+            host == self.host
+        }
+    }
+
     /// Whether `target` is covered by this pattern.
     pub fn matches(&self, target: &HostPort) -> bool {
         if target.port != self.port {
@@ -300,6 +536,22 @@ impl fmt::Display for HostPattern {
     }
 }
 
+impl HostPattern {
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The pattern for exactly `host`.
+    pub fn exact(host: &HostPort) -> Self {
+        Self {
+            host: host.host.clone(),
+            wildcard: false,
+            port: host.port,
+        }
+    }
+}
+
 /// `HOST[:PORT]=ADDR:PORT`: dial `ADDR:PORT` whenever `HOST:PORT` is the target (like curl's
 /// `--connect-to`). The name is kept for SNI, certificate checks and the `Host` header.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -314,6 +566,12 @@ impl ConnectTo {
     /// The address `overrides` say to dial for `target`, if any.
     pub fn lookup(overrides: &[ConnectTo], target: &HostPort) -> Option<SocketAddr> {
         overrides.iter().find(|c| c.target == *target).map(|c| c.address)
+    }
+}
+
+impl fmt::Display for ConnectTo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.target, self.address)
     }
 }
 
@@ -468,6 +726,7 @@ mod tests {
                 "reg.local:5000/ci/**:pr-*=1s".parse().unwrap(),
             ],
             max_stale: Duration::from_secs(1),
+            per_registry: Vec::new(),
         };
         assert_eq!(
             policy.tag_ttl("docker.io", "library/alpine", "latest"),

@@ -5,11 +5,13 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::{Request, Response};
+use arc_swap::ArcSwap;
+use http::{Request, Response, StatusCode};
 
 use crate::access_log::{AccessRecord, LoggedBody, Outcome};
 use crate::body::{self, Body};
 use crate::cache::RegistryCache;
+use crate::config::Config;
 use crate::upstream::{Origin, UpstreamClient};
 
 /// Answers requests for origins.
@@ -17,12 +19,18 @@ use crate::upstream::{Origin, UpstreamClient};
 pub struct Gateway {
     upstream: UpstreamClient,
     cache: Arc<RegistryCache>,
+    config: Arc<ArcSwap<Config>>,
 }
 
 impl Gateway {
-    /// A gateway caching registry traffic in `cache` and forwarding the rest through `upstream`.
-    pub fn new(upstream: UpstreamClient, cache: Arc<RegistryCache>) -> Self {
-        Self { upstream, cache }
+    /// A gateway caching registry traffic in `cache` and forwarding the rest through `upstream`,
+    /// under the running `config` (push policy).
+    pub fn new(upstream: UpstreamClient, cache: Arc<RegistryCache>, config: Arc<ArcSwap<Config>>) -> Self {
+        Self {
+            upstream,
+            cache,
+            config,
+        }
     }
 
     /// Handles one request for `origin` from `client`. `registry` says whether the origin is a
@@ -36,7 +44,15 @@ impl Gateway {
     ) -> Response<Body> {
         let record = AccessRecord::new(client, origin.host.to_string(), req.method().clone(), req.uri().path());
         let head = req.method() == http::Method::HEAD;
-        let (res, outcome) = if registry {
+        let (res, outcome) = if registry && is_push(&req) && !self.config.load().allow_push {
+            let mut res = body::text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "regcache: pushes through this proxy are disabled (allow_push = false)",
+            );
+            res.headers_mut()
+                .insert(http::header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
+            (res, Outcome::Deny)
+        } else if registry {
             self.cache.handle(origin, req).await
         } else {
             match self.upstream.forward(origin, req).await {
@@ -55,4 +71,13 @@ impl Gateway {
         };
         res.map(|b| body::boxed(LoggedBody::new(b, record, outcome, status, expected)))
     }
+}
+
+/// Whether `req` writes to a registry (OCI distribution-spec "Pushing", "Deleting").
+fn is_push<B>(req: &Request<B>) -> bool {
+    use http::Method;
+    matches!(
+        *req.method(),
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    ) && req.uri().path().starts_with("/v2/")
 }

@@ -23,9 +23,12 @@ use crate::upstream::Origin;
 use crate::{mitm, tunnel};
 
 /// Serves one accepted client connection until it closes.
+///
+/// On a graceful shutdown the connection finishes the response under way, then closes.
 pub async fn serve_connection(stream: TcpStream, client: SocketAddr, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
-    let idle = shared.config.timeouts.client_idle;
+    let idle = shared.config().timeouts.client_idle;
+    let shutdown = shared.shutdown.clone();
     let service = service_fn(move |req| {
         let shared = shared.clone();
         async move { Ok::<_, Infallible>(route(req, client, shared).await) }
@@ -36,7 +39,15 @@ pub async fn serve_connection(stream: TcpStream, client: SocketAddr, shared: Arc
         .keep_alive(true)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
-    if let Err(e) = conn.await {
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
         tracing::debug!(%client, error = %e, "client connection ended with an error");
     }
 }
@@ -47,20 +58,55 @@ async fn route(req: Request<Incoming>, client: SocketAddr, shared: Arc<Shared>) 
     }
     match (req.uri().scheme_str(), req.uri().authority()) {
         (Some(_), Some(_)) => absolute_form(req, client, shared).await,
-        _ => local(&req, client, &shared),
+        _ => local(&req, client, &shared).await,
     }
 }
 
-fn local<B>(req: &Request<B>, client: SocketAddr, shared: &Shared) -> Response<Body> {
+async fn local<B>(req: &Request<B>, client: SocketAddr, shared: &Shared) -> Response<Body> {
     let record = AccessRecord::new(
         client,
         shared.listen_addr.to_string(),
         req.method().clone(),
         req.uri().path(),
     );
-    let res = shared.local.respond(req);
+    let res = if req.uri().path() == RELOAD_PATH {
+        reload(req, client, shared).await
+    } else {
+        shared.local.respond(req)
+    };
     record.emit(Outcome::Local, res.status().as_u16(), 0, true);
     res
+}
+
+/// `POST /_regcache/reload`: re-read the configuration, as SIGHUP does.
+pub const RELOAD_PATH: &str = "/_regcache/reload";
+
+async fn reload<B>(req: &Request<B>, client: SocketAddr, shared: &Shared) -> Response<Body> {
+    use http::StatusCode;
+    if !client.ip().is_loopback() {
+        return body::text(StatusCode::FORBIDDEN, "regcache: reload is only accepted from loopback");
+    }
+    if req.method() != Method::POST {
+        let mut res = body::text(StatusCode::METHOD_NOT_ALLOWED, "regcache: reload needs POST");
+        res.headers_mut()
+            .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
+        return res;
+    }
+    match shared.reload().await {
+        Ok(changes) => {
+            tracing::info!(changes = ?changes, via = "admin endpoint", "configuration reloaded");
+            let mut text = String::from("reloaded\n");
+            for c in changes {
+                text.push_str(&c);
+                text.push('\n');
+            }
+            body::text(StatusCode::OK, text)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, via = "admin endpoint", "configuration reload refused; keeping the running one");
+            body::text(StatusCode::UNPROCESSABLE_ENTITY, format!("reload refused: {e}"))
+        }
+    }
 }
 
 /// Answers a request refused before it reached any upstream, and logs it.
@@ -93,15 +139,17 @@ async fn connect(req: Request<Incoming>, client: SocketAddr, shared: Arc<Shared>
         );
     }
 
-    if shared.config.is_registry(&target) {
+    let config = shared.config();
+    if config.is_registry(&target) {
         let origin = Origin {
             tls: true,
             host: target,
         };
-        tokio::spawn(async move {
+        let tasks = shared.tasks.clone();
+        tasks.spawn(async move {
             match hyper::upgrade::on(req).await {
                 Ok(upgraded) => {
-                    let idle = shared.config.timeouts.client_idle;
+                    let idle = shared.config().timeouts.client_idle;
                     mitm::serve(
                         upgraded,
                         client,
@@ -109,6 +157,7 @@ async fn connect(req: Request<Incoming>, client: SocketAddr, shared: Arc<Shared>
                         &shared.leaf_certs,
                         shared.gateway.clone(),
                         idle,
+                        shared.shutdown.clone(),
                     )
                     .await;
                 }
@@ -118,7 +167,7 @@ async fn connect(req: Request<Incoming>, client: SocketAddr, shared: Arc<Shared>
         return Response::new(body::empty());
     }
 
-    if shared.config.non_registry == NonRegistryPolicy::Deny {
+    if config.non_registry == NonRegistryPolicy::Deny {
         return refuse(
             record,
             Outcome::Deny,
@@ -136,8 +185,8 @@ async fn connect(req: Request<Incoming>, client: SocketAddr, shared: Arc<Shared>
             return refuse(record, Outcome::Error, e);
         }
     };
-    let idle = shared.config.timeouts.client_idle;
-    tokio::spawn(async move {
+    let idle = config.timeouts.client_idle;
+    shared.tasks.spawn(async move {
         let start = Instant::now();
         let upgraded = match hyper::upgrade::on(req).await {
             Ok(u) => u,
@@ -194,10 +243,11 @@ async fn absolute_form(req: Request<Incoming>, client: SocketAddr, shared: Arc<S
         Err(e) => return refuse(record, Outcome::Error, ProxyError::BadRequest(e)),
     };
     if is_self(&host, shared.listen_addr) {
-        return local(&req, client, &shared);
+        return local(&req, client, &shared).await;
     }
-    let registry = shared.config.is_registry(&host);
-    if !registry && shared.config.non_registry == NonRegistryPolicy::Deny {
+    let config = shared.config();
+    let registry = config.is_registry(&host);
+    if !registry && config.non_registry == NonRegistryPolicy::Deny {
         return refuse(
             record,
             Outcome::Deny,

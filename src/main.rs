@@ -8,7 +8,9 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use regcache::app::App;
 use regcache::ca::{self, CertificateAuthority};
-use regcache::cli::{CaCommand, Cli, Command, ServeArgs};
+use regcache::cli::{CaCommand, Cli, Command, ConfigCommand, ServeArgs};
+use regcache::config::LogFormat;
+use regcache::config_file::{self, ConfigError};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -16,21 +18,60 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Ca(cmd) => ca_command(cmd),
+        Command::Config(ConfigCommand::Check(args)) => config_check(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("regcache: error: {e:#}");
-            ExitCode::FAILURE
+            eprintln!("regcache: error: {}", one_line(&e));
+            // A configuration error is a usage error, like a bad flag (clap exits 2 too).
+            if e.downcast_ref::<ConfigError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
+}
+
+/// The error and its causes on one line, without repeating a cause the message already quotes.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    msg.replace('\n', " ")
+}
+
+/// `regcache config check`: the effective configuration, or the first error (exit 2).
+fn config_check(args: &ServeArgs) -> anyhow::Result<()> {
+    let loaded = args.source().load()?;
+    let mut out = std::io::stdout().lock();
+    match &loaded.file {
+        Some(f) => writeln!(
+            out,
+            "# from {} (and flags, REGCACHE_* variables, defaults)",
+            f.display()
+        )?,
+        None => writeln!(out, "# no config file (flags, REGCACHE_* variables and defaults only)")?,
+    }
+    for line in &loaded.env_mappings {
+        writeln!(out, "# rpardini variable: {line}")?;
+    }
+    write!(out, "{}", config_file::render(&loaded.config))?;
+    writeln!(out, "# configuration OK")?;
+    Ok(())
 }
 
 /// Logs go to stderr through a background writer thread: one line per request must not cost a
 /// blocking `write` on the request path (it was a third of a cached HEAD's CPU). The queue is
 /// short (memory stays bounded under a log storm) and the writer blocks rather than drops when
 /// it is full, so no line is lost; the guard flushes the queue at exit.
-fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
+fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -38,17 +79,29 @@ fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
         .lossy(false)
         .buffered_lines_limit(4096)
         .finish(std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer)
-        .with_ansi(ansi)
-        .init();
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    match format {
+        LogFormat::Text => fmt.with_ansi(ansi).init(),
+        LogFormat::Json => fmt.json().flatten_event(true).init(),
+    }
     guard
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let _log_flush = init_tracing();
-    let config = args.into_config();
+    let source = args.source();
+    let loaded = source.load()?;
+    let config = loaded.config;
+    let _log_flush = init_tracing(config.log_format);
+    match &loaded.file {
+        Some(f) => tracing::info!(file = %f.display(), "configuration read"),
+        None => tracing::debug!("no config file; flags, environment and defaults"),
+    }
+    for line in &loaded.env_mappings {
+        tracing::info!(mapping = %line, "rpardini/docker-registry-proxy variable understood");
+    }
+    if config.budget.max_size.is_some() || config.budget.inactive.is_some() {
+        tracing::warn!("cache.max_size / cache.inactive are read but not enforced yet: the cache is not evicted");
+    }
     let (ca, created) = CertificateAuthority::load_or_generate(&config.ca_dir)?;
     let ca = Arc::new(ca);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -56,8 +109,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let app = App::build(config, ca.clone()).await?;
+        let app = App::build(config, ca.clone(), Some(source)).await?;
         let addr = app.local_addr();
+        tokio::spawn(reload_on_sighup(app.reloader()));
         print_start_banner(&ca, created, addr);
         app.run(shutdown_signal()).await;
         tracing::info!("shutting down");
@@ -91,6 +145,25 @@ fn machine_host() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "localhost".into())
+}
+
+/// SIGHUP re-reads the configuration; an invalid one is refused and the running one stays.
+async fn reload_on_sighup(reloader: regcache::app::Reloader) {
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGHUP; reload with POST /_regcache/reload");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        match reloader.reload().await {
+            Ok(changes) => tracing::info!(changes = ?changes, via = "SIGHUP", "configuration reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, via = "SIGHUP", "configuration reload refused; keeping the running one")
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

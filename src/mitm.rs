@@ -29,6 +29,7 @@ pub async fn serve(
     leaf_certs: &LeafCertCache,
     gateway: Gateway,
     idle: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
 ) {
     let start = Instant::now();
     let config = match leaf_certs.server_config(&origin.host.host).await {
@@ -87,7 +88,16 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
-    let result = builder.serve_connection(TokioIo::new(tls), service).await;
+    // On a graceful shutdown: finish the responses under way (h2: all streams), then close.
+    let conn = builder.serve_connection(TokioIo::new(tls), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
     if let Err(e) = &result {
         tracing::debug!(%client, host = %origin.host, error = %e, "intercepted connection ended with an error");
     }

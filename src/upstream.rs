@@ -23,7 +23,7 @@ use rustls::pki_types::pem::PemObject;
 use tokio::net::TcpStream;
 
 use crate::body::{self, Body};
-use crate::config::{Config, ConnectTo, HostPort, Timeouts};
+use crate::config::{Config, ConnectTo, HostPattern, HostPort, Timeouts};
 use crate::error::{ProxyError, chain_line};
 use crate::headers::strip_hop_by_hop;
 
@@ -73,8 +73,15 @@ impl Origin {
 }
 
 /// A pooled client to every upstream, shared by all connections.
+///
+/// Clones share one current configuration, which [`UpstreamClient::reconfigure`] replaces on a
+/// reload: requests already sent keep the client (and connections) they started with.
 #[derive(Clone)]
 pub struct UpstreamClient {
+    current: Arc<arc_swap::ArcSwap<Inner>>,
+}
+
+struct Inner {
     client: Client<HttpsConnector<DialConnector>, Body>,
     timeouts: Timeouts,
     overrides: Arc<Vec<ConnectTo>>,
@@ -86,6 +93,28 @@ impl UpstreamClient {
     /// # Errors
     /// If an `--upstream-ca` file is unreadable or holds no certificate.
     pub fn new(config: &Config) -> Result<Self, UpstreamSetupError> {
+        Ok(Self {
+            current: Arc::new(arc_swap::ArcSwap::from_pointee(Inner::build(config)?)),
+        })
+    }
+
+    /// Replaces trust roots, overrides and timeouts for requests from now on.
+    ///
+    /// # Errors
+    /// As [`UpstreamClient::new`]; the current configuration then stays.
+    pub fn reconfigure(&self, config: &Config) -> Result<(), UpstreamSetupError> {
+        let inner = Inner::build(config)?;
+        self.current.store(Arc::new(inner));
+        Ok(())
+    }
+
+    fn inner(&self) -> Arc<Inner> {
+        self.current.load_full()
+    }
+}
+
+impl Inner {
+    fn build(config: &Config) -> Result<Self, UpstreamSetupError> {
         let mut roots = rustls::RootCertStore::empty();
         let native = rustls_native_certs::load_native_certs();
         let (added, _ignored) = roots.add_parsable_certificates(native.certs);
@@ -94,17 +123,14 @@ impl UpstreamClient {
             roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         }
         for path in &config.upstream_ca {
-            for cert in load_bundle(path)? {
-                roots.add(cert).map_err(|e| UpstreamSetupError::Bundle {
-                    path: path.clone(),
-                    reason: format!("certificate not usable as a trust anchor: {e}"),
-                })?;
-            }
+            add_bundle(&mut roots, path)?;
         }
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let verifier = HostVerifier::build(config, roots, provider.clone())?;
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
             .with_no_client_auth();
 
         let overrides = Arc::new(config.connect_to.clone());
@@ -135,7 +161,112 @@ impl UpstreamClient {
             overrides,
         })
     }
+}
 
+fn add_bundle(roots: &mut rustls::RootCertStore, path: &Path) -> Result<(), UpstreamSetupError> {
+    for cert in load_bundle(path)? {
+        roots.add(cert).map_err(|e| UpstreamSetupError::Bundle {
+            path: path.to_path_buf(),
+            reason: format!("certificate not usable as a trust anchor: {e}"),
+        })?;
+    }
+    Ok(())
+}
+
+/// Upstream certificate checks, chosen by server name: the common roots, or a registry's own
+/// extra CA, or (`skip_verify`) none at all. Handshake signatures are always checked, so the
+/// server must still hold the key of the certificate it shows.
+#[derive(Debug)]
+struct HostVerifier {
+    default: Arc<rustls::client::WebPkiServerVerifier>,
+    per_host: Vec<(HostPattern, Option<Arc<rustls::client::WebPkiServerVerifier>>)>,
+    skip_all: bool,
+}
+
+impl HostVerifier {
+    fn build(
+        config: &Config,
+        roots: rustls::RootCertStore,
+        provider: Arc<rustls::crypto::CryptoProvider>,
+    ) -> Result<Self, UpstreamSetupError> {
+        let webpki = |roots: rustls::RootCertStore| {
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .map_err(|e| UpstreamSetupError::Tls(rustls::Error::General(e.to_string())))
+        };
+        let mut per_host = Vec::new();
+        for t in &config.upstream_tls {
+            let verifier = if t.skip_verify {
+                tracing::warn!(registry = %t.host, "upstream certificates are NOT verified for this registry (skip_verify)");
+                None
+            } else {
+                let mut own = roots.clone();
+                if let Some(ca) = &t.ca {
+                    add_bundle(&mut own, ca)?;
+                }
+                Some(webpki(own)?)
+            };
+            per_host.push((t.host.clone(), verifier));
+        }
+        if config.upstream_skip_verify {
+            tracing::warn!("upstream certificates are NOT verified for any registry (upstream_skip_verify)");
+        }
+        Ok(Self {
+            default: webpki(roots)?,
+            per_host,
+            skip_all: config.upstream_skip_verify,
+        })
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for HostVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let host = server_name.to_str();
+        let chosen = self
+            .per_host
+            .iter()
+            .find(|(p, _)| p.matches_host(&host))
+            .map(|(_, v)| v);
+        let verifier = match chosen {
+            Some(None) => return Ok(rustls::client::danger::ServerCertVerified::assertion()),
+            Some(Some(v)) => v,
+            None if self.skip_all => return Ok(rustls::client::danger::ServerCertVerified::assertion()),
+            None => &self.default,
+        };
+        verifier.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.default.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.default.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.default.supported_verify_schemes()
+    }
+}
+
+impl UpstreamClient {
     /// Sends `req` (absolute-form URI) and waits for the response headers.
     ///
     /// # Errors
@@ -144,8 +275,9 @@ impl UpstreamClient {
     /// otherwise.
     pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
         let target = target_of(req.uri());
-        let after = self.timeouts.upstream_response;
-        match tokio::time::timeout(after, self.client.request(req)).await {
+        let inner = self.inner();
+        let after = inner.timeouts.upstream_response;
+        match tokio::time::timeout(after, inner.client.request(req)).await {
             Err(_) => Err(ProxyError::Timeout { target, after }),
             Ok(Ok(res)) => Ok(res),
             Ok(Err(e)) => Err(classify(target, &e)),
@@ -226,9 +358,10 @@ impl UpstreamClient {
     /// # Errors
     /// [`ProxyError::Connect`] on failure or timeout.
     pub async fn dial(&self, target: &HostPort) -> Result<TcpStream, ProxyError> {
-        let addr = ConnectTo::lookup(&self.overrides, target);
+        let inner = self.inner();
+        let addr = ConnectTo::lookup(&inner.overrides, target);
         let name = target.to_string();
-        let after = self.timeouts.upstream_connect;
+        let after = inner.timeouts.upstream_connect;
         let fut = async {
             match addr {
                 Some(a) => TcpStream::connect(a).await,
