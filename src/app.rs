@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use crate::admin::LocalEndpoints;
 use crate::ca::CertificateAuthority;
 use crate::cache::RegistryCache;
+use crate::client_auth::{ClientGate, HtpasswdError};
 use crate::config::Config;
 use crate::config_file::{ConfigError, ConfigSource};
 use crate::gateway::Gateway;
@@ -43,6 +44,12 @@ pub enum StartError {
     /// The upstream client could not be built.
     #[error(transparent)]
     Upstream(#[from] UpstreamSetupError),
+    /// The htpasswd file is unusable.
+    #[error(transparent)]
+    Htpasswd(#[from] HtpasswdError),
+    /// The listener's TLS certificate or key is unusable.
+    #[error("{0}")]
+    ListenerTls(String),
 }
 
 /// Why a reload was refused (the running configuration stays).
@@ -54,6 +61,9 @@ pub enum ReloadError {
     /// Its upstream TLS settings are unusable.
     #[error(transparent)]
     Upstream(#[from] UpstreamSetupError),
+    /// Its htpasswd file is unusable.
+    #[error(transparent)]
+    Htpasswd(#[from] HtpasswdError),
     /// regcache was started without a configuration source (tests, embedding).
     #[error("no configuration source to reload from")]
     NoSource,
@@ -69,6 +79,8 @@ pub struct Shared {
     reloading: tokio::sync::Mutex<()>,
     /// The cache (its tag policy follows reloads).
     cache: Arc<RegistryCache>,
+    /// Who may use the proxy; replaced on a reload.
+    pub gate: ArcSwap<ClientGate>,
     /// Cancelled when a graceful shutdown begins.
     pub shutdown: CancellationToken,
     /// Connection and download tasks, awaited by a graceful shutdown.
@@ -88,6 +100,7 @@ pub struct Shared {
 /// A built proxy, bound and ready to run.
 pub struct App {
     listener: TcpListener,
+    listener_tls: Option<tokio_rustls::TlsAcceptor>,
     shared: Arc<Shared>,
 }
 
@@ -105,6 +118,11 @@ impl App {
             path: config.data_dir.clone(),
             source,
         })?;
+        let gate = ClientGate::build(&config.access)?;
+        let listener_tls = match &config.listener_tls {
+            Some((cert, key)) => Some(listener::tls_acceptor(cert, key).map_err(StartError::ListenerTls)?),
+            None => None,
+        };
         let upstream = UpstreamClient::new(&config)?;
         let store = ContentStore::new(config.data_dir.join("cache"));
         let swept = store.sweep_temporary_files();
@@ -144,10 +162,15 @@ impl App {
             source,
             reloading: tokio::sync::Mutex::new(()),
             cache,
+            gate: ArcSwap::from_pointee(gate),
             shutdown: CancellationToken::new(),
             tasks,
         });
-        Ok(Self { listener, shared })
+        Ok(Self {
+            listener,
+            listener_tls,
+            shared,
+        })
     }
 
     /// The address actually bound (useful with port 0).
@@ -171,7 +194,15 @@ impl App {
                 _ = &mut shutdown => break,
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, peer)) => {
-                        self.shared.tasks.spawn(listener::serve_connection(stream, peer, self.shared.clone()));
+                        let _ = stream.set_nodelay(true);
+                        match &self.listener_tls {
+                            None => {
+                                self.shared.tasks.spawn(listener::serve_connection(stream, peer, self.shared.clone()));
+                            }
+                            Some(tls) => {
+                                self.shared.tasks.spawn(listener::serve_tls_connection(tls.clone(), stream, peer, self.shared.clone()));
+                            }
+                        }
                     }
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
@@ -238,7 +269,9 @@ impl Shared {
         let new = loaded.config;
         let old = self.config();
         // Build everything that can fail before changing anything.
+        let gate = ClientGate::build(&new.access)?;
         self.upstream.reconfigure(&new)?;
+        self.gate.store(Arc::new(gate));
         self.cache.set_policy(new.cache.clone());
         let hosts: Vec<String> = new
             .registries
@@ -267,6 +300,9 @@ fn describe_changes(old: &Config, new: &Config) -> Vec<String> {
     }
     if old.connect_to != new.connect_to {
         out.push(format!("address overrides: {} now", new.connect_to.len()));
+    }
+    if old.access != new.access {
+        out.push("client access (htpasswd, allowlist, tunnel rules) reloaded".into());
     }
     if old.credentials.len() != new.credentials.len() {
         out.push(format!("upstream credentials: {} now", new.credentials.len()));

@@ -127,6 +127,54 @@ pub struct ServeArgs {
     #[arg(long, env = "REGCACHE_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
 
+    /// htpasswd file of bcrypt entries (`htpasswd -B`): clients must authenticate with
+    /// Proxy-Authorization: Basic (HTTPS_PROXY=http://user:pass@host:3128), else 407.
+    #[arg(long, env = "REGCACHE_AUTH_HTPASSWD", value_name = "FILE")]
+    pub auth_htpasswd: Option<PathBuf>,
+
+    /// Source network allowed to use the proxy (repeatable); others get 403. Default: anyone
+    /// who can reach the port.
+    #[arg(
+        long = "allow-client",
+        env = "REGCACHE_ALLOW_CLIENT",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub allow_clients: Vec<ipnet::IpNet>,
+
+    /// Allow listening on a non-loopback address with neither --auth-htpasswd nor
+    /// --allow-client (an open proxy: only behind a firewall that restricts who connects).
+    #[arg(long, env = "REGCACHE_INSECURE_OPEN_PROXY")]
+    pub insecure_open_proxy: bool,
+
+    /// Port that non-registry CONNECTs may reach under --non-registry tunnel (repeatable)
+    /// [default: 443].
+    #[arg(
+        long = "tunnel-port",
+        env = "REGCACHE_TUNNEL_PORT",
+        value_name = "PORT",
+        value_delimiter = ','
+    )]
+    pub tunnel_ports: Vec<u16>,
+
+    /// Host that non-registry CONNECTs may reach under --non-registry allowlist (repeatable).
+    #[arg(
+        long = "tunnel-allow",
+        env = "REGCACHE_TUNNEL_ALLOW",
+        value_name = "HOST[:PORT]",
+        value_delimiter = ','
+    )]
+    pub tunnel_allow: Vec<HostPattern>,
+
+    /// Certificate chain (PEM) for TLS on the proxy listener itself, so that credentials do not
+    /// cross the network in clear (HTTPS_PROXY=https://…). With --tls-key.
+    #[arg(long, env = "REGCACHE_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) for --tls-cert.
+    #[arg(long, env = "REGCACHE_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
     /// On SIGTERM, wait this long for in-flight responses and downloads [default: 30s].
     #[arg(long, env = "REGCACHE_SHUTDOWN_TIMEOUT", value_name = "DURATION", value_parser = config::parse_duration)]
     pub shutdown_timeout: Option<Duration>,

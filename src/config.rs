@@ -62,6 +62,39 @@ pub struct Config {
     pub log_format: LogFormat,
     /// How long SIGTERM waits for in-flight responses and downloads before exiting.
     pub shutdown_grace: Duration,
+    /// Who may use the proxy.
+    pub access: AccessPolicy,
+    /// TLS on the proxy listener itself (`HTTPS_PROXY=https://…`): certificate chain and key.
+    pub listener_tls: Option<(PathBuf, PathBuf)>,
+}
+
+/// Who may use the proxy, and where non-registry tunnels may go.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccessPolicy {
+    /// htpasswd file (bcrypt entries): clients must send `Proxy-Authorization: Basic`.
+    pub htpasswd: Option<PathBuf>,
+    /// Source networks allowed to connect; empty = any.
+    pub allow_clients: Vec<ipnet::IpNet>,
+    /// Accept listening on a non-loopback address with neither authentication nor allowlist.
+    pub insecure_open_proxy: bool,
+    /// Ports non-registry CONNECTs may reach (`tunnel` policy).
+    pub tunnel_ports: Vec<u16>,
+    /// Hosts non-registry CONNECTs may reach (`allowlist` policy).
+    pub tunnel_allow: Vec<HostPattern>,
+}
+
+impl AccessPolicy {
+    /// Why listening on `listen` is refused, if it is: an open relay.
+    pub fn open_relay_refusal(&self, listen: SocketAddr) -> Option<String> {
+        let open = self.htpasswd.is_none() && self.allow_clients.is_empty();
+        (open && !listen.ip().is_loopback() && !self.insecure_open_proxy).then(|| {
+            format!(
+                "listening on {listen} with neither --auth-htpasswd nor --allow-client would make an open proxy \
+                 for anyone who can reach it; add one of them, or --insecure-open-proxy if a firewall already \
+                 restricts who can connect"
+            )
+        })
+    }
 }
 
 /// Log line format: human-readable text or one JSON object per line (for collectors).
@@ -365,6 +398,8 @@ pub enum NonRegistryPolicy {
     Tunnel,
     /// Refuse with 403.
     Deny,
+    /// Relay only to the hosts in `tunnel_allow`; refuse the rest with 403.
+    Allowlist,
 }
 
 impl FromStr for NonRegistryPolicy {
@@ -373,7 +408,8 @@ impl FromStr for NonRegistryPolicy {
         match s.trim().to_ascii_lowercase().as_str() {
             "tunnel" => Ok(Self::Tunnel),
             "deny" => Ok(Self::Deny),
-            other => Err(format!("{other:?}: expected \"tunnel\" or \"deny\"")),
+            "allowlist" => Ok(Self::Allowlist),
+            other => Err(format!("{other:?}: expected \"tunnel\", \"deny\" or \"allowlist\"")),
         }
     }
 }
@@ -383,6 +419,7 @@ impl fmt::Display for NonRegistryPolicy {
         f.write_str(match self {
             Self::Tunnel => "tunnel",
             Self::Deny => "deny",
+            Self::Allowlist => "allowlist",
         })
     }
 }

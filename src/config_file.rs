@@ -15,8 +15,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::config::{
-    self, CacheBudget, CachePolicy, Config, ConnectTo, Credential, GlobText, HostPattern, HostPort, LogFormat,
-    NonRegistryPolicy, RegistryPolicy, TagTtlRule, Timeouts, UpstreamTls,
+    self, AccessPolicy, CacheBudget, CachePolicy, Config, ConnectTo, Credential, GlobText, HostPattern, HostPort,
+    LogFormat, NonRegistryPolicy, RegistryPolicy, TagTtlRule, Timeouts, UpstreamTls,
 };
 use crate::registry::canonical_registry;
 
@@ -115,6 +115,22 @@ pub struct Layer {
     pub log_format: Option<Parsed<LogFormat>>,
     /// `shutdown_timeout = "30s"`
     pub shutdown_timeout: Dur,
+    /// `auth_htpasswd = "/etc/regcache/htpasswd"` (bcrypt entries).
+    pub auth_htpasswd: Option<PathBuf>,
+    /// `allow_clients = ["10.0.0.0/8"]`
+    #[serde(default)]
+    pub allow_clients: Vec<Parsed<ipnet::IpNet>>,
+    /// `insecure_open_proxy = false`
+    pub insecure_open_proxy: Option<bool>,
+    /// `tunnel_ports = [443]`: ports non-registry CONNECTs may reach.
+    pub tunnel_ports: Option<Vec<u16>>,
+    /// `tunnel_allow = ["github.com", "*.githubusercontent.com"]` (with `non_registry = "allowlist"`).
+    #[serde(default)]
+    pub tunnel_allow: Vec<Parsed<HostPattern>>,
+    /// `tls_cert = "/etc/regcache/proxy.crt"`: TLS on the listener (with `tls_key`).
+    pub tls_cert: Option<PathBuf>,
+    /// `tls_key = "/etc/regcache/proxy.key"`
+    pub tls_key: Option<PathBuf>,
     /// `[timeouts]`
     #[serde(default)]
     pub timeouts: TimeoutsLayer,
@@ -264,6 +280,13 @@ impl Layer {
             upstream_skip_verify: self.upstream_skip_verify.or(lower.upstream_skip_verify),
             log_format: self.log_format.or(lower.log_format),
             shutdown_timeout: self.shutdown_timeout.or(lower.shutdown_timeout),
+            auth_htpasswd: self.auth_htpasswd.or(lower.auth_htpasswd),
+            allow_clients: cat(self.allow_clients, lower.allow_clients),
+            insecure_open_proxy: self.insecure_open_proxy.or(lower.insecure_open_proxy),
+            tunnel_ports: self.tunnel_ports.or(lower.tunnel_ports),
+            tunnel_allow: cat(self.tunnel_allow, lower.tunnel_allow),
+            tls_cert: self.tls_cert.or(lower.tls_cert),
+            tls_key: self.tls_key.or(lower.tls_key),
             timeouts: TimeoutsLayer {
                 idle: self.timeouts.idle.or(lower.timeouts.idle),
                 connect: self.timeouts.connect.or(lower.timeouts.connect),
@@ -368,12 +391,45 @@ impl Layer {
                 password,
             });
         }
+        let listener_tls = match (self.tls_cert, self.tls_key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ConfigError::new(
+                    origin,
+                    "tls_key",
+                    "tls_cert is set but tls_key is not",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    origin,
+                    "tls_cert",
+                    "tls_key is set but tls_cert is not",
+                ));
+            }
+        };
+        let tunnel_ports = self.tunnel_ports.unwrap_or_else(|| vec![443]);
+        if tunnel_ports.contains(&0) {
+            return Err(ConfigError::new(origin, "tunnel_ports", "0 is not a port"));
+        }
+        let access = AccessPolicy {
+            htpasswd: self.auth_htpasswd,
+            allow_clients: self.allow_clients.into_iter().map(|n| n.0.trunc()).collect(),
+            insecure_open_proxy: self.insecure_open_proxy.unwrap_or(false),
+            tunnel_ports,
+            tunnel_allow: self.tunnel_allow.into_iter().map(|p| p.0).collect(),
+        };
+        let listen = self
+            .listen
+            .map_or_else(|| SocketAddr::from(([127, 0, 0, 1], 3128)), |p| p.0);
+        if let Some(why) = access.open_relay_refusal(listen) {
+            return Err(ConfigError::new(origin, "listen", why));
+        }
         let mut tag_ttl_rules: Vec<TagTtlRule> = self.cache.tag_ttl_rules.into_iter().map(|r| r.0).collect();
         tag_ttl_rules.extend(self.cache.path_rules);
         Ok(Config {
-            listen: self
-                .listen
-                .map_or_else(|| SocketAddr::from(([127, 0, 0, 1], 3128)), |p| p.0),
+            listen,
             data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from("./data")),
             ca_dir: self.ca_dir.unwrap_or_else(|| PathBuf::from("./ca")),
             registries: Config::registries_with_defaults(&registries),
@@ -401,6 +457,8 @@ impl Layer {
             },
             log_format: self.log_format.map(|p| p.0).unwrap_or_default(),
             shutdown_grace: self.shutdown_timeout.map_or(Duration::from_secs(30), |d| d.0.0),
+            access,
+            listener_tls,
         })
     }
 }
@@ -493,6 +551,38 @@ pub fn render(config: &Config) -> String {
     let _ = writeln!(out, "upstream_skip_verify = {}", config.upstream_skip_verify);
     let _ = writeln!(out, "log_format = {}", q(&config.log_format.to_string()));
     let _ = writeln!(out, "shutdown_timeout = {}", dur(config.shutdown_grace));
+    let a = &config.access;
+    if let Some(h) = &a.htpasswd {
+        let _ = writeln!(out, "auth_htpasswd = {}", q(&h.display().to_string()));
+    }
+    let _ = writeln!(
+        out,
+        "allow_clients = {}",
+        list(a.allow_clients.iter().map(ToString::to_string).collect())
+    );
+    let _ = writeln!(out, "insecure_open_proxy = {}", a.insecure_open_proxy);
+    let _ = writeln!(
+        out,
+        "tunnel_ports = [{}]",
+        a.tunnel_ports
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let _ = writeln!(
+        out,
+        "tunnel_allow = {}",
+        list(a.tunnel_allow.iter().map(ToString::to_string).collect())
+    );
+    if let Some((c, k)) = &config.listener_tls {
+        let _ = writeln!(
+            out,
+            "tls_cert = {}\ntls_key = {}",
+            q(&c.display().to_string()),
+            q(&k.display().to_string())
+        );
+    }
     let _ = writeln!(
         out,
         "# intercepted and cached: {}",
@@ -590,6 +680,7 @@ mod tests {
     fn full_file_parses_and_resolves() {
         let text = r#"
 listen = "0.0.0.0:3128"
+allow_clients = ["10.0.0.0/8"]
 data_dir = "/var/lib/regcache/data"
 non_registry = "deny"
 connect_to = ["ghcr.io=127.0.0.1:5000"]
@@ -643,6 +734,24 @@ password = "s3cret"
         assert!(shown.contains("<redacted>"), "{shown}");
         // The rendering is itself a valid file (minus comments).
         assert!(shown.contains("tag_ttl = \"5m\""), "{shown}");
+    }
+
+    #[test]
+    fn an_open_relay_is_refused() {
+        let e = Layer::from_toml("listen = \"0.0.0.0:3128\"\n", "r.toml")
+            .unwrap()
+            .resolve("r.toml")
+            .unwrap_err();
+        assert_eq!(e.key, "listen");
+        assert!(e.message.contains("--insecure-open-proxy"), "{e}");
+        for ok in [
+            "insecure_open_proxy = true",
+            "allow_clients = [\"10.0.0.0/8\"]",
+            "auth_htpasswd = \"/x\"",
+        ] {
+            let text = format!("listen = \"0.0.0.0:3128\"\n{ok}\n");
+            assert!(Layer::from_toml(&text, "r").unwrap().resolve("r").is_ok(), "{ok}");
+        }
     }
 
     #[test]

@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 use crate::access_log::{AccessRecord, Outcome};
 use crate::app::Shared;
 use crate::body::{self, Body};
+use crate::client_auth::{self, AuthCheck};
 use crate::config::{HostPort, NonRegistryPolicy};
 use crate::error::ProxyError;
 use crate::upstream::Origin;
@@ -25,8 +26,10 @@ use crate::{mitm, tunnel};
 /// Serves one accepted client connection until it closes.
 ///
 /// On a graceful shutdown the connection finishes the response under way, then closes.
-pub async fn serve_connection(stream: TcpStream, client: SocketAddr, shared: Arc<Shared>) {
-    let _ = stream.set_nodelay(true);
+pub async fn serve_connection<IO>(stream: IO, client: SocketAddr, shared: Arc<Shared>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let idle = shared.config().timeouts.client_idle;
     let shutdown = shared.shutdown.clone();
     let service = service_fn(move |req| {
@@ -52,7 +55,90 @@ pub async fn serve_connection(stream: TcpStream, client: SocketAddr, shared: Arc
     }
 }
 
+/// A client that has not finished its TLS handshake with the listener in this time is dropped.
+const LISTENER_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Serves one client connection that speaks TLS to the proxy itself (`HTTPS_PROXY=https://…`).
+pub async fn serve_tls_connection(
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: TcpStream,
+    client: SocketAddr,
+    shared: Arc<Shared>,
+) {
+    match tokio::time::timeout(LISTENER_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => serve_connection(tls, client, shared).await,
+        Ok(Err(e)) => tracing::debug!(%client, error = %e, "TLS handshake with the proxy listener failed"),
+        Err(_) => tracing::debug!(%client, "TLS handshake with the proxy listener timed out"),
+    }
+}
+
+/// The listener's own TLS configuration, from PEM files.
+///
+/// # Errors
+/// One line naming the file that is unreadable or holds no usable certificate or key.
+pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("{}: {e}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate in this file", cert.display()));
+    }
+    let key_der =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: no usable private key: {e}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key_der)
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    // The proxy protocol (CONNECT) is HTTP/1.1.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
 async fn route(req: Request<Incoming>, client: SocketAddr, shared: Arc<Shared>) -> Response<Body> {
+    let gate = shared.gate.load_full();
+    if !client_auth::client_allowed(&gate.allow, client) {
+        let record = AccessRecord::new(client, shared.listen_addr.to_string(), req.method().clone(), "");
+        tracing::warn!(%client, "client address not in --allow-client; refused");
+        return refuse(
+            record,
+            Outcome::Deny,
+            ProxyError::Forbidden(format!("{} may not use this proxy", client.ip())),
+        );
+    }
+    let proxied = req.method() == Method::CONNECT || req.uri().scheme().is_some();
+    if proxied && let Some(htpasswd) = &gate.htpasswd {
+        let header = req.headers().get(http::header::PROXY_AUTHORIZATION);
+        match htpasswd.check(header).await {
+            AuthCheck::User(_) => {}
+            check => {
+                let target = req
+                    .uri()
+                    .authority()
+                    .map(|a| a.as_str().to_string())
+                    .unwrap_or_default();
+                let record = AccessRecord::new(client, target, req.method().clone(), "");
+                if let AuthCheck::Refused(user) = check {
+                    tracing::warn!(%client, user = user.as_deref().unwrap_or(""), "proxy authentication failed");
+                }
+                let mut res = body::text(
+                    http::StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+                    "regcache: proxy authentication required (HTTPS_PROXY=http://USER:PASSWORD@HOST:PORT)",
+                );
+                res.headers_mut().insert(
+                    http::header::PROXY_AUTHENTICATE,
+                    http::HeaderValue::from_static("Basic realm=\"regcache\""),
+                );
+                record.emit(Outcome::Deny, 407, 0, true);
+                return res;
+            }
+        }
+    }
     if req.method() == Method::CONNECT {
         return connect(req, client, shared).await;
     }
@@ -167,13 +253,11 @@ async fn connect(req: Request<Incoming>, client: SocketAddr, shared: Arc<Shared>
         return Response::new(body::empty());
     }
 
-    if config.non_registry == NonRegistryPolicy::Deny {
+    if let Some(why) = tunnel_refusal(&config, &target) {
         return refuse(
             record,
             Outcome::Deny,
-            ProxyError::Forbidden(format!(
-                "CONNECT to {target} refused: not a configured registry (--non-registry deny)"
-            )),
+            ProxyError::Forbidden(format!("CONNECT to {target} refused: {why}")),
         );
     }
 
@@ -247,13 +331,19 @@ async fn absolute_form(req: Request<Incoming>, client: SocketAddr, shared: Arc<S
     }
     let config = shared.config();
     let registry = config.is_registry(&host);
-    if !registry && config.non_registry == NonRegistryPolicy::Deny {
+    let refused = match config.non_registry {
+        _ if registry => None,
+        NonRegistryPolicy::Deny => Some("not a configured registry (--non-registry deny)"),
+        NonRegistryPolicy::Allowlist if !config.access.tunnel_allow.iter().any(|p| p.matches(&host)) => {
+            Some("not a configured registry nor in --tunnel-allow")
+        }
+        _ => None,
+    };
+    if let Some(why) = refused {
         return refuse(
             record,
             Outcome::Deny,
-            ProxyError::Forbidden(format!(
-                "request to {host} refused: not a configured registry (--non-registry deny)"
-            )),
+            ProxyError::Forbidden(format!("request to {host} refused: {why}")),
         );
     }
     let origin = Origin { tls, host };
@@ -261,6 +351,21 @@ async fn absolute_form(req: Request<Incoming>, client: SocketAddr, shared: Arc<S
         .gateway
         .handle(client, &origin, registry, req.map(body::boxed))
         .await
+}
+
+/// Why a CONNECT to a non-registry `target` is refused, if it is.
+fn tunnel_refusal(config: &crate::config::Config, target: &HostPort) -> Option<String> {
+    let access = &config.access;
+    match config.non_registry {
+        NonRegistryPolicy::Deny => Some("not a configured registry (--non-registry deny)".into()),
+        NonRegistryPolicy::Tunnel if !access.tunnel_ports.contains(&target.port) => Some(format!(
+            "port {} is not a tunnel port (--tunnel-port; allowed: {:?})",
+            target.port, access.tunnel_ports
+        )),
+        NonRegistryPolicy::Tunnel => None,
+        NonRegistryPolicy::Allowlist if access.tunnel_allow.iter().any(|p| p.matches(target)) => None,
+        NonRegistryPolicy::Allowlist => Some("not a configured registry nor in --tunnel-allow".into()),
+    }
 }
 
 /// Whether `target` names the proxy's own listener (a request loop).

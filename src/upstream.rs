@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
@@ -24,6 +25,7 @@ use tokio::net::TcpStream;
 
 use crate::body::{self, Body};
 use crate::config::{Config, ConnectTo, HostPattern, HostPort, Timeouts};
+use crate::egress;
 use crate::error::{ProxyError, chain_line};
 use crate::headers::strip_hop_by_hop;
 
@@ -85,6 +87,8 @@ struct Inner {
     client: Client<HttpsConnector<DialConnector>, Body>,
     timeouts: Timeouts,
     overrides: Arc<Vec<ConnectTo>>,
+    /// The proxy's own listener, never dialled for a client.
+    listen: SocketAddr,
 }
 
 impl UpstreamClient {
@@ -134,13 +138,14 @@ impl Inner {
             .with_no_client_auth();
 
         let overrides = Arc::new(config.connect_to.clone());
-        let mut http = HttpConnector::new();
+        let mut http = HttpConnector::new_with_resolver(GuardedResolver { listen: config.listen });
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(config.timeouts.upstream_connect));
         let dial = DialConnector {
             http,
             overrides: overrides.clone(),
+            listen: config.listen,
         };
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
@@ -159,6 +164,7 @@ impl Inner {
             client,
             timeouts: config.timeouts,
             overrides,
+            listen: config.listen,
         })
     }
 }
@@ -354,29 +360,55 @@ impl UpstreamClient {
     }
 
     /// Opens a raw TCP connection for a tunnel, honouring `--connect-to` and the connect timeout.
+    /// Without a `--connect-to` mapping, internal destinations are refused (see [`egress`]).
     ///
     /// # Errors
-    /// [`ProxyError::Connect`] on failure or timeout.
+    /// [`ProxyError::Forbidden`] for an internal destination, [`ProxyError::Connect`] on
+    /// failure or timeout.
     pub async fn dial(&self, target: &HostPort) -> Result<TcpStream, ProxyError> {
         let inner = self.inner();
-        let addr = ConnectTo::lookup(&inner.overrides, target);
         let name = target.to_string();
         let after = inner.timeouts.upstream_connect;
+        let connect_err = |reason: String| ProxyError::Connect {
+            target: name.clone(),
+            reason,
+        };
         let fut = async {
-            match addr {
-                Some(a) => TcpStream::connect(a).await,
-                None => TcpStream::connect((target.host.as_str(), target.port)).await,
+            let addrs: Vec<SocketAddr> = match ConnectTo::lookup(&inner.overrides, target) {
+                Some(a) => vec![a],
+                None => {
+                    let resolved: Vec<SocketAddr> = tokio::net::lookup_host((target.host.as_str(), target.port))
+                        .await
+                        .map_err(|e| connect_err(e.to_string()))?
+                        .collect();
+                    let allowed: Vec<SocketAddr> = resolved
+                        .iter()
+                        .copied()
+                        .filter(|a| egress::refusal(*a, inner.listen).is_none())
+                        .collect();
+                    if allowed.is_empty()
+                        && let Some(first) = resolved.first()
+                    {
+                        let why = egress::refusal(*first, inner.listen).unwrap_or("internal");
+                        return Err(ProxyError::Forbidden(format!(
+                            "CONNECT to {name} refused: it is {why} ({first}); map it with --connect-to to allow it"
+                        )));
+                    }
+                    allowed
+                }
+            };
+            let mut last = String::from("no address");
+            for addr in addrs {
+                match TcpStream::connect(addr).await {
+                    Ok(s) => return Ok(s),
+                    Err(e) => last = e.to_string(),
+                }
             }
+            Err(connect_err(last))
         };
         match tokio::time::timeout(after, fut).await {
-            Err(_) => Err(ProxyError::Connect {
-                target: name,
-                reason: format!("timed out after {}s", after.as_secs()),
-            }),
-            Ok(Err(e)) => Err(ProxyError::Connect {
-                target: name,
-                reason: e.to_string(),
-            }),
+            Err(_) => Err(connect_err(format!("timed out after {}s", after.as_secs()))),
+            Ok(Err(e)) => Err(e),
             Ok(Ok(s)) => {
                 let _ = s.set_nodelay(true);
                 Ok(s)
@@ -511,8 +543,50 @@ fn load_bundle(path: &Path) -> Result<Vec<CertificateDer<'static>>, UpstreamSetu
 /// URI the TLS layer sees (for SNI and certificate checks) untouched.
 #[derive(Clone)]
 struct DialConnector {
-    http: HttpConnector,
+    http: HttpConnector<GuardedResolver>,
     overrides: Arc<Vec<ConnectTo>>,
+    listen: SocketAddr,
+}
+
+/// DNS resolution that drops internal addresses (see [`egress`]): a registry name, or a plain
+/// `http://` request's host, that resolves to loopback or link-local is not dialled.
+#[derive(Clone)]
+struct GuardedResolver {
+    listen: SocketAddr,
+}
+
+impl tower_service::Service<Name> for GuardedResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let listen = self.listen;
+        Box::pin(async move {
+            let resolved: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
+            let allowed: Vec<SocketAddr> = resolved
+                .iter()
+                .copied()
+                .filter(|a| egress::refusal(*a, listen).is_none())
+                .collect();
+            match (allowed.is_empty(), resolved.first()) {
+                (true, Some(first)) => Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!(
+                        "{} resolves to {} ({}): refused; map it with --connect-to to allow it",
+                        name.as_str(),
+                        first.ip(),
+                        egress::refusal(*first, listen).unwrap_or("internal")
+                    ),
+                )),
+                _ => Ok(allowed.into_iter()),
+            }
+        })
+    }
 }
 
 impl DialConnector {
@@ -538,6 +612,18 @@ impl tower_service::Service<Uri> for DialConnector {
     }
 
     fn call(&mut self, dst: Uri) -> Self::Future {
+        // IP literals skip the resolver: check them here.
+        if self.override_for(&dst).is_none()
+            && let Some(hp) = host_port_of(&dst)
+            && let Ok(ip) = hp.host.parse::<std::net::IpAddr>()
+            && let Some(why) = egress::refusal(SocketAddr::new(ip, hp.port), self.listen)
+        {
+            let err = std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("{hp} is {why}: refused; map it with --connect-to to allow it"),
+            );
+            return Box::pin(async move { Err(err.into()) });
+        }
         let dst = match self.override_for(&dst) {
             Some(addr) => Uri::builder()
                 .scheme("http")

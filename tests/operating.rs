@@ -253,7 +253,7 @@ async fn rpardini_variables_are_mapped_logged_and_applied() {
 
 fn reload_config(reg: &FaultRegistry, with_b: bool) -> String {
     let mut text = format!(
-        "connect_to = [\"reg-b.test:{port}={addr}\"]\n\n[[registry]]\nhost = \"reg-a.test:{port}\"\naddress = \"{addr}\"\n",
+        "connect_to = [\"reg-b.test:{port}={addr}\"]\ntunnel_ports = [{port}]\n\n[[registry]]\nhost = \"reg-a.test:{port}\"\naddress = \"{addr}\"\n",
         port = reg.port(),
         addr = reg.addr()
     );
