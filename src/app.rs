@@ -79,6 +79,7 @@ impl App {
         if swept > 0 {
             tracing::info!(files = swept, "removed partial downloads left by an earlier run");
         }
+        crate::metrics::spawn_store_scan(store.clone());
         let cache = Arc::new(RegistryCache::new(
             store,
             upstream.clone(),
