@@ -332,8 +332,9 @@ impl Metrics {
             .inc();
         self.outcome_totals[outcome_index(outcome)].fetch_add(1, Ordering::Relaxed);
         let from_cache = matches!(outcome, Outcome::Hit | Outcome::Revalidated | Outcome::Stale);
+        // Only GETs carry bodies and avoid pulls (and a cached HEAD stays cheap: no parsing).
         // A bypassed blob or manifest was relayed from upstream to this one client as is.
-        if registry.is_none() || !(from_cache || outcome == Outcome::Bypass) {
+        if registry.is_none() || method != Method::GET || !(from_cache || outcome == Outcome::Bypass) {
             return;
         }
         let Some(kind) = body_kind(method, path) else {
@@ -346,7 +347,7 @@ impl Metrics {
         self.cache_served_bytes
             .get_or_create(&KindLabels { kind: kind.as_str() })
             .inc_by(bytes);
-        if kind == BodyKind::Manifest && method == Method::GET {
+        if kind == BodyKind::Manifest {
             self.manifest_gets_avoided
                 .get_or_create(&RegistryLabels {
                     registry: label.to_string(),

@@ -565,6 +565,10 @@ async fn counters_move_across_a_miss_then_a_hit_and_the_cache_gauges_survive_a_r
         after_miss.value("regcache_tls_handshakes_total", &[]) >= 1.0,
         "the tunnel was intercepted"
     );
+    // The registry writes its access log on its own time.
+    support::poll_until(Duration::from_secs(5), || {
+        (registry.count_requests("GET", &layer.digest) >= 1).then_some(())
+    });
     assert_eq!(registry.count_requests("GET", &layer.digest), 1);
 
     // Hit: nothing upstream, the same bytes counted as served from the cache.
@@ -864,17 +868,19 @@ async fn the_status_page_renders_in_chromium_with_the_real_numbers() {
         m.value("regcache_requests_total", &[ghcr, ("outcome", "hit")]) >= blobs + 1.0
     })
     .await;
-    // Settled: two scrapes a moment apart agree on every request counter.
+    // Settled: two scrapes a moment apart agree on every cacheable request counter.
+    let cacheable_counts = |m: &Exposition| {
+        ["hit", "miss", "revalidated", "stale"].map(|o| m.sum("regcache_requests_total", &[("outcome", o)]))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
     let m = loop {
         let (a, _) = scrape(&proxy).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let (b, _) = scrape(&proxy).await;
-        let cacheable = |m: &Exposition| {
-            ["hit", "miss", "revalidated", "stale"].map(|o| m.sum("regcache_requests_total", &[("outcome", o)]))
-        };
-        if cacheable(&a) == cacheable(&b) {
+        let (b, text) = scrape(&proxy).await;
+        if cacheable_counts(&a) == cacheable_counts(&b) {
             break b;
         }
+        assert!(Instant::now() < deadline, "request counters never settled:\n{text}");
     };
 
     // curl and scripts keep the one-line banner; browsers get the page.
