@@ -8,7 +8,8 @@
 //! lookup. No lock is ever held across I/O.
 //!
 //! Label values stay bounded: `registry` is a canonical registry name (a configured registry
-//! host) or `other`, never an arbitrary host; `outcome`, `kind` and `reason` are fixed words.
+//! host, or for upstream requests the host of a `/v2/` API call) or `other`, never a CDN,
+//! token or tunnelled host; `outcome`, `kind` and `reason` are fixed words.
 
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
