@@ -90,6 +90,8 @@ pub struct AccessRecord {
     pub path: String,
     /// When the request arrived.
     pub start: Instant,
+    /// Canonical registry name when the host is a configured registry (a metrics label).
+    pub registry: Option<String>,
 }
 
 impl AccessRecord {
@@ -101,7 +103,14 @@ impl AccessRecord {
             method,
             path: path.to_string(),
             start: Instant::now(),
+            registry: None,
         }
+    }
+
+    /// Marks the request as one for the configured registry `registry` (canonical name).
+    pub fn with_registry(mut self, registry: Option<String>) -> Self {
+        self.registry = registry;
+        self
     }
 
     /// Writes the line.
@@ -120,6 +129,7 @@ impl AccessRecord {
             complete,
             "request"
         );
+        crate::metrics::global().request_done(self.registry.as_deref(), outcome, &self.method, &self.path, bytes);
     }
 }
 

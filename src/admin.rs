@@ -1,8 +1,10 @@
-//! Requests addressed to regcache itself: banner, health and the CA certificate.
+//! Requests addressed to regcache itself: banner (or the status page for browsers), health,
+//! metrics and the CA certificate.
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 
 use crate::body::{self, Body};
+use crate::{metrics, status_page};
 
 /// The answers regcache gives about itself.
 pub struct LocalEndpoints {
@@ -20,7 +22,8 @@ impl LocalEndpoints {
         Self { ca_pem, banner }
     }
 
-    /// Answers `GET`/`HEAD` for `/`, `/healthz` and `/ca.crt`; anything else is 404 or 405.
+    /// Answers `GET`/`HEAD` for `/`, `/healthz`, `/metrics` and `/ca.crt`; anything else is 404
+    /// or 405. `/` is the one-line banner, or the HTML status page when the client accepts HTML.
     pub fn respond<B>(&self, req: &Request<B>) -> Response<Body> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             let mut res = body::text(
@@ -32,7 +35,9 @@ impl LocalEndpoints {
             return res;
         }
         match req.uri().path() {
-            "/" => body::text(StatusCode::OK, self.banner.clone()),
+            "/" if accepts_html(req) => vary_accept(html(status_page::render(&metrics::global().snapshot()))),
+            "/" => vary_accept(body::text(StatusCode::OK, self.banner.clone())),
+            "/metrics" => metrics_text(metrics::global().encode()),
             "/healthz" => body::text(StatusCode::OK, "ok"),
             "/ca.crt" => {
                 let mut res = Response::new(body::full(self.ca_pem.clone()));
@@ -50,4 +55,39 @@ impl LocalEndpoints {
             other => body::text(StatusCode::NOT_FOUND, format!("regcache: no such endpoint {other:?}")),
         }
     }
+}
+
+/// Whether the client lists HTML in `Accept` (browsers do; curl and scripts do not).
+fn accepts_html<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.to_ascii_lowercase().contains("text/html"))
+}
+
+/// `/` answers by `Accept`: say so to any cache in between.
+fn vary_accept(mut res: Response<Body>) -> Response<Body> {
+    res.headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("accept"));
+    res
+}
+
+fn html(page: String) -> Response<Body> {
+    let mut res = Response::new(body::full(page));
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+fn metrics_text(text: String) -> Response<Body> {
+    let mut res = Response::new(body::full(text));
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(metrics::CONTENT_TYPE));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
 }

@@ -130,6 +130,7 @@ impl App {
             tracing::info!(files = swept, "removed partial downloads left by an earlier run");
         }
         let tasks = TaskTracker::new();
+        crate::metrics::spawn_store_scan(store.clone());
         let cache = Arc::new(RegistryCache::new(
             store,
             upstream.clone(),

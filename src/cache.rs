@@ -111,6 +111,7 @@ impl StoreHealth {
 
     fn failed(&self, e: &store::StoreError) {
         self.failures.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::global().store_write_failed();
         self.broken_until_ms
             .store(store::now_ms() + STORE_BACKOFF_MS, Ordering::Relaxed);
         tracing::error!(error = %e, "cache write failed; passing responses through uncached for 30 s");
@@ -195,6 +196,9 @@ impl RegistryCache {
             headers: req.headers(),
             url,
         };
+        if let Class::Manifest(_) = class {
+            crate::metrics::global().image_requested(&ctx.registry, &ctx.repository);
+        }
         match class {
             Class::Ping => self.ping(&ctx).await,
             Class::Blob(digest) => self.blob(&ctx, &digest).await,
@@ -710,7 +714,10 @@ async fn run_download(
                 return handle.fail("upstream closed the connection mid-blob");
             }
             Ok(Some(Ok(frame))) => match frame.into_data() {
-                Ok(data) => Some(data),
+                Ok(data) => {
+                    crate::metrics::global().upstream_bytes(crate::metrics::BodyKind::Blob, data.len() as u64);
+                    Some(data)
+                }
                 Err(_) => continue,
             },
         };
@@ -767,6 +774,9 @@ async fn fetch_buffered(
             reason: format!("reading manifest: {e}"),
         })?
         .to_bytes();
+    if parts.status.is_success() {
+        crate::metrics::global().upstream_bytes(crate::metrics::BodyKind::Manifest, body.len() as u64);
+    }
     let mut headers = parts.headers;
     headers::strip_hop_by_hop(&mut headers);
     Ok(Fetched {

@@ -361,6 +361,7 @@ impl DownloadHandle {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&self.digest);
+        crate::metrics::global().download_finished();
     }
 }
 
@@ -405,6 +406,7 @@ impl Downloads {
             recent: recent.clone(),
         });
         table.insert(digest.clone(), download.clone());
+        crate::metrics::global().download_started();
         let handle = DownloadHandle {
             state: tx,
             recent,

@@ -42,7 +42,8 @@ impl Gateway {
         registry: bool,
         req: Request<Body>,
     ) -> Response<Body> {
-        let record = AccessRecord::new(client, origin.host.to_string(), req.method().clone(), req.uri().path());
+        let record = AccessRecord::new(client, origin.host.to_string(), req.method().clone(), req.uri().path())
+            .with_registry(registry.then(|| crate::registry::canonical_registry(&origin.host)));
         let head = req.method() == http::Method::HEAD;
         let (res, outcome) = if registry && is_push(&req) && !self.config.load().allow_push {
             let mut res = body::text(

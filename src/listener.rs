@@ -298,6 +298,7 @@ async fn connect(req: Request<Incoming>, client: SocketAddr, shared: Arc<Shared>
             error = error.as_deref().unwrap_or(""),
             "tunnel closed"
         );
+        crate::metrics::global().tunnel_closed();
     });
     Response::new(body::empty())
 }

@@ -16,6 +16,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::body;
 use crate::gateway::Gateway;
 use crate::leaf_certs::LeafCertCache;
+use crate::metrics::{self, TlsFailure};
 use crate::upstream::Origin;
 
 /// A client that has not finished its TLS handshake in this time is dropped.
@@ -36,12 +37,16 @@ pub async fn serve(
         Ok(c) => c,
         Err(e) => {
             tracing::error!(host = %origin.host, error = %e, "cannot mint a certificate for intercepted host");
+            metrics::global().tls_handshake_failed(TlsFailure::Certificate);
             return;
         }
     };
     let accept = TlsAcceptor::from(config).accept(TokioIo::new(upgraded));
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
-        Ok(Ok(tls)) => tls,
+        Ok(Ok(tls)) => {
+            metrics::global().tls_handshake_ok();
+            tls
+        }
         Ok(Err(e)) => {
             // A client that rejects our certificate says so with an alert; one that merely
             // went away (EOF, reset) is not a trust problem.
@@ -49,6 +54,12 @@ pub async fn serve(
                 .get_ref()
                 .and_then(|inner| inner.downcast_ref::<rustls::Error>())
                 .is_some_and(|r| matches!(r, rustls::Error::AlertReceived(_)));
+            let reason = if alert {
+                TlsFailure::Rejected
+            } else {
+                TlsFailure::Aborted
+            };
+            metrics::global().tls_handshake_failed(reason);
             if alert {
                 tracing::warn!(%client, host = %origin.host, error = %e, "client rejected regcache's certificate (does it trust the regcache CA?)");
             } else {
@@ -58,6 +69,7 @@ pub async fn serve(
         }
         Err(_) => {
             tracing::warn!(%client, host = %origin.host, "TLS handshake with client timed out");
+            metrics::global().tls_handshake_failed(TlsFailure::Timeout);
             return;
         }
     };

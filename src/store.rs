@@ -144,6 +144,28 @@ impl ContentStore {
             .count()
     }
 
+    /// Content files (blobs and manifests) in the store and their total size, by walking the
+    /// content directory. Blocking: run it on the blocking pool.
+    pub fn content_usage(&self) -> (u64, u64) {
+        let mut entries = 0;
+        let mut bytes = 0;
+        let mut dirs = vec![self.root.join("content-v2")];
+        while let Some(dir) = dirs.pop() {
+            let Ok(list) = std::fs::read_dir(&dir) else { continue };
+            for entry in list.flatten() {
+                match entry.file_type() {
+                    Ok(t) if t.is_dir() => dirs.push(entry.path()),
+                    Ok(t) if t.is_file() => {
+                        entries += 1;
+                        bytes += entry.metadata().map_or(0, |m| m.len());
+                    }
+                    _ => {}
+                }
+            }
+        }
+        (entries, bytes)
+    }
+
     /// The blob with `digest`, if stored.
     pub async fn blob(&self, digest: &Digest) -> Option<StoredBlob> {
         let path = self.content_path(digest);
@@ -228,6 +250,7 @@ impl ContentStore {
     ) -> Result<(), StoreError> {
         // cacache hashes what it is given and refuses to commit on a mismatch: the one check.
         let sri = integrity(digest)?;
+        let new_content = !tokio::fs::try_exists(self.content_path(digest)).await.unwrap_or(true);
         let written = cacache::WriteOpts::new()
             .algorithm(cache_algorithm(digest.algorithm()))
             .integrity(sri.clone())
@@ -241,6 +264,9 @@ impl ContentStore {
             source,
         })?;
         writer.commit().await.map_err(index_err)?;
+        if new_content {
+            crate::metrics::global().content_stored(bytes.len() as u64);
+        }
         let meta = serde_json::to_value(ManifestMeta {
             media_type: media_type.to_string(),
         })
@@ -493,6 +519,7 @@ impl BlobWriter {
                     source,
                 })?;
         }
+        let new_content = !tokio::fs::try_exists(&self.final_path).await.unwrap_or(true);
         tokio::fs::rename(&self.path, &self.final_path)
             .await
             .map_err(|source| StoreError::Io {
@@ -507,6 +534,9 @@ impl BlobWriter {
                 let _ = dir.sync_all();
             }
         });
+        if new_content {
+            crate::metrics::global().content_stored(self.flushed);
+        }
         Ok(StoredBlob {
             path: self.final_path.clone(),
             len: self.flushed,

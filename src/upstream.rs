@@ -281,11 +281,16 @@ impl UpstreamClient {
     /// otherwise.
     pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
         let target = target_of(req.uri());
+        let call =
+            crate::metrics::global().upstream_request(req.method(), req.uri().path(), host_port_of(req.uri()).as_ref());
         let inner = self.inner();
         let after = inner.timeouts.upstream_response;
         match tokio::time::timeout(after, inner.client.request(req)).await {
             Err(_) => Err(ProxyError::Timeout { target, after }),
-            Ok(Ok(res)) => Ok(res),
+            Ok(Ok(res)) => {
+                crate::metrics::global().upstream_answered(&call, res.headers());
+                Ok(res)
+            }
             Ok(Err(e)) => Err(classify(target, &e)),
         }
     }
