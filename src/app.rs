@@ -14,6 +14,7 @@ use crate::admin::LocalEndpoints;
 use crate::ca::CertificateAuthority;
 use crate::cache::RegistryCache;
 use crate::client_auth::{ClientGate, HtpasswdError};
+use crate::upstream_auth::UpstreamAuth;
 use crate::config::Config;
 use crate::config_file::{ConfigError, ConfigSource};
 use crate::gateway::Gateway;
@@ -79,6 +80,8 @@ pub struct Shared {
     reloading: tokio::sync::Mutex<()>,
     /// The cache (its tag policy follows reloads).
     cache: Arc<RegistryCache>,
+    /// regcache's upstream accounts; replaced on a reload.
+    auth: Arc<UpstreamAuth>,
     /// Who may use the proxy; replaced on a reload.
     pub gate: ArcSwap<ClientGate>,
     /// Cancelled when a graceful shutdown begins.
@@ -131,12 +134,14 @@ impl App {
         }
         let tasks = TaskTracker::new();
         crate::metrics::spawn_store_scan(store.clone());
+        let auth = Arc::new(UpstreamAuth::new(config.credentials.clone()));
         let cache = Arc::new(RegistryCache::new(
             store,
             upstream.clone(),
             config.cache.clone(),
             config.timeouts.upstream_response,
             tasks.clone(),
+            auth.clone(),
         ));
         let listener = TcpListener::bind(config.listen)
             .await
@@ -164,6 +169,7 @@ impl App {
             reloading: tokio::sync::Mutex::new(()),
             cache,
             gate: ArcSwap::from_pointee(gate),
+            auth,
             shutdown: CancellationToken::new(),
             tasks,
         });
@@ -273,6 +279,7 @@ impl Shared {
         let gate = ClientGate::build(&new.access)?;
         self.upstream.reconfigure(&new)?;
         self.gate.store(Arc::new(gate));
+        self.auth.set_accounts(new.credentials.clone());
         self.cache.set_policy(new.cache.clone());
         let hosts: Vec<String> = new
             .registries

@@ -31,7 +31,9 @@ use crate::range::{self, ByteRange};
 use crate::registry::{self, AcceptSet, Reference, RegistryRequest};
 use crate::single_flight::SingleFlight;
 use crate::store::{self, ContentStore, StoredManifest, TagRecord};
+use crate::repo_access::{RepoAccess, repo_key};
 use crate::upstream::{Origin, UpstreamClient};
+use crate::upstream_auth::{Requester, UpstreamAuth};
 
 /// Manifests are buffered to be verified; the distribution registry refuses larger ones.
 const MAX_MANIFEST: usize = 4 * 1024 * 1024;
@@ -83,6 +85,10 @@ pub struct RegistryCache {
     store: ContentStore,
     downloads: Downloads,
     upstream: UpstreamClient,
+    /// regcache's own accounts and tokens, for clients that send no credentials.
+    auth: Arc<UpstreamAuth>,
+    /// Who may read which cached repository (private content never leaks).
+    access: RepoAccess,
     /// Replaced whole on a reload; readers take a snapshot.
     policy: arc_swap::ArcSwap<CachePolicy>,
     body_idle: Duration,
@@ -136,11 +142,14 @@ impl RegistryCache {
         policy: CachePolicy,
         body_idle: Duration,
         tasks: tokio_util::task::TaskTracker,
+        auth: Arc<UpstreamAuth>,
     ) -> Self {
         Self {
             store,
             downloads: Downloads::default(),
             upstream,
+            auth,
+            access: RepoAccess::new(policy.public_recheck, policy.private_grace),
             policy: arc_swap::ArcSwap::from_pointee(policy),
             body_idle,
             tasks,
@@ -200,6 +209,9 @@ impl RegistryCache {
             crate::metrics::global().image_requested(&ctx.registry, &ctx.repository);
         }
         match class {
+            // With an account for this registry, regcache authenticates for its clients: they
+            // must not start a login of their own (which would replace regcache's).
+            Class::Ping if self.auth.has_accounts_for(&origin.host) => (local_ping(ctx.head), Outcome::Hit),
             Class::Ping => self.ping(&ctx).await,
             Class::Blob(digest) => self.blob(&ctx, &digest).await,
             Class::Manifest(Reference::Digest(digest)) => self.manifest_by_digest(&ctx, &digest).await,
@@ -242,12 +254,18 @@ impl RegistryCache {
 
     async fn blob(&self, ctx: &Ctx<'_>, digest: &Digest) -> Served {
         if let Some(stored) = self.store.blob(digest).await {
+            if let Some(refused) = self.authorize(ctx, Some(digest), false).await {
+                return refused;
+            }
             return (blob_from_file(ctx, digest, stored.path, stored.len).await, Outcome::Hit);
         }
-        if let Some(dl) = self.downloads.get(digest)
-            && let Some(served) = follow(ctx, digest, &dl).await
-        {
-            return served;
+        if let Some(dl) = self.downloads.get(digest) {
+            if let Some(refused) = self.authorize(ctx, Some(digest), false).await {
+                return refused;
+            }
+            if let Some(served) = follow(ctx, digest, &dl).await {
+                return served;
+            }
         }
         if ctx.head {
             // A HEAD stays a HEAD upstream: it tells the client the size without a transfer.
@@ -257,21 +275,29 @@ impl RegistryCache {
             return self.relay(ctx, Method::GET, Outcome::Bypass).await;
         }
         match self.downloads.join_or_start(digest, self.store.content_path(digest)) {
-            Joined::Existing(dl) => match follow(ctx, digest, &dl).await {
-                Some(served) => served,
-                None => self.relay(ctx, Method::GET, Outcome::Bypass).await,
-            },
+            Joined::Existing(dl) => {
+                if let Some(refused) = self.authorize(ctx, Some(digest), false).await {
+                    return refused;
+                }
+                match follow(ctx, digest, &dl).await {
+                    Some(served) => served,
+                    None => self.relay(ctx, Method::GET, Outcome::Bypass).await,
+                }
+            }
             Joined::New(dl, handle) => {
                 // It may have been committed between the store check and registering.
                 if let Some(stored) = self.store.blob(digest).await {
                     handle.abandon();
+                    if let Some(refused) = self.authorize(ctx, Some(digest), false).await {
+                        return refused;
+                    }
                     return (blob_from_file(ctx, digest, stored.path, stored.len).await, Outcome::Hit);
                 }
                 // The download runs in its own task from the first byte on, so it completes
                 // (and is cached) even if this client goes away while upstream is answering.
                 let (reply, started) = tokio::sync::oneshot::channel();
                 self.tasks.spawn(download_blob(DownloadJob {
-                    upstream: self.upstream.clone(),
+                    upstream: self.requester(ctx),
                     store: self.store.clone(),
                     health: self.health.clone(),
                     url: ctx.url.clone(),
@@ -282,10 +308,14 @@ impl RegistryCache {
                     reply,
                 }));
                 match started.await {
-                    Ok(Started::Streaming) => match follow(ctx, digest, &dl).await {
-                        Some(served) => served,
-                        None => self.relay(ctx, Method::GET, Outcome::Bypass).await,
-                    },
+                    Ok(Started::Streaming) => {
+                        // Upstream served it through this repository to this client.
+                        self.learn(ctx, Some(digest), None).await;
+                        match follow(ctx, digest, &dl).await {
+                            Some(served) => served,
+                            None => self.relay(ctx, Method::GET, Outcome::Bypass).await,
+                        }
+                    }
                     Ok(Started::StoreUnavailable) => self.relay(ctx, Method::GET, Outcome::Bypass).await,
                     Ok(Started::Refused(res)) => passthrough(res, Outcome::Miss),
                     Ok(Started::Failed(e)) => error(e),
@@ -305,6 +335,10 @@ impl RegistryCache {
         if let Some(m) = self.cached_manifest(ctx, digest).await
             && accept.allows(&m.media_type)
         {
+            // Stored under this repository: a member of it.
+            if let Some(refused) = self.authorize(ctx, None, true).await {
+                return refused;
+            }
             return (
                 manifest_response(ctx.head, &m.bytes, &m.media_type, digest, Outcome::Hit, false),
                 Outcome::Hit,
@@ -326,6 +360,9 @@ impl RegistryCache {
                 reason: format!("manifest does not match its digest {digest}"),
             });
         }
+        if let Some(refused) = self.shared_fetch_allowed(ctx, &fetched).await {
+            return refused;
+        }
         let media_type = content_type(&fetched.headers);
         self.store_manifest(ctx, digest, &media_type, &fetched.body).await;
         (
@@ -345,6 +382,9 @@ impl RegistryCache {
         };
         let age = now.saturating_sub(memo.record.validated_at_ms);
         if !ttl.is_zero() && age < ttl.as_millis() as u64 {
+            if let Some(refused) = self.authorize(ctx, None, true).await {
+                return refused;
+            }
             return self
                 .serve_tag(ctx, &key, &accept, &memo.record, Outcome::Hit, false)
                 .await;
@@ -352,7 +392,7 @@ impl RegistryCache {
 
         let head_url = ctx.url.clone();
         let head_headers = headers::for_upstream(ctx.headers);
-        let upstream = self.upstream.clone();
+        let upstream = self.requester(ctx);
         let result = self
             .revalidations
             .run(key.clone(), move || revalidate(upstream, head_url, head_headers))
@@ -362,6 +402,12 @@ impl RegistryCache {
                 head: None,
             });
 
+        // The revalidation may have been another client's (coalesced): this one's access is
+        // checked on its own (free for public repositories).
+        let serving = matches!(result, Revalidation::Current(_) | Revalidation::Unavailable { .. });
+        if serving && let Some(refused) = self.authorize(ctx, None, true).await {
+            return refused;
+        }
         match result {
             Revalidation::Current(fresh) if fresh.digest == memo.record.digest => {
                 self.remember_tag(&key, fresh.clone(), Some(&memo)).await;
@@ -421,6 +467,9 @@ impl RegistryCache {
         };
         if fetched.status != StatusCode::OK {
             return fetched_response(&fetched, Outcome::Miss);
+        }
+        if let Some(refused) = self.shared_fetch_allowed(ctx, &fetched).await {
+            return refused;
         }
         let media_type = content_type(&fetched.headers);
         let announced = fetched
@@ -495,9 +544,208 @@ impl RegistryCache {
     /// Sends the client's request upstream for this client alone (its own credentials), as
     /// `method`, following redirects.
     async fn ask_upstream(&self, ctx: &Ctx<'_>, method: Method) -> Result<Response<Incoming>, ProxyError> {
-        self.upstream
-            .send_following_redirects(method, ctx.url.clone(), headers::for_upstream(ctx.headers))
+        self.requester(ctx)
+            .send(method, ctx.url.clone(), headers::for_upstream(ctx.headers))
             .await
+    }
+
+    /// Upstream requests for this request's repository.
+    fn requester(&self, ctx: &Ctx<'_>) -> Requester {
+        Requester::new(
+            self.upstream.clone(),
+            self.auth.clone(),
+            ctx.origin.host.clone(),
+            ctx.repository.clone(),
+        )
+    }
+
+    /// Records what a successful upstream answer to this client proves: the object is in the
+    /// repository, the client's credentials are good for it (or, without credentials and
+    /// without an account of regcache's, that the repository is public), and a manifest's
+    /// references are in the repository too.
+    async fn learn(&self, ctx: &Ctx<'_>, object: Option<&Digest>, manifest: Option<&[u8]>) {
+        let repo = repo_key(&ctx.registry, &ctx.repository);
+        if let Some(d) = object {
+            self.add_member(ctx, &repo, d).await;
+        }
+        if let Some(body) = manifest {
+            self.access.add_references(&repo, body);
+        }
+        if ctx.headers.contains_key(header::AUTHORIZATION) {
+            self.access.set_verified(&auth_fingerprint(ctx.headers), &repo);
+        } else if !self.requester(ctx).has_account() {
+            self.set_public(ctx, &repo).await;
+        }
+    }
+
+    /// `digest` is in this repository: remembered, and recorded in the store for restarts.
+    async fn add_member(&self, ctx: &Ctx<'_>, repo: &str, digest: &Digest) {
+        if self.access.is_member(repo, digest) {
+            return;
+        }
+        self.access.add_member(repo, digest);
+        if self.store_usable()
+            && let Err(e) = self.store.put_member(&ctx.registry, &ctx.repository, digest).await
+        {
+            self.store_failed(&e);
+        }
+    }
+
+    /// The repository is readable anonymously: remembered, and recorded for restarts (where it
+    /// lets cached public content be served while upstream is down).
+    async fn set_public(&self, ctx: &Ctx<'_>, repo: &str) {
+        if self.access.public(repo) == Some(true) {
+            return;
+        }
+        self.access.set_public(repo, true);
+        if self.store_usable()
+            && let Err(e) = self.store.put_public(&ctx.registry, &ctx.repository).await
+        {
+            self.store_failed(&e);
+        }
+    }
+
+    /// Membership from memory, else from the store.
+    async fn is_member(&self, ctx: &Ctx<'_>, repo: &str, digest: &Digest) -> bool {
+        if self.access.is_member(repo, digest) {
+            return true;
+        }
+        let stored = self.store.is_member(&ctx.registry, &ctx.repository, digest).await;
+        if stored {
+            self.access.add_member(repo, digest);
+        }
+        stored
+    }
+
+    /// Public status from memory, else from the store when it is recent; and whether the
+    /// repository was ever found public (what an outage may rely on).
+    async fn public_status(&self, ctx: &Ctx<'_>, repo: &str) -> (Option<bool>, bool) {
+        if let Some(p) = self.access.public(repo) {
+            if p {
+                return (Some(true), true);
+            }
+            let ever = self.store.public_since(&ctx.registry, &ctx.repository).await.is_some();
+            return (Some(false), ever);
+        }
+        match self.store.public_since(&ctx.registry, &ctx.repository).await {
+            Some(at) => {
+                let fresh = store::now_ms().saturating_sub(at) < self.policy.load().public_recheck.as_millis() as u64;
+                if fresh {
+                    self.access.set_public(repo, true);
+                    (Some(true), true)
+                } else {
+                    (None, true)
+                }
+            }
+            None => (None, false),
+        }
+    }
+
+    /// A manifest fetch answered 200, possibly for another client (coalesced): whether this
+    /// client may have it. `Some(response)` is the refusal to send instead.
+    async fn shared_fetch_allowed(&self, ctx: &Ctx<'_>, fetched: &Fetched) -> Option<Served> {
+        if fetched.auth == auth_fingerprint(ctx.headers) {
+            self.learn(ctx, None, Some(&fetched.body)).await;
+            return None;
+        }
+        self.authorize(ctx, None, true).await
+    }
+
+    /// Whether this client may be served a cached object of this repository (`object` = a
+    /// blob digest; `None` with `member` = a manifest or tag stored under this repository).
+    /// `None` = yes; `Some(response)` = upstream's refusal (or 502 when upstream cannot be
+    /// asked and nothing recent vouches for the client), to send instead.
+    ///
+    /// Public repositories cost nothing; private ones one upstream `HEAD` per credential and
+    /// repository every few minutes (free on Docker Hub).
+    async fn authorize(&self, ctx: &Ctx<'_>, object: Option<&Digest>, member: bool) -> Option<Served> {
+        let repo = repo_key(&ctx.registry, &ctx.repository);
+        let member = match object {
+            Some(d) if !member => self.is_member(ctx, &repo, d).await,
+            _ => member,
+        };
+        let (public, ever_public) = self.public_status(ctx, &repo).await;
+        let credential = ctx
+            .headers
+            .contains_key(header::AUTHORIZATION)
+            .then(|| auth_fingerprint(ctx.headers));
+        let requester = self.requester(ctx);
+        if member {
+            if public == Some(true) {
+                return None;
+            }
+            // The operator shares regcache's account with every client allowed to use the proxy.
+            if credential.is_none() && requester.has_account() {
+                return None;
+            }
+            if let Some(c) = &credential
+                && self.access.verified(c, &repo)
+            {
+                return None;
+            }
+        }
+        let headers = headers::for_upstream(ctx.headers);
+        // Is it public? Asked once per repository (and object) per recheck interval.
+        if public != Some(false) {
+            match requester
+                .send_anonymously(Method::HEAD, ctx.url.clone(), headers.clone())
+                .await
+            {
+                Ok(res) if res.status() == StatusCode::OK => {
+                    self.set_public(ctx, &repo).await;
+                    if let Some(d) = object {
+                        self.add_member(ctx, &repo, d).await;
+                    }
+                    return None;
+                }
+                Ok(res) if !upstream_unavailable(res.status()) => {
+                    if public.is_none() {
+                        self.access.set_public(&repo, false);
+                    }
+                    if credential.is_none() && !requester.has_account() {
+                        // Upstream's own challenge, so that the client can log in.
+                        return Some(refusal(res, ctx.head));
+                    }
+                }
+                Ok(_) | Err(_) => return self.unverifiable(ctx, &repo, member, ever_public, credential.as_deref()),
+            }
+        }
+        match requester.send(Method::HEAD, ctx.url.clone(), headers).await {
+            Ok(res) if res.status() == StatusCode::OK => {
+                if let Some(d) = object {
+                    self.add_member(ctx, &repo, d).await;
+                }
+                if let Some(c) = &credential {
+                    self.access.set_verified(c, &repo);
+                }
+                None
+            }
+            Ok(res) if !upstream_unavailable(res.status()) => {
+                tracing::info!(registry = %ctx.registry, repository = %ctx.repository, status = res.status().as_u16(), "cached content refused to a client upstream does not allow");
+                Some(refusal(res, ctx.head))
+            }
+            Ok(_) | Err(_) => self.unverifiable(ctx, &repo, member, ever_public, credential.as_deref()),
+        }
+    }
+
+    /// Upstream cannot say whether this client may read the repository: serve only what a
+    /// recent check vouches for.
+    fn unverifiable(
+        &self,
+        ctx: &Ctx<'_>,
+        repo: &str,
+        member: bool,
+        ever_public: bool,
+        credential: Option<&str>,
+    ) -> Option<Served> {
+        let vouched = member && (ever_public || credential.is_some_and(|c| self.access.verified_for_outage(c, repo)));
+        if vouched {
+            return None;
+        }
+        Some(error(ProxyError::Upstream {
+            target: ctx.origin.host.to_string(),
+            reason: "registry unavailable, and access to this cached content cannot be verified".into(),
+        }))
     }
 
     /// Streams upstream's answer to the client's request back, uncached, labelled `outcome`.
@@ -514,7 +762,7 @@ impl RegistryCache {
         // manifest GET is a counted pull. A refusal is not shared with different credentials.
         let key = format!("{}|{}", ctx.url, AcceptSet::from_headers(ctx.headers).key());
         let mine = auth_fingerprint(ctx.headers);
-        let upstream = self.upstream.clone();
+        let upstream = self.requester(ctx);
         let url = ctx.url.clone();
         let headers = headers::for_upstream(ctx.headers);
         let target = ctx.origin.host.to_string();
@@ -533,7 +781,7 @@ impl RegistryCache {
             Ok(f) if f.status != StatusCode::OK && f.auth != mine => {
                 let target = ctx.origin.host.to_string();
                 fetch_buffered(
-                    self.upstream.clone(),
+                    self.requester(ctx),
                     ctx.url.clone(),
                     headers::for_upstream(ctx.headers),
                     target,
@@ -573,6 +821,8 @@ impl RegistryCache {
             return Some(m);
         }
         let m = self.store.manifest(&ctx.registry, &ctx.repository, digest).await?;
+        self.access
+            .add_references(&repo_key(&ctx.registry, &ctx.repository), &m.bytes);
         self.manifests.insert(key, m.clone());
         Some(m)
     }
@@ -636,7 +886,7 @@ enum Started {
 }
 
 struct DownloadJob {
-    upstream: UpstreamClient,
+    upstream: Requester,
     store: ContentStore,
     health: Arc<StoreHealth>,
     url: Uri,
@@ -669,7 +919,7 @@ async fn download_blob(job: DownloadJob) {
             return;
         }
     };
-    let res = match upstream.send_following_redirects(Method::GET, url, headers).await {
+    let res = match upstream.send(Method::GET, url, headers).await {
         Ok(res) => res,
         Err(e) => {
             writer.discard().await;
@@ -752,13 +1002,13 @@ async fn run_download(
 
 /// GETs a manifest and buffers it (bounded: manifests are small and must be verified whole).
 async fn fetch_buffered(
-    upstream: UpstreamClient,
+    upstream: Requester,
     url: Uri,
     headers: HeaderMap,
     target: String,
     auth: String,
 ) -> Result<Fetched, ProxyError> {
-    let res = upstream.send_following_redirects(Method::GET, url, headers).await?;
+    let res = upstream.send(Method::GET, url, headers).await?;
     let (parts, body) = res.into_parts();
     if headers::content_length(&parts.headers).is_some_and(|n| n > MAX_MANIFEST as u64) {
         return Err(ProxyError::Upstream {
@@ -788,8 +1038,8 @@ async fn fetch_buffered(
 }
 
 /// Asks upstream for a tag's current digest with a HEAD.
-async fn revalidate(upstream: UpstreamClient, url: Uri, headers: HeaderMap) -> Revalidation {
-    match upstream.send_following_redirects(Method::HEAD, url, headers).await {
+async fn revalidate(upstream: Requester, url: Uri, headers: HeaderMap) -> Revalidation {
+    match upstream.send(Method::HEAD, url, headers).await {
         Err(e) => Revalidation::Unavailable {
             reason: e.to_string(),
             head: None,
@@ -849,6 +1099,41 @@ fn auth_fingerprint(h: &HeaderMap) -> String {
 fn error(e: ProxyError) -> Served {
     tracing::warn!(error = %e, "registry request failed");
     (e.into_response(), Outcome::Error)
+}
+
+/// Upstream's refusal of a check, for the client: its status and headers (`WWW-Authenticate`
+/// included, so the client can log in), no body.
+fn refusal(res: Response<Incoming>, head: bool) -> Served {
+    let status = res.status();
+    let mut h = res.headers().clone();
+    headers::strip_hop_by_hop(&mut h);
+    // The check was a HEAD: its length is not this answer's.
+    h.remove(header::CONTENT_LENGTH);
+    h.remove(header::CONTENT_TYPE);
+    h.remove(DOCKER_CONTENT_DIGEST);
+    let code = match status {
+        StatusCode::UNAUTHORIZED => "UNAUTHORIZED",
+        StatusCode::FORBIDDEN => "DENIED",
+        StatusCode::NOT_FOUND => "NAME_UNKNOWN",
+        _ => "DENIED",
+    };
+    let text = format!(r#"{{"errors":[{{"code":"{code}","message":"upstream refused these credentials for this repository"}}]}}"#);
+    let mut res = if head {
+        let mut r = Response::new(body::empty());
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(text.len()));
+        *r.headers_mut() = h;
+        r
+    } else {
+        let mut r = Response::new(body::full(text));
+        *r.headers_mut() = h;
+        r
+    };
+    *res.status_mut() = status;
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res.headers_mut()
+        .insert(X_CACHE, HeaderValue::from_static(Outcome::Deny.x_cache()));
+    (res, Outcome::Deny)
 }
 
 fn passthrough(res: Response<Incoming>, outcome: Outcome) -> Served {

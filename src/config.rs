@@ -235,6 +235,11 @@ pub struct CachePolicy {
     /// Per-registry overrides of `tag_ttl` and `max_stale` (`[[registry]]` sections), by
     /// canonical registry name (`docker.io` for Docker Hub).
     pub per_registry: Vec<RegistryPolicy>,
+    /// How often regcache checks again whether a cached repository is public.
+    pub public_recheck: Duration,
+    /// While upstream is unreachable, private content is served only to credentials upstream
+    /// accepted within this window.
+    pub private_grace: Duration,
 }
 
 /// `tag_ttl` / `max_stale` of one registry.
@@ -255,6 +260,8 @@ impl Default for CachePolicy {
             tag_ttl_rules: Vec::new(),
             max_stale: Duration::from_secs(7 * 86_400),
             per_registry: Vec::new(),
+            public_recheck: Duration::from_secs(3600),
+            private_grace: Duration::from_secs(3600),
         }
     }
 }
@@ -763,7 +770,7 @@ mod tests {
                 "reg.local:5000/ci/**:pr-*=1s".parse().unwrap(),
             ],
             max_stale: Duration::from_secs(1),
-            per_registry: Vec::new(),
+            ..CachePolicy::default()
         };
         assert_eq!(
             policy.tag_ttl("docker.io", "library/alpine", "latest"),

@@ -172,6 +172,10 @@ pub struct CacheLayer {
     pub max_size: Option<Parsed<SizeValue>>,
     /// Content unused this long may be evicted.
     pub inactive: Dur,
+    /// Recheck interval of a repository's public status.
+    pub public_recheck: Dur,
+    /// Outage window for private content (see `CachePolicy::private_grace`).
+    pub private_grace: Dur,
     /// Rules built from rpardini's regex variables (not a file key).
     #[serde(skip)]
     pub path_rules: Vec<TagTtlRule>,
@@ -298,6 +302,8 @@ impl Layer {
                 max_stale: self.cache.max_stale.or(lower.cache.max_stale),
                 max_size: self.cache.max_size.or(lower.cache.max_size),
                 inactive: self.cache.inactive.or(lower.cache.inactive),
+                public_recheck: self.cache.public_recheck.or(lower.cache.public_recheck),
+                private_grace: self.cache.private_grace.or(lower.cache.private_grace),
                 path_rules: cat(self.cache.path_rules, lower.cache.path_rules),
             },
             registries: cat(self.registries, lower.registries),
@@ -446,6 +452,8 @@ impl Layer {
                 tag_ttl_rules,
                 max_stale: self.cache.max_stale.map_or(policy.max_stale, |v| v.0.0),
                 per_registry,
+                public_recheck: self.cache.public_recheck.map_or(policy.public_recheck, |v| v.0.0),
+                private_grace: self.cache.private_grace.map_or(policy.private_grace, |v| v.0.0),
             },
             upstream_tls,
             credentials,

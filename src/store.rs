@@ -311,6 +311,58 @@ impl ContentStore {
     }
 }
 
+impl ContentStore {
+    /// Records that upstream served `digest` through `registry`/`repository` (see
+    /// [`crate::repo_access`]), so that it is known after a restart.
+    ///
+    /// # Errors
+    /// On an I/O failure.
+    pub async fn put_member(&self, registry: &str, repository: &str, digest: &Digest) -> Result<(), StoreError> {
+        cacache::index::insert_async(
+            &self.root,
+            &format!("member/{registry}/{repository}@{digest}"),
+            cacache::WriteOpts::new().integrity(integrity(digest)?),
+        )
+        .await
+        .map_err(index_err)?;
+        Ok(())
+    }
+
+    /// Whether [`ContentStore::put_member`] recorded `digest` in this repository.
+    pub async fn is_member(&self, registry: &str, repository: &str, digest: &Digest) -> bool {
+        matches!(
+            cacache::index::find_async(&self.root, &format!("member/{registry}/{repository}@{digest}")).await,
+            Ok(Some(_))
+        )
+    }
+
+    /// Records that a repository was found public (readable anonymously) now.
+    ///
+    /// # Errors
+    /// On an I/O failure.
+    pub async fn put_public(&self, registry: &str, repository: &str) -> Result<(), StoreError> {
+        let empty = Digest::of(Algorithm::Sha256, b"");
+        cacache::index::insert_async(
+            &self.root,
+            &format!("public/{registry}/{repository}"),
+            cacache::WriteOpts::new()
+                .integrity(integrity(&empty)?)
+                .metadata(serde_json::json!({ "checked_at_ms": now_ms() })),
+        )
+        .await
+        .map_err(index_err)?;
+        Ok(())
+    }
+
+    /// When the repository was last found public, if ever.
+    pub async fn public_since(&self, registry: &str, repository: &str) -> Option<u64> {
+        let entry = cacache::index::find_async(&self.root, &format!("public/{registry}/{repository}"))
+            .await
+            .ok()??;
+        entry.metadata.get("checked_at_ms")?.as_u64()
+    }
+}
+
 /// Index key of a manifest entry.
 pub fn manifest_key(registry: &str, repository: &str, digest: &Digest) -> String {
     format!("manifest/{registry}/{repository}@{digest}")
