@@ -14,7 +14,6 @@ use crate::admin::LocalEndpoints;
 use crate::ca::CertificateAuthority;
 use crate::cache::RegistryCache;
 use crate::client_auth::{ClientGate, HtpasswdError};
-use crate::upstream_auth::UpstreamAuth;
 use crate::config::Config;
 use crate::config_file::{ConfigError, ConfigSource};
 use crate::gateway::Gateway;
@@ -22,6 +21,7 @@ use crate::leaf_certs::LeafCertCache;
 use crate::listener;
 use crate::store::ContentStore;
 use crate::upstream::{UpstreamClient, UpstreamSetupError};
+use crate::upstream_auth::UpstreamAuth;
 
 /// Errors starting the proxy. Each names what it concerns.
 #[derive(Debug, thiserror::Error)]

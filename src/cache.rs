@@ -29,9 +29,9 @@ use crate::error::ProxyError;
 use crate::headers::{self, DOCKER_API_VERSION, DOCKER_CONTENT_DIGEST, X_CACHE};
 use crate::range::{self, ByteRange};
 use crate::registry::{self, AcceptSet, Reference, RegistryRequest};
+use crate::repo_access::{RepoAccess, repo_key};
 use crate::single_flight::SingleFlight;
 use crate::store::{self, ContentStore, StoredManifest, TagRecord};
-use crate::repo_access::{RepoAccess, repo_key};
 use crate::upstream::{Origin, UpstreamClient};
 use crate::upstream_auth::{Requester, UpstreamAuth};
 
@@ -1117,7 +1117,9 @@ fn refusal(res: Response<Incoming>, head: bool) -> Served {
         StatusCode::NOT_FOUND => "NAME_UNKNOWN",
         _ => "DENIED",
     };
-    let text = format!(r#"{{"errors":[{{"code":"{code}","message":"upstream refused these credentials for this repository"}}]}}"#);
+    let text = format!(
+        r#"{{"errors":[{{"code":"{code}","message":"upstream refused these credentials for this repository"}}]}}"#
+    );
     let mut res = if head {
         let mut r = Response::new(body::empty());
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(text.len()));

@@ -139,7 +139,10 @@ mod tests {
         let a = format!("sha256:{}", "a".repeat(64));
         let b = format!("sha256:{}", "b".repeat(64));
         let m = format!(r#"{{"config":{{"digest":"{a}"}},"layers":[{{"digest":"{b}"}},{{"digest":"bad"}}]}}"#);
-        let got: Vec<String> = referenced_digests(m.as_bytes()).iter().map(ToString::to_string).collect();
+        let got: Vec<String> = referenced_digests(m.as_bytes())
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         assert_eq!(got, vec![a.clone(), b]);
         let idx = format!(r#"{{"manifests":[{{"digest":"{a}"}}]}}"#);
         assert_eq!(referenced_digests(idx.as_bytes()).len(), 1);

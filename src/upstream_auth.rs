@@ -122,9 +122,7 @@ impl UpstreamAuth {
                 None => return Ok(res),
             },
             Challenge::Bearer { realm, service, scope } => {
-                let scope = scope
-                    .clone()
-                    .unwrap_or_else(|| format!("repository:{repository}:pull"));
+                let scope = scope.clone().unwrap_or_else(|| format!("repository:{repository}:pull"));
                 let token = match self
                     .token(upstream, realm, service.as_deref(), &scope, account.as_ref())
                     .await
@@ -271,7 +269,15 @@ impl Requester {
             _ => return self.upstream.send_following_redirects(method, url, headers).await,
         };
         self.auth
-            .send(&self.upstream, method, url, headers, &self.host, &self.repository, Some(account))
+            .send(
+                &self.upstream,
+                method,
+                url,
+                headers,
+                &self.host,
+                &self.repository,
+                Some(account),
+            )
             .await
     }
 
@@ -340,7 +346,12 @@ pub fn parse_challenge(v: &HeaderValue) -> Option<Challenge> {
         return None;
     }
     let params = parse_params(rest);
-    let get = |k: &str| params.iter().find(|(n, _)| n.eq_ignore_ascii_case(k)).map(|(_, v)| v.clone());
+    let get = |k: &str| {
+        params
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(k))
+            .map(|(_, v)| v.clone())
+    };
     Some(Challenge::Bearer {
         realm: get("realm")?,
         service: get("service"),
@@ -353,7 +364,9 @@ fn parse_params(s: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut rest = s.trim();
     while !rest.is_empty() {
-        let Some((name, after)) = rest.split_once('=') else { break };
+        let Some((name, after)) = rest.split_once('=') else {
+            break;
+        };
         let name = name.trim().trim_start_matches(',').trim().to_string();
         let after = after.trim_start();
         let (value, next) = if let Some(q) = after.strip_prefix('"') {

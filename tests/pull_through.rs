@@ -91,9 +91,8 @@ async fn skopeo_pulls_from_a_basic_auth_registry() {
         .connect_to("quay.io:443", registry.addr())
         .upstream_ca(&w.upstream_ca_file)
         .start();
-    // Nothing is cached yet, so the registry's own verdicts reach the client: no credentials,
-    // wrong credentials. (Once cached, content is served to every proxy client until access
-    // control lands; see README.)
+    // The registry's own verdicts reach the client: no credentials, wrong credentials (cached
+    // content is refused alike: tests/private_content.rs).
     let err = pull_fails(&w, &proxy, "docker://quay.io/org/private:1.0", None);
     assert!(
         err.contains("unauthorized") || err.contains("401") || err.contains("authentication required"),
