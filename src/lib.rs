@@ -13,6 +13,7 @@ pub mod admin;
 pub mod app;
 pub mod body;
 pub mod ca;
+pub mod ca_key;
 pub mod cache;
 pub mod cli;
 pub mod config;

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Parser as _;
 use regcache::app::App;
-use regcache::ca::{self, CertificateAuthority};
+use regcache::ca::{self, CaError, CertificateAuthority};
+use regcache::ca_key::KeyPassphrase;
 use regcache::cli::{CaCommand, Cli, Command, ServeArgs};
 
 fn main() -> ExitCode {
@@ -21,7 +22,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("regcache: error: {e:#}");
-            ExitCode::FAILURE
+            // A missing or wrong CA key passphrase is the operator's input, like a bad flag.
+            if e.downcast_ref::<CaError>().is_some_and(CaError::is_passphrase_problem) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -48,8 +54,9 @@ fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let _log_flush = init_tracing();
+    let passphrase = KeyPassphrase::resolve(args.ca.ca_key_passphrase_file.as_deref()).map_err(CaError::from)?;
     let config = args.into_config();
-    let (ca, created) = CertificateAuthority::load_or_generate(&config.ca_dir)?;
+    let (ca, created) = CertificateAuthority::load_or_generate(&config.ca_dir, passphrase.as_ref())?;
     let ca = Arc::new(ca);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -112,7 +119,8 @@ async fn shutdown_signal() {
 fn ca_command(cmd: CaCommand) -> anyhow::Result<()> {
     match cmd {
         CaCommand::Init { ca, force } => {
-            let authority = CertificateAuthority::generate(&ca.ca_dir, force)?;
+            let passphrase = KeyPassphrase::resolve(ca.ca_key_passphrase_file.as_deref()).map_err(CaError::from)?;
+            let authority = CertificateAuthority::generate(&ca.ca_dir, force, passphrase.as_ref())?;
             let s = authority.summary();
             println!(
                 "generated {} and {}",
@@ -126,7 +134,8 @@ fn ca_command(cmd: CaCommand) -> anyhow::Result<()> {
         }
         CaCommand::Show { ca } => {
             // Loading checks the key too, so `show` also validates a brought-your-own CA.
-            let authority = CertificateAuthority::load(&ca.ca_dir)?;
+            let passphrase = KeyPassphrase::resolve(ca.ca_key_passphrase_file.as_deref()).map_err(CaError::from)?;
+            let authority = CertificateAuthority::load(&ca.ca_dir, passphrase.as_ref())?;
             let s = authority.summary();
             println!(
                 "certificate: {}\nsubject:     {}\nkey:         {}\nsha256:      {}\nnot before:  {}\nnot after:   {}",
