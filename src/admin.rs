@@ -34,6 +34,7 @@ impl LocalEndpoints {
         match req.uri().path() {
             "/" => body::text(StatusCode::OK, self.banner.clone()),
             "/healthz" => body::text(StatusCode::OK, "ok"),
+            "/setup/systemd" => crate::setup_script::respond(req, &self.ca_pem),
             "/ca.crt" => {
                 let mut res = Response::new(body::full(self.ca_pem.clone()));
                 let h = res.headers_mut();

@@ -27,6 +27,7 @@ pub mod listener;
 pub mod mitm;
 pub mod range;
 pub mod registry;
+pub mod setup_script;
 pub mod single_flight;
 pub mod store;
 pub mod tunnel;
