@@ -175,6 +175,11 @@ impl Dockerd {
         format!("unix://{}", self.socket.display())
     }
 
+    /// The socket of the containerd this engine started (for `ctr --address`).
+    pub fn containerd_address(&self) -> PathBuf {
+        self.exec_root.join("containerd").join("containerd.sock")
+    }
+
     /// The engine's log (dockerd and the containerd it started).
     pub fn logs(&self) -> String {
         super::read_log_lossy(&self.log_path)
