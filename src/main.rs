@@ -9,7 +9,7 @@ use clap::Parser as _;
 use regcache::app::App;
 use regcache::ca::{self, CaError, CertificateAuthority};
 use regcache::ca_key::KeyPassphrase;
-use regcache::cli::{CaCommand, Cli, Command, ServeArgs};
+use regcache::cli::{CaCommand, CaDirArg, Cli, Command, ServeArgs};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -54,7 +54,7 @@ fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let _log_flush = init_tracing();
-    let passphrase = KeyPassphrase::resolve(args.ca.ca_key_passphrase_file.as_deref()).map_err(CaError::from)?;
+    let passphrase = key_passphrase(&args.ca)?;
     let config = args.into_config();
     let (ca, created) = CertificateAuthority::load_or_generate(&config.ca_dir, passphrase.as_ref())?;
     let ca = Arc::new(ca);
@@ -116,10 +116,15 @@ async fn shutdown_signal() {
     }
 }
 
+/// The CA key's passphrase, from `--ca-key-passphrase-file` or `REGCACHE_CA_KEY_PASSPHRASE`.
+fn key_passphrase(ca: &CaDirArg) -> Result<Option<KeyPassphrase>, CaError> {
+    Ok(KeyPassphrase::resolve(ca.ca_key_passphrase_file.as_deref())?)
+}
+
 fn ca_command(cmd: CaCommand) -> anyhow::Result<()> {
     match cmd {
         CaCommand::Init { ca, force } => {
-            let passphrase = KeyPassphrase::resolve(ca.ca_key_passphrase_file.as_deref()).map_err(CaError::from)?;
+            let passphrase = key_passphrase(&ca)?;
             let authority = CertificateAuthority::generate(&ca.ca_dir, force, passphrase.as_ref())?;
             let s = authority.summary();
             println!(
@@ -134,7 +139,7 @@ fn ca_command(cmd: CaCommand) -> anyhow::Result<()> {
         }
         CaCommand::Show { ca } => {
             // Loading checks the key too, so `show` also validates a brought-your-own CA.
-            let passphrase = KeyPassphrase::resolve(ca.ca_key_passphrase_file.as_deref()).map_err(CaError::from)?;
+            let passphrase = key_passphrase(&ca)?;
             let authority = CertificateAuthority::load(&ca.ca_dir, passphrase.as_ref())?;
             let s = authority.summary();
             println!(
