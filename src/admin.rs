@@ -39,6 +39,7 @@ impl LocalEndpoints {
             "/" => vary_accept(body::text(StatusCode::OK, self.banner.clone())),
             "/metrics" => metrics_text(metrics::global().encode()),
             "/healthz" => body::text(StatusCode::OK, "ok"),
+            "/setup/systemd" => crate::setup_script::respond(req, &self.ca_pem),
             "/ca.crt" => {
                 let mut res = Response::new(body::full(self.ca_pem.clone()));
                 let h = res.headers_mut();

@@ -1,6 +1,7 @@
 //! The certificate authority: load or generate it, describe it, and sign per-host leaves.
 //!
-//! No sockets here. Files: `ca.crt` (PEM certificate) and `ca.key` (PEM private key, mode 0600).
+//! No sockets here. Files: `ca.crt` (PEM certificate) and `ca.key` (PEM private key, mode 0600,
+//! optionally passphrase-protected: see [`crate::ca_key`]).
 
 use std::fmt::Write as _;
 use std::fs;
@@ -16,6 +17,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
+
+use crate::ca_key::{self, KeyError, KeyPassphrase, PassphraseError};
 
 /// File name of the CA certificate inside the CA directory.
 pub const CERT_FILE: &str = "ca.crt";
@@ -70,6 +73,29 @@ pub enum CaError {
     /// Certificate generation or signing failed.
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
+    /// The key file could not be decoded or decrypted.
+    #[error("{path}: {problem}")]
+    Key {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong (not a `source`: the message already says it, once).
+        problem: KeyError,
+    },
+    /// The passphrase file could not be read.
+    #[error(transparent)]
+    Passphrase(#[from] PassphraseError),
+}
+
+impl CaError {
+    /// Whether the operator's passphrase is what needs fixing (missing, wrong, unreadable
+    /// file): a usage error, which `main` reports with exit status 2.
+    pub fn is_passphrase_problem(&self) -> bool {
+        match self {
+            Self::Key { problem, .. } => problem.is_passphrase_problem(),
+            Self::Passphrase(_) => true,
+            _ => false,
+        }
+    }
 }
 
 /// A leaf certificate chain and its key, ready for a TLS server.
@@ -105,16 +131,18 @@ pub struct CertificateAuthority {
 }
 
 impl CertificateAuthority {
-    /// Loads the CA from `dir`, or generates one there if neither file exists.
+    /// Loads the CA from `dir`, or generates one there if neither file exists. `passphrase`
+    /// decrypts an encrypted key, and encrypts a generated one.
     ///
     /// # Errors
     /// Fails, naming the file, if only one file exists, a file is unreadable or malformed,
-    /// the key is readable by others, the certificate is not a CA or the key does not match it.
-    pub fn load_or_generate(dir: &Path) -> Result<(Self, bool), CaError> {
+    /// the key is readable by others, encrypted without (or with the wrong) passphrase, the
+    /// certificate is not a CA or the key does not match it.
+    pub fn load_or_generate(dir: &Path, passphrase: Option<&KeyPassphrase>) -> Result<(Self, bool), CaError> {
         let (cert, key) = (dir.join(CERT_FILE), dir.join(KEY_FILE));
         match (cert.exists(), key.exists()) {
-            (true, true) => Ok((Self::load(dir)?, false)),
-            (false, false) => Ok((Self::generate(dir, false)?, true)),
+            (true, true) => Ok((Self::load(dir, passphrase)?, false)),
+            (false, false) => Ok((Self::generate(dir, false, passphrase)?, true)),
             (true, false) => Err(CaError::HalfPresent {
                 present: cert,
                 missing: key,
@@ -126,11 +154,11 @@ impl CertificateAuthority {
         }
     }
 
-    /// Loads an existing CA from `dir`.
+    /// Loads an existing CA from `dir`, decrypting its key with `passphrase` if it is encrypted.
     ///
     /// # Errors
     /// As for [`Self::load_or_generate`], and if either file is missing.
-    pub fn load(dir: &Path) -> Result<Self, CaError> {
+    pub fn load(dir: &Path, passphrase: Option<&KeyPassphrase>) -> Result<Self, CaError> {
         let cert_path = dir.join(CERT_FILE);
         let key_path = dir.join(KEY_FILE);
 
@@ -146,11 +174,9 @@ impl CertificateAuthority {
             path: key_path.clone(),
             source,
         })?;
-        let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| CaError::Invalid {
+        let key_der = ca_key::decode(&key_pem, passphrase).map_err(|problem| CaError::Key {
             path: key_path.clone(),
-            reason: format!(
-                "expected an unencrypted PEM private key (PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY): {e}"
-            ),
+            problem,
         })?;
         let key = KeyPair::try_from(&key_der).map_err(|e| CaError::Invalid {
             path: key_path.clone(),
@@ -203,11 +229,12 @@ impl CertificateAuthority {
 
     /// Generates a new CA in `dir` (created if needed); refuses to overwrite unless `force`.
     ///
-    /// The key is written with mode 0600 before any byte of it is written, then renamed into place.
+    /// The key is written with mode 0600 before any byte of it is written, then renamed into
+    /// place; with a `passphrase` it is written encrypted (PKCS#8, PBES2 with AES-256-CBC).
     ///
     /// # Errors
     /// [`CaError::Exists`] without `force`, I/O errors naming the file.
-    pub fn generate(dir: &Path, force: bool) -> Result<Self, CaError> {
+    pub fn generate(dir: &Path, force: bool, passphrase: Option<&KeyPassphrase>) -> Result<Self, CaError> {
         let cert_path = dir.join(CERT_FILE);
         let key_path = dir.join(KEY_FILE);
         if !force {
@@ -240,7 +267,14 @@ impl CertificateAuthority {
         params.serial_number = Some(random_serial());
         let cert = params.self_signed(&key)?;
 
-        write_file(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
+        let key_pem = zeroize::Zeroizing::new(match passphrase {
+            None => key.serialize_pem(),
+            Some(p) => ca_key::encrypt_pkcs8_pem(&key.serialize_der(), p).map_err(|reason| CaError::Invalid {
+                path: key_path.clone(),
+                reason,
+            })?,
+        });
+        write_file(&key_path, key_pem.as_bytes(), 0o600)?;
         write_file(&cert_path, cert.pem().as_bytes(), 0o644)?;
         let not_after = params.not_after;
         let issuer = Issuer::new(params, key);
@@ -397,31 +431,52 @@ mod tests {
     #[test]
     fn generate_then_reload_keeps_identity() {
         let dir = tempfile::tempdir().unwrap();
-        let (ca, created) = CertificateAuthority::load_or_generate(dir.path()).unwrap();
+        let (ca, created) = CertificateAuthority::load_or_generate(dir.path(), None).unwrap();
         assert!(created);
         let mode = fs::metadata(dir.path().join(KEY_FILE)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let s = ca.summary();
         assert!(s.subject.contains("regcache CA on"), "{}", s.subject);
         assert!(s.key_algorithm.starts_with("ECDSA"), "{}", s.key_algorithm);
-        let (again, created) = CertificateAuthority::load_or_generate(dir.path()).unwrap();
+        let (again, created) = CertificateAuthority::load_or_generate(dir.path(), None).unwrap();
         assert!(!created);
         assert_eq!(again.summary().fingerprint, s.fingerprint);
         assert_eq!(s.fingerprint.len(), 32 * 3 - 1);
     }
 
     #[test]
+    fn passphrase_protected_key_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let pass = KeyPassphrase::new(b"open sesame".to_vec(), "test");
+        let generated = CertificateAuthority::generate(dir.path(), false, Some(&pass)).unwrap();
+        let key = dir.path().join(KEY_FILE);
+        let pem = fs::read_to_string(&key).unwrap();
+        assert!(pem.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----"), "{pem}");
+        let loaded = CertificateAuthority::load(dir.path(), Some(&pass)).unwrap();
+        assert_eq!(loaded.summary().fingerprint, generated.summary().fingerprint);
+        loaded.mint_leaf("ghcr.io").unwrap();
+
+        let err = CertificateAuthority::load(dir.path(), None).err().unwrap();
+        assert!(err.is_passphrase_problem(), "{err}");
+        assert!(err.to_string().starts_with(&key.display().to_string()), "{err}");
+        let wrong = KeyPassphrase::new(b"open barley".to_vec(), "test");
+        let err = CertificateAuthority::load(dir.path(), Some(&wrong)).err().unwrap();
+        assert!(err.is_passphrase_problem(), "{err}");
+        assert!(err.to_string().contains("wrong passphrase"), "{err}");
+    }
+
+    #[test]
     fn init_refuses_to_overwrite_without_force() {
         let dir = tempfile::tempdir().unwrap();
-        let first = CertificateAuthority::generate(dir.path(), false)
+        let first = CertificateAuthority::generate(dir.path(), false, None)
             .unwrap()
             .summary()
             .fingerprint;
         assert!(matches!(
-            CertificateAuthority::generate(dir.path(), false),
+            CertificateAuthority::generate(dir.path(), false, None),
             Err(CaError::Exists(_))
         ));
-        let second = CertificateAuthority::generate(dir.path(), true)
+        let second = CertificateAuthority::generate(dir.path(), true, None)
             .unwrap()
             .summary()
             .fingerprint;
@@ -431,10 +486,10 @@ mod tests {
     #[test]
     fn key_readable_by_others_is_refused_naming_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        CertificateAuthority::generate(dir.path(), false).unwrap();
+        CertificateAuthority::generate(dir.path(), false, None).unwrap();
         let key = dir.path().join(KEY_FILE);
         fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
-        let err = CertificateAuthority::load(dir.path()).err().unwrap().to_string();
+        let err = CertificateAuthority::load(dir.path(), None).err().unwrap().to_string();
         assert!(err.contains(&key.display().to_string()), "{err}");
         assert!(err.contains("chmod 600"), "{err}");
     }
@@ -442,35 +497,35 @@ mod tests {
     #[test]
     fn corrupt_pem_names_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        CertificateAuthority::generate(dir.path(), false).unwrap();
+        CertificateAuthority::generate(dir.path(), false, None).unwrap();
         let cert = dir.path().join(CERT_FILE);
         fs::write(
             &cert,
             "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
         )
         .unwrap();
-        let err = CertificateAuthority::load(dir.path()).err().unwrap().to_string();
+        let err = CertificateAuthority::load(dir.path(), None).err().unwrap().to_string();
         assert!(err.starts_with(&cert.display().to_string()), "{err}");
 
         let key = dir.path().join(KEY_FILE);
         write_file(&key, b"garbage", 0o600).unwrap();
-        let err = CertificateAuthority::load(dir.path()).err().unwrap().to_string();
+        let err = CertificateAuthority::load(dir.path(), None).err().unwrap().to_string();
         assert!(err.starts_with(&key.display().to_string()), "{err}");
     }
 
     #[test]
     fn half_present_ca_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        CertificateAuthority::generate(dir.path(), false).unwrap();
+        CertificateAuthority::generate(dir.path(), false, None).unwrap();
         fs::remove_file(dir.path().join(KEY_FILE)).unwrap();
-        let err = CertificateAuthority::load_or_generate(dir.path()).err().unwrap();
+        let err = CertificateAuthority::load_or_generate(dir.path(), None).err().unwrap();
         assert!(matches!(err, CaError::HalfPresent { .. }), "{err}");
     }
 
     #[test]
     fn leaf_cert_is_refused_as_ca() {
         let dir = tempfile::tempdir().unwrap();
-        let ca = CertificateAuthority::generate(dir.path(), false).unwrap();
+        let ca = CertificateAuthority::generate(dir.path(), false, None).unwrap();
         let leaf = ca.mint_leaf("ghcr.io").unwrap();
         let other = tempfile::tempdir().unwrap();
         let leaf_pem = pem_encode("CERTIFICATE", &leaf.chain[0]);
@@ -481,7 +536,10 @@ mod tests {
             0o600,
         )
         .unwrap();
-        let err = CertificateAuthority::load(other.path()).err().unwrap().to_string();
+        let err = CertificateAuthority::load(other.path(), None)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("not a CA"), "{err}");
     }
 
@@ -489,10 +547,10 @@ mod tests {
     fn key_that_does_not_match_is_refused() {
         let a = tempfile::tempdir().unwrap();
         let b = tempfile::tempdir().unwrap();
-        CertificateAuthority::generate(a.path(), false).unwrap();
-        CertificateAuthority::generate(b.path(), false).unwrap();
+        CertificateAuthority::generate(a.path(), false, None).unwrap();
+        CertificateAuthority::generate(b.path(), false, None).unwrap();
         fs::copy(b.path().join(KEY_FILE), a.path().join(KEY_FILE)).unwrap();
-        let err = CertificateAuthority::load(a.path()).err().unwrap().to_string();
+        let err = CertificateAuthority::load(a.path(), None).err().unwrap().to_string();
         assert!(err.contains("does not belong"), "{err}");
     }
 

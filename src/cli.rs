@@ -60,6 +60,11 @@ pub struct ServeArgs {
     #[arg(long, env = "REGCACHE_CA_DIR", value_name = "DIR")]
     pub ca_dir: Option<PathBuf>,
 
+    /// File whose first line is the passphrase of an encrypted ca.key (e.g. a CA reused from
+    /// rpardini/docker-registry-proxy). Without it, REGCACHE_CA_KEY_PASSPHRASE is read.
+    #[arg(long, env = "REGCACHE_CA_KEY_PASSPHRASE_FILE", value_name = "FILE")]
+    pub ca_key_passphrase_file: Option<PathBuf>,
+
     /// Extra registry host to intercept, on top of the built-in list (Docker Hub, ghcr.io,
     /// quay.io, gcr.io, *.gcr.io, *.pkg.dev, registry.k8s.io, public.ecr.aws,
     /// mcr.microsoft.com, nvcr.io, registry.gitlab.com). Port defaults to 443; `*.` wildcards.
@@ -195,6 +200,12 @@ pub struct CaDirArg {
     /// missing; bring your own by putting an RSA or ECDSA CA there (PKCS#8, PKCS#1 or SEC1 PEM).
     #[arg(long, env = "REGCACHE_CA_DIR", value_name = "DIR", default_value = "./ca")]
     pub ca_dir: PathBuf,
+
+    /// File whose first line is the passphrase of an encrypted ca.key (encrypted PKCS#8, or
+    /// OpenSSL's legacy PEM encryption); `ca init` then writes an encrypted key. Without it the
+    /// passphrase is read from REGCACHE_CA_KEY_PASSPHRASE. Never pass the passphrase itself.
+    #[arg(long, env = "REGCACHE_CA_KEY_PASSPHRASE_FILE", value_name = "FILE")]
+    pub ca_key_passphrase_file: Option<PathBuf>,
 }
 
 /// `regcache ca …`

@@ -132,7 +132,7 @@ mod tests {
     #[test]
     fn leaf_chains_to_ca_with_exact_san() {
         let dir = tempfile::tempdir().unwrap();
-        let ca = CertificateAuthority::generate(dir.path(), false).unwrap();
+        let ca = CertificateAuthority::generate(dir.path(), false, None).unwrap();
         let leaf = ca.mint_leaf("ghcr.io").unwrap();
         verify(&ca, &leaf, "ghcr.io").expect("leaf must verify against the CA for its own name");
         assert!(
@@ -151,7 +151,7 @@ mod tests {
 
         // Another CA does not validate it.
         let other_dir = tempfile::tempdir().unwrap();
-        let other = CertificateAuthority::generate(other_dir.path(), false).unwrap();
+        let other = CertificateAuthority::generate(other_dir.path(), false, None).unwrap();
         assert!(verify(&other, &leaf, "ghcr.io").is_err());
     }
 
@@ -169,7 +169,7 @@ mod tests {
     #[tokio::test]
     async fn configs_are_reused_per_host_and_minted_once_under_concurrency() {
         let dir = tempfile::tempdir().unwrap();
-        let ca = Arc::new(CertificateAuthority::generate(dir.path(), false).unwrap());
+        let ca = Arc::new(CertificateAuthority::generate(dir.path(), false, None).unwrap());
         let cache = LeafCertCache::new(ca);
         let mut tasks = Vec::new();
         for _ in 0..16 {

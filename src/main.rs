@@ -7,8 +7,9 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Parser as _;
 use regcache::app::App;
-use regcache::ca::{self, CertificateAuthority};
-use regcache::cli::{CaCommand, Cli, Command, ConfigCommand, ServeArgs};
+use regcache::ca::{self, CaError, CertificateAuthority};
+use regcache::ca_key::KeyPassphrase;
+use regcache::cli::{CaCommand, CaDirArg, Cli, Command, ConfigCommand, ServeArgs};
 use regcache::config::LogFormat;
 use regcache::config_file::{self, ConfigError};
 
@@ -24,8 +25,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("regcache: error: {}", one_line(&e));
-            // A configuration error is a usage error, like a bad flag (clap exits 2 too).
-            if e.downcast_ref::<ConfigError>().is_some() {
+            // A configuration error, or a missing or wrong CA key passphrase, is the operator's
+            // input: a usage error, like a bad flag (clap exits 2 too).
+            if e.downcast_ref::<ConfigError>().is_some()
+                || e.downcast_ref::<CaError>().is_some_and(CaError::is_passphrase_problem)
+            {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE
@@ -102,7 +106,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if config.budget.max_size.is_some() || config.budget.inactive.is_some() {
         tracing::warn!("cache.max_size / cache.inactive are read but not enforced yet: the cache is not evicted");
     }
-    let (ca, created) = CertificateAuthority::load_or_generate(&config.ca_dir)?;
+    let passphrase = KeyPassphrase::resolve(args.ca_key_passphrase_file.as_deref())?;
+    let (ca, created) = CertificateAuthority::load_or_generate(&config.ca_dir, passphrase.as_ref())?;
     let ca = Arc::new(ca);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -182,10 +187,16 @@ async fn shutdown_signal() {
     }
 }
 
+/// The CA key's passphrase, from `--ca-key-passphrase-file` or `REGCACHE_CA_KEY_PASSPHRASE`.
+fn key_passphrase(ca: &CaDirArg) -> Result<Option<KeyPassphrase>, CaError> {
+    Ok(KeyPassphrase::resolve(ca.ca_key_passphrase_file.as_deref())?)
+}
+
 fn ca_command(cmd: CaCommand) -> anyhow::Result<()> {
     match cmd {
         CaCommand::Init { ca, force } => {
-            let authority = CertificateAuthority::generate(&ca.ca_dir, force)?;
+            let passphrase = key_passphrase(&ca)?;
+            let authority = CertificateAuthority::generate(&ca.ca_dir, force, passphrase.as_ref())?;
             let s = authority.summary();
             println!(
                 "generated {} and {}",
@@ -199,7 +210,8 @@ fn ca_command(cmd: CaCommand) -> anyhow::Result<()> {
         }
         CaCommand::Show { ca } => {
             // Loading checks the key too, so `show` also validates a brought-your-own CA.
-            let authority = CertificateAuthority::load(&ca.ca_dir)?;
+            let passphrase = key_passphrase(&ca)?;
+            let authority = CertificateAuthority::load(&ca.ca_dir, passphrase.as_ref())?;
             let s = authority.summary();
             println!(
                 "certificate: {}\nsubject:     {}\nkey:         {}\nsha256:      {}\nnot before:  {}\nnot after:   {}",

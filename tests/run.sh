@@ -11,6 +11,10 @@ command -v skopeo >/dev/null || need+=(skopeo)
 command -v openssl >/dev/null || need+=(openssl)
 command -v curl >/dev/null || need+=(curl)
 command -v chromium >/dev/null || need+=(chromium)
+[ -x /usr/sbin/dockerd ] && [ -x /usr/bin/docker ] || need+=(docker.io)
+command -v docker-compose >/dev/null || need+=(docker-compose)
+command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v busybox >/dev/null || need+=(busybox)
 [ -e /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
 if [ ${#need[@]} -gt 0 ]; then
   echo "tests/run.sh: installing ${need[*]}" >&2

@@ -11,6 +11,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod ca;
+pub mod dockerd;
 pub mod fault_registry;
 pub mod image;
 pub mod regcache;
@@ -24,6 +25,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 pub use ca::TestCa;
+pub use dockerd::{Dockerd, DockerdBuilder};
 pub use fault_registry::{Fault, FaultRegistry, FaultRule, RequestRecord};
 pub use image::{
     ImageFormat, ImageSpec, PushedImage, PushedIndex, RegistryClient, TestImage, TestIndex, push, push_index,

@@ -21,6 +21,7 @@ pub struct SkopeoCopy {
     extra_args: Vec<String>,
     timeout: Duration,
     debug: bool,
+    envs: Vec<(String, String)>,
 }
 
 impl SkopeoCopy {
@@ -35,6 +36,7 @@ impl SkopeoCopy {
             extra_args: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
             debug: false,
+            envs: Vec::new(),
         }
     }
 
@@ -71,6 +73,12 @@ impl SkopeoCopy {
     /// Wall-clock limit (default 180 s); skopeo is killed after it.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// An extra environment variable (e.g. `SSL_CERT_FILE`), set after the isolation ones.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.envs.push((key.to_owned(), value.to_owned()));
         self
     }
 
@@ -124,6 +132,9 @@ impl SkopeoCopy {
                 .env("HTTP_PROXY", proxy)
                 .env("https_proxy", proxy)
                 .env("http_proxy", proxy);
+        }
+        for (k, v) in &self.envs {
+            cmd.env(k, v);
         }
         if self.debug {
             cmd.arg("--debug");
