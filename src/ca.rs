@@ -235,6 +235,22 @@ impl CertificateAuthority {
     /// # Errors
     /// [`CaError::Exists`] without `force`, I/O errors naming the file.
     pub fn generate(dir: &Path, force: bool, passphrase: Option<&KeyPassphrase>) -> Result<Self, CaError> {
+        Self::generate_constrained(dir, force, passphrase, &[])
+    }
+
+    /// As [`CertificateAuthority::generate`], with X.509 name constraints (RFC 5280 §4.2.1.10)
+    /// when `permitted` is not empty: the CA can then sign only for those DNS domains and their
+    /// subdomains, so a stolen key cannot impersonate any other site to clients that trust it.
+    /// The price: a registry outside the list cannot be intercepted without a new CA.
+    ///
+    /// # Errors
+    /// As [`CertificateAuthority::generate`].
+    pub fn generate_constrained(
+        dir: &Path,
+        force: bool,
+        passphrase: Option<&KeyPassphrase>,
+        permitted: &[String],
+    ) -> Result<Self, CaError> {
         let cert_path = dir.join(CERT_FILE);
         let key_path = dir.join(KEY_FILE);
         if !force {
@@ -265,6 +281,15 @@ impl CertificateAuthority {
         params.not_before = now - Duration::hours(1);
         params.not_after = now + CA_VALIDITY;
         params.serial_number = Some(random_serial());
+        if !permitted.is_empty() {
+            params.name_constraints = Some(rcgen::NameConstraints {
+                permitted_subtrees: permitted
+                    .iter()
+                    .map(|d| rcgen::GeneralSubtree::DnsName(d.clone()))
+                    .collect(),
+                excluded_subtrees: Vec::new(),
+            });
+        }
         let cert = params.self_signed(&key)?;
 
         let key_pem = zeroize::Zeroizing::new(match passphrase {
@@ -285,6 +310,24 @@ impl CertificateAuthority {
             not_after,
             cert_path,
         })
+    }
+
+    /// The DNS domains `ca init --name-constraints` permits by default: the built-in registries
+    /// (`docker.io` covers Docker Hub's registry and token hosts; `*.` patterns become their domain).
+    pub fn default_permitted_domains() -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for pattern in crate::config::DEFAULT_REGISTRIES {
+            let domain = pattern.trim_start_matches("*.");
+            let domain = if domain.ends_with(".docker.io") {
+                "docker.io"
+            } else {
+                domain
+            };
+            if !out.iter().any(|d| d == domain) {
+                out.push(domain.to_string());
+            }
+        }
+        out
     }
 
     /// The CA certificate in PEM, as served at `/ca.crt`.

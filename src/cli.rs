@@ -219,6 +219,14 @@ pub enum CaCommand {
         /// Replace an existing CA. Clients that trusted the old one must be given the new one.
         #[arg(long)]
         force: bool,
+        /// Restrict the CA to the intercepted domains (X.509 name constraints): the built-in
+        /// registries plus each --permit DOMAIN. A stolen key then cannot impersonate other
+        /// sites; a registry outside the list needs a new CA.
+        #[arg(long)]
+        name_constraints: bool,
+        /// A DNS domain (and its subdomains) the constrained CA may sign for (repeatable).
+        #[arg(long = "permit", value_name = "DOMAIN", requires = "name_constraints")]
+        permit: Vec<String>,
     },
     /// Print the CA's subject, SHA-256 fingerprint and validity.
     Show {
@@ -266,6 +274,13 @@ impl ServeArgs {
                 .cloned()
                 .map(RegistrySection::host_only)
                 .collect(),
+            auth_htpasswd: self.auth_htpasswd.clone(),
+            allow_clients: self.allow_clients.iter().cloned().map(Parsed).collect(),
+            insecure_open_proxy: self.insecure_open_proxy.then_some(true),
+            tunnel_ports: (!self.tunnel_ports.is_empty()).then(|| self.tunnel_ports.clone()),
+            tunnel_allow: self.tunnel_allow.iter().cloned().map(Parsed).collect(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
             ..Layer::default()
         }
     }
@@ -340,6 +355,47 @@ mod tests {
         assert_eq!(cfg.non_registry, NonRegistryPolicy::Deny);
         assert_eq!(cfg.timeouts.upstream_connect, Duration::from_secs(3));
         assert!(cfg.is_registry(&config::HostPort::parse("reg.local:5000", 443).unwrap()));
+    }
+
+    #[test]
+    fn access_flags_reach_the_config() {
+        let cli = Cli::try_parse_from([
+            "regcache",
+            "serve",
+            "--listen",
+            "0.0.0.0:3128",
+            "--auth-htpasswd",
+            "/etc/regcache/htpasswd",
+            "--allow-client",
+            "10.0.0.0/8",
+            "--tunnel-port",
+            "8443",
+            "--tunnel-allow",
+            "github.com",
+            "--non-registry",
+            "allowlist",
+            "--tls-cert",
+            "/c.pem",
+            "--tls-key",
+            "/k.pem",
+            "--insecure-open-proxy",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("expected serve")
+        };
+        let cfg = args.flags_config().unwrap();
+        let a = &cfg.access;
+        assert_eq!(
+            a.htpasswd.as_deref(),
+            Some(std::path::Path::new("/etc/regcache/htpasswd"))
+        );
+        assert_eq!(a.allow_clients, vec!["10.0.0.0/8".parse::<ipnet::IpNet>().unwrap()]);
+        assert_eq!(a.tunnel_ports, vec![8443]);
+        assert_eq!(a.tunnel_allow.len(), 1);
+        assert!(a.insecure_open_proxy);
+        assert_eq!(cfg.non_registry, NonRegistryPolicy::Allowlist);
+        assert!(cfg.listener_tls.is_some());
     }
 
     #[test]

@@ -612,9 +612,11 @@ pub fn render(config: &Config) -> String {
     let c = &config.cache;
     let _ = writeln!(
         out,
-        "\n[cache]\ntag_ttl = {}\nmax_stale = {}",
+        "\n[cache]\ntag_ttl = {}\nmax_stale = {}\npublic_recheck = {}\nprivate_grace = {}",
         dur(c.tag_ttl),
-        dur(c.max_stale)
+        dur(c.max_stale),
+        dur(c.public_recheck),
+        dur(c.private_grace)
     );
     let _ = writeln!(
         out,

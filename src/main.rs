@@ -106,7 +106,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if config.budget.max_size.is_some() || config.budget.inactive.is_some() {
         tracing::warn!("cache.max_size / cache.inactive are read but not enforced yet: the cache is not evicted");
     }
-    let passphrase = KeyPassphrase::resolve(args.ca_key_passphrase_file.as_deref())?;
+    let passphrase = KeyPassphrase::resolve(args.ca_key_passphrase_file.as_deref()).map_err(CaError::from)?;
     let (ca, created) = CertificateAuthority::load_or_generate(&config.ca_dir, passphrase.as_ref())?;
     let ca = Arc::new(ca);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -194,9 +194,33 @@ fn key_passphrase(ca: &CaDirArg) -> Result<Option<KeyPassphrase>, CaError> {
 
 fn ca_command(cmd: CaCommand) -> anyhow::Result<()> {
     match cmd {
-        CaCommand::Init { ca, force } => {
+        CaCommand::Init {
+            ca,
+            force,
+            name_constraints,
+            permit,
+        } => {
             let passphrase = key_passphrase(&ca)?;
-            let authority = CertificateAuthority::generate(&ca.ca_dir, force, passphrase.as_ref())?;
+            let mut permitted = Vec::new();
+            if name_constraints {
+                permitted = CertificateAuthority::default_permitted_domains();
+                for d in permit {
+                    let d = d
+                        .trim()
+                        .trim_start_matches("*.")
+                        .trim_end_matches('.')
+                        .to_ascii_lowercase();
+                    regcache::config::HostPort::parse(&d, 443).map_err(|e| anyhow::anyhow!("--permit: {e}"))?;
+                    if !permitted.contains(&d) {
+                        permitted.push(d);
+                    }
+                }
+            }
+            let authority =
+                CertificateAuthority::generate_constrained(&ca.ca_dir, force, passphrase.as_ref(), &permitted)?;
+            if !permitted.is_empty() {
+                println!("name constraints: may sign only for {}", permitted.join(", "));
+            }
             let s = authority.summary();
             println!(
                 "generated {} and {}",
