@@ -16,6 +16,7 @@ use crate::cache::RegistryCache;
 use crate::client_auth::{ClientGate, HtpasswdError};
 use crate::config::Config;
 use crate::config_file::{ConfigError, ConfigSource};
+use crate::eviction::Evictor;
 use crate::gateway::Gateway;
 use crate::leaf_certs::LeafCertCache;
 use crate::listener;
@@ -82,6 +83,8 @@ pub struct Shared {
     cache: Arc<RegistryCache>,
     /// regcache's upstream accounts; replaced on a reload.
     auth: Arc<UpstreamAuth>,
+    /// Keeps the store within its budget (which a reload may change).
+    evictor: Arc<Evictor>,
     /// Who may use the proxy; replaced on a reload.
     pub gate: ArcSwap<ClientGate>,
     /// Cancelled when a graceful shutdown begins.
@@ -135,6 +138,8 @@ impl App {
         let tasks = TaskTracker::new();
         crate::metrics::spawn_store_scan(store.clone());
         let auth = Arc::new(UpstreamAuth::new(config.credentials.clone()));
+        let evictor = Evictor::new(store.clone(), config.budget);
+        tokio::spawn(evictor.clone().run());
         let cache = Arc::new(RegistryCache::new(
             store,
             upstream.clone(),
@@ -142,6 +147,7 @@ impl App {
             config.timeouts.upstream_response,
             tasks.clone(),
             auth.clone(),
+            evictor.clone(),
         ));
         let listener = TcpListener::bind(config.listen)
             .await
@@ -170,6 +176,7 @@ impl App {
             cache,
             gate: ArcSwap::from_pointee(gate),
             auth,
+            evictor,
             shutdown: CancellationToken::new(),
             tasks,
         });
@@ -280,6 +287,7 @@ impl Shared {
         self.upstream.reconfigure(&new)?;
         self.gate.store(Arc::new(gate));
         self.auth.set_accounts(new.credentials.clone());
+        self.evictor.set_budget(new.budget);
         self.cache.set_policy(new.cache.clone());
         let hosts: Vec<String> = new
             .registries

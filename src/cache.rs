@@ -26,6 +26,7 @@ use crate::config::CachePolicy;
 use crate::digest::{Algorithm, Digest};
 use crate::downloads::{DownloadState, Downloads, Joined};
 use crate::error::ProxyError;
+use crate::eviction::Evictor;
 use crate::headers::{self, DOCKER_API_VERSION, DOCKER_CONTENT_DIGEST, X_CACHE};
 use crate::range::{self, ByteRange};
 use crate::registry::{self, AcceptSet, Reference, RegistryRequest};
@@ -94,6 +95,8 @@ pub struct RegistryCache {
     body_idle: Duration,
     /// Download tasks, so that a graceful shutdown can wait for them.
     tasks: tokio_util::task::TaskTracker,
+    /// Keeps the store within its disk budget; told about reads and downloads.
+    evictor: Arc<Evictor>,
     tags: moka::sync::Cache<String, TagMemo>,
     /// Recently used manifests, so that a GET of a cached manifest costs no disk I/O. They were
     /// verified when stored; this is a copy of the store, never a replacement for it.
@@ -143,6 +146,7 @@ impl RegistryCache {
         body_idle: Duration,
         tasks: tokio_util::task::TaskTracker,
         auth: Arc<UpstreamAuth>,
+        evictor: Arc<Evictor>,
     ) -> Self {
         Self {
             store,
@@ -153,6 +157,7 @@ impl RegistryCache {
             policy: arc_swap::ArcSwap::from_pointee(policy),
             body_idle,
             tasks,
+            evictor,
             tags: moka::sync::Cache::new(100_000),
             manifests: moka::sync::Cache::builder()
                 .max_capacity(MANIFEST_MEMORY)
@@ -257,7 +262,9 @@ impl RegistryCache {
             if let Some(refused) = self.authorize(ctx, Some(digest), false).await {
                 return refused;
             }
-            return (blob_from_file(ctx, digest, stored.path, stored.len).await, Outcome::Hit);
+            if let Some(res) = self.blob_from_file(ctx, digest, stored.path, stored.len).await {
+                return (res, Outcome::Hit);
+            }
         }
         if let Some(dl) = self.downloads.get(digest) {
             if let Some(refused) = self.authorize(ctx, Some(digest), false).await {
@@ -291,12 +298,17 @@ impl RegistryCache {
                     if let Some(refused) = self.authorize(ctx, Some(digest), false).await {
                         return refused;
                     }
-                    return (blob_from_file(ctx, digest, stored.path, stored.len).await, Outcome::Hit);
+                    return match self.blob_from_file(ctx, digest, stored.path, stored.len).await {
+                        Some(res) => (res, Outcome::Hit),
+                        // Removed again meanwhile: fetch it for this client alone.
+                        None => self.relay(ctx, Method::GET, Outcome::Bypass).await,
+                    };
                 }
                 // The download runs in its own task from the first byte on, so it completes
                 // (and is cached) even if this client goes away while upstream is answering.
                 let (reply, started) = tokio::sync::oneshot::channel();
                 self.tasks.spawn(download_blob(DownloadJob {
+                    evictor: self.evictor.clone(),
                     upstream: self.requester(ctx),
                     store: self.store.clone(),
                     health: self.health.clone(),
@@ -858,6 +870,16 @@ impl RegistryCache {
         self.tags.insert(key.to_string(), TagMemo { record, persisted_ms });
     }
 
+    async fn blob_from_file(
+        &self,
+        ctx: &Ctx<'_>,
+        digest: &Digest,
+        path: std::path::PathBuf,
+        total: u64,
+    ) -> Option<Response<Body>> {
+        blob_from_file(&self.evictor, ctx, digest, path, total).await
+    }
+
     fn store_usable(&self) -> bool {
         self.health.usable()
     }
@@ -886,6 +908,7 @@ enum Started {
 }
 
 struct DownloadJob {
+    evictor: Arc<Evictor>,
     upstream: Requester,
     store: ContentStore,
     health: Arc<StoreHealth>,
@@ -900,6 +923,7 @@ struct DownloadJob {
 /// Fetches a blob into the store, reporting to the request that started it how it began.
 async fn download_blob(job: DownloadJob) {
     let DownloadJob {
+        evictor,
         upstream,
         store,
         health,
@@ -935,10 +959,13 @@ async fn download_blob(job: DownloadJob) {
         return;
     }
     let total = headers::content_length(res.headers());
+    let in_flight = evictor.download_started(total);
     let writer = writer.expect_len(total);
     handle.running(writer.temp_path().to_path_buf(), total);
     let _ = reply.send(Started::Streaming);
     run_download(handle, writer, res.into_body(), idle, digest).await;
+    drop(in_flight);
+    evictor.added();
 }
 
 /// Streams the upstream body into the store, publishing progress to readers.
@@ -1233,17 +1260,32 @@ fn range_head(h: &HeaderMap, total: u64) -> Result<(StatusCode, u64, u64), Box<R
     }
 }
 
-async fn blob_from_file(ctx: &Ctx<'_>, digest: &Digest, path: std::path::PathBuf, total: u64) -> Response<Body> {
+/// A cached blob's answer. The file is opened before answering (and kept from eviction while
+/// it is read), so a removal meanwhile cannot cut the response short; `None` if it is gone
+/// already (then the caller fetches it again).
+async fn blob_from_file(
+    evictor: &Arc<Evictor>,
+    ctx: &Ctx<'_>,
+    digest: &Digest,
+    path: std::path::PathBuf,
+    total: u64,
+) -> Option<Response<Body>> {
     // Content verified when written; clients verify again. Served with plain reads.
     let (status, start, end) = match range_head(ctx.headers, total) {
         Ok(r) => r,
-        Err(res) => return *res,
+        Err(res) => return Some(*res),
     };
+    let guard = evictor.reading(&path);
     let body = if ctx.head {
         body::empty()
     } else {
-        let stream = crate::downloads::file_stream(path, start, end - start);
-        body::boxed(http_body_util::StreamBody::new(stream.map_ok(hyper::body::Frame::data)))
+        let file = tokio::fs::File::open(&path).await.ok()?.into_std().await;
+        let stream = crate::downloads::open_file_stream(file, path, start, end - start);
+        let stream = stream.map_ok(move |chunk| {
+            let _reading = &guard;
+            hyper::body::Frame::data(chunk)
+        });
+        body::boxed(http_body_util::StreamBody::new(stream))
     };
     let mut res = Response::new(body);
     *res.status_mut() = status;
@@ -1257,7 +1299,7 @@ async fn blob_from_file(ctx: &Ctx<'_>, digest: &Digest, path: std::path::PathBuf
             &format!("bytes {start}-{}/{total}", end - 1),
         );
     }
-    res
+    Some(res)
 }
 
 /// Serves a client from a download in progress once it has started, or `None` if it never

@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, Config, ConnectTo, HostPattern, LogFormat, NonRegistryPolicy, TagTtlRule};
 use crate::config_file::{
-    self, CacheLayer, ConfigSource, DurationValue, Layer, Parsed, RegistrySection, TimeoutsLayer,
+    self, CacheLayer, ConfigSource, DurationValue, Layer, Parsed, RegistrySection, SizeValue, TimeoutsLayer,
 };
 
 /// regcache: a caching HTTPS proxy for container registries.
@@ -126,6 +126,16 @@ pub struct ServeArgs {
     /// Give up waiting for an upstream's response headers after this long: 504 [default: 60s].
     #[arg(long, env = "REGCACHE_RESPONSE_TIMEOUT", value_name = "DURATION", value_parser = config::parse_duration)]
     pub response_timeout: Option<Duration>,
+
+    /// Disk budget of the cache (e.g. 50GiB, 500MB, 32g): least recently used content is
+    /// evicted down to 90 % of it [default: no limit].
+    #[arg(long, env = "REGCACHE_MAX_SIZE", value_name = "SIZE", value_parser = config::parse_size)]
+    pub max_size: Option<u64>,
+
+    /// Free space to keep on the cache's filesystem (e.g. 5GiB): least recently used content is
+    /// evicted to keep it [default: none].
+    #[arg(long, env = "REGCACHE_MIN_FREE", value_name = "SIZE", value_parser = config::parse_size)]
+    pub min_free: Option<u64>,
 
     /// Log lines as human-readable text or as one JSON object per line [default: text].
     /// Filter with RUST_LOG (e.g. RUST_LOG=info,regcache=debug).
@@ -266,6 +276,8 @@ impl ServeArgs {
                 tag_ttl: dur(self.tag_ttl),
                 tag_ttl_rules: self.tag_ttl_rules.iter().cloned().map(Parsed).collect(),
                 max_stale: dur(self.max_stale),
+                max_size: self.max_size.map(|n| Parsed(SizeValue(n))),
+                min_free: self.min_free.map(|n| Parsed(SizeValue(n))),
                 ..CacheLayer::default()
             },
             registries: self

@@ -132,6 +132,8 @@ impl fmt::Display for LogFormat {
 pub struct CacheBudget {
     /// Upper bound of the store's size in bytes.
     pub max_size: Option<u64>,
+    /// Free space to keep on the store's filesystem, in bytes.
+    pub min_free: Option<u64>,
     /// Content unused for this long may be evicted.
     pub inactive: Option<Duration>,
 }

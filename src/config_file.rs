@@ -170,6 +170,8 @@ pub struct CacheLayer {
     pub max_stale: Dur,
     /// Disk budget.
     pub max_size: Option<Parsed<SizeValue>>,
+    /// Free space to keep on the filesystem.
+    pub min_free: Option<Parsed<SizeValue>>,
     /// Content unused this long may be evicted.
     pub inactive: Dur,
     /// Recheck interval of a repository's public status.
@@ -301,6 +303,7 @@ impl Layer {
                 tag_ttl_rules: cat(self.cache.tag_ttl_rules, lower.cache.tag_ttl_rules),
                 max_stale: self.cache.max_stale.or(lower.cache.max_stale),
                 max_size: self.cache.max_size.or(lower.cache.max_size),
+                min_free: self.cache.min_free.or(lower.cache.min_free),
                 inactive: self.cache.inactive.or(lower.cache.inactive),
                 public_recheck: self.cache.public_recheck.or(lower.cache.public_recheck),
                 private_grace: self.cache.private_grace.or(lower.cache.private_grace),
@@ -461,6 +464,7 @@ impl Layer {
             upstream_skip_verify: self.upstream_skip_verify.unwrap_or(false),
             budget: CacheBudget {
                 max_size: self.cache.max_size.map(|s| s.0.0),
+                min_free: self.cache.min_free.map(|s| s.0.0),
                 inactive: self.cache.inactive.map(|d| d.0.0),
             },
             log_format: self.log_format.map(|p| p.0).unwrap_or_default(),
@@ -631,6 +635,9 @@ pub fn render(config: &Config) -> String {
     match config.budget.max_size {
         Some(n) => _ = writeln!(out, "max_size = {}", q(&format!("{n}B"))),
         None => _ = writeln!(out, "# max_size: no limit"),
+    }
+    if let Some(n) = config.budget.min_free {
+        let _ = writeln!(out, "min_free = {}", q(&format!("{n}B")));
     }
     if let Some(d) = config.budget.inactive {
         let _ = writeln!(out, "inactive = {}", dur(d));

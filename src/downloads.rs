@@ -244,6 +244,26 @@ pub async fn read_blocking(mut file: std::fs::File, pos: u64, want: usize) -> io
 
 /// Streams `len` bytes of a file from `start`, in [`READ_CHUNK`] pieces.
 pub fn file_stream(path: PathBuf, start: u64, len: u64) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+    stream_of(path, None, start, len)
+}
+
+/// As [`file_stream`], from a file already open: the answer is then immune to the file being
+/// removed meanwhile (an eviction, a `cache rm`).
+pub fn open_file_stream(
+    file: std::fs::File,
+    path: PathBuf,
+    start: u64,
+    len: u64,
+) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+    stream_of(path, Some(file), start, len)
+}
+
+fn stream_of(
+    path: PathBuf,
+    file: Option<std::fs::File>,
+    start: u64,
+    len: u64,
+) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
     struct St {
         path: PathBuf,
         file: Option<std::fs::File>,
@@ -253,7 +273,7 @@ pub fn file_stream(path: PathBuf, start: u64, len: u64) -> impl Stream<Item = io
     }
     let st = St {
         path,
-        file: None,
+        file,
         pos: start,
         left: len,
         failed: false,

@@ -22,6 +22,7 @@ pub mod config_file;
 pub mod digest;
 pub mod downloads;
 pub mod egress;
+pub mod eviction;
 pub mod error;
 pub mod gateway;
 pub mod headers;

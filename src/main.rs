@@ -103,9 +103,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     for line in &loaded.env_mappings {
         tracing::info!(mapping = %line, "rpardini/docker-registry-proxy variable understood");
     }
-    if config.budget.max_size.is_some() || config.budget.inactive.is_some() {
-        tracing::warn!("cache.max_size / cache.inactive are read but not enforced yet: the cache is not evicted");
-    }
     let passphrase = KeyPassphrase::resolve(args.ca_key_passphrase_file.as_deref()).map_err(CaError::from)?;
     let (ca, created) = CertificateAuthority::load_or_generate(&config.ca_dir, passphrase.as_ref())?;
     let ca = Arc::new(ca);

@@ -1,0 +1,206 @@
+//! The cache on a disk budget and across crashes: LRU eviction under `--max-size` with real
+//! pulls (docker-registry upstream, skopeo), and `kill -9` in the middle of a large download.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use sha2::Digest as _;
+use support::image::TestImage;
+use support::{Fault, FaultRegistry, Regcache, Registry, RegistryAuth};
+
+/// Content files under the store and their total size.
+fn store_files(data_dir: &Path) -> Vec<(std::path::PathBuf, u64)> {
+    let mut out = Vec::new();
+    let mut dirs = vec![data_dir.join("cache").join("content-v2")];
+    while let Some(dir) = dirs.pop() {
+        let Ok(list) = std::fs::read_dir(&dir) else { continue };
+        for e in list.flatten() {
+            let meta = e.metadata().unwrap();
+            if meta.is_dir() {
+                dirs.push(e.path());
+            } else {
+                out.push((e.path(), meta.len()));
+            }
+        }
+    }
+    out
+}
+
+fn store_bytes(data_dir: &Path) -> u64 {
+    store_files(data_dir).iter().map(|(_, n)| n).sum()
+}
+
+/// The content file of a `sha256:` digest.
+fn blob_path(data_dir: &Path, digest: &str) -> std::path::PathBuf {
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    data_dir
+        .join("cache/content-v2/sha256")
+        .join(&hex[0..2])
+        .join(&hex[2..4])
+        .join(&hex[4..])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_recently_used_images_are_evicted_to_stay_under_max_size() {
+    let w = support::PullWorld::new();
+    let registry = Registry::start(&w.ca, &["ghcr.io"], RegistryAuth::None);
+    const MIB: u64 = 1024 * 1024;
+    let images: Vec<TestImage> = (0..3).map(|_| TestImage::generate(&[3 * MIB])).collect();
+    for (i, img) in images.iter().enumerate() {
+        support::push(
+            &registry.url(),
+            &format!("team/app{i}"),
+            "v1",
+            img,
+            None,
+            &w.ca.cert_pem(),
+        )
+        .await
+        .unwrap();
+    }
+    let max = 8 * MIB;
+    let proxy = Regcache::builder()
+        .connect_to("ghcr.io:443", registry.addr())
+        .upstream_ca(&w.upstream_ca_file)
+        .args(["--max-size", "8MiB"])
+        .start();
+    let data = proxy.data_dir().to_path_buf();
+    for (i, img) in images.iter().enumerate() {
+        w.pull_through(&proxy, &format!("docker://ghcr.io/team/app{i}:v1"), None, img);
+        // Distinct last-use times, one second apart at least (file time resolution).
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    let total_pulled: u64 = images.iter().map(|i| i.layers[0].size).sum();
+    assert!(total_pulled > max, "the test pulls more than the budget");
+    let settled = support::poll_until(Duration::from_secs(20), || {
+        let n = store_bytes(&data);
+        (n <= max).then_some(n)
+    });
+    assert!(
+        settled.is_some(),
+        "store stays under --max-size: {} bytes\n{}",
+        store_bytes(&data),
+        proxy.logs()
+    );
+    let layer = |i: usize| images[i].layers[0].digest.clone();
+    assert!(
+        blob_path(&data, &layer(2)).exists(),
+        "the most recently used image is cached"
+    );
+    assert!(!blob_path(&data, &layer(0)).exists(), "the least recently used is gone");
+    assert!(proxy.logs().contains("cache evicted least recently used content"));
+
+    // The evicted image pulls again: a miss, then cached.
+    let before = registry.count_requests("GET", &layer(0));
+    w.pull_through(&proxy, "docker://ghcr.io/team/app0:v1", None, &images[0]);
+    let after = support::poll_until(Duration::from_secs(5), || {
+        let n = registry.count_requests("GET", &layer(0));
+        (n > before).then_some(n)
+    });
+    assert_eq!(after, Some(before + 1), "fetched upstream again");
+    assert!(
+        support::poll_until(Duration::from_secs(10), || blob_path(&data, &layer(0))
+            .exists()
+            .then_some(()))
+        .is_some(),
+        "cached again"
+    );
+    let metrics = reqwest::get(format!("{}/metrics", proxy.proxy_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("regcache_cache_evictions_total") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_download_leaves_no_partial_entry_and_the_pull_completes_on_retry() {
+    support::install_crypto_provider();
+    let ca = support::TestCa::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let ca_file = ca.write_cert(tmp.path());
+    let reg = FaultRegistry::new(&ca, &["reg-a.test"]);
+    let data: Vec<u8> = (0..8 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let blob = reg.put_blob(data.clone());
+    reg.set_fault(
+        &blob,
+        Fault::SlowBody {
+            chunk: 256 << 10,
+            every: Duration::from_millis(50),
+        },
+    );
+    let mut p = Regcache::builder()
+        .upstream_ca(&ca_file)
+        .connect_to(&format!("reg-a.test:{}", reg.port()), reg.addr())
+        .registry(&format!("reg-a.test:{}", reg.port()))
+        .start();
+    let client = |p: &Regcache| {
+        let config = support::rustls_client_config(&[&p.ca_cert_pem()]).as_ref().clone();
+        reqwest::Client::builder()
+            .tls_backend_preconfigured(config)
+            .proxy(reqwest::Proxy::all(p.proxy_url()).unwrap())
+            .build()
+            .unwrap()
+    };
+    let url = format!("https://reg-a.test:{}/v2/app/blobs/{blob}", reg.port());
+    let c = client(&p);
+    let mut res = c.get(&url).send().await.unwrap();
+    let mut got = 0;
+    while got < 1024 * 1024 {
+        got += res.chunk().await.unwrap().expect("bytes flow").len();
+    }
+    p.kill();
+    let data_dir = p.data_dir().to_path_buf();
+    let temps: Vec<_> = std::fs::read_dir(data_dir.join("cache/tmp"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(
+        !temps.is_empty(),
+        "the download was in progress (a temporary file exists)"
+    );
+    assert!(
+        !blob_path(&data_dir, &blob).exists(),
+        "never in the store before it is complete"
+    );
+
+    reg.clear_faults();
+    p.restart();
+    assert!(p.logs().contains("removed partial downloads"), "{}", p.logs());
+    // Every content file in the store matches its digest (nothing partial was committed).
+    for (path, _) in store_files(&data_dir) {
+        let bytes = std::fs::read(&path).unwrap();
+        let hex = format!("{:x}", sha2::Sha256::digest(&bytes));
+        let name: String = path
+            .iter()
+            .rev()
+            .take(3)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(name, hex, "{} is intact", path.display());
+    }
+    let c = client(&p);
+    let res = c.get(&url).send().await.unwrap();
+    assert_eq!(res.headers().get("x-cache").and_then(|v| v.to_str().ok()), Some("MISS"));
+    let body = res.bytes().await.unwrap();
+    assert!(body.as_ref() == data.as_slice(), "the retry is complete and right");
+    assert!(
+        support::poll_until(Duration::from_secs(10), || blob_path(&data_dir, &blob)
+            .exists()
+            .then_some(()))
+        .is_some()
+    );
+}
