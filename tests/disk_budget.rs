@@ -204,3 +204,56 @@ async fn kill_9_mid_download_leaves_no_partial_entry_and_the_pull_completes_on_r
         .is_some()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_or_corrupt_index_is_survived_and_blobs_are_still_served_from_the_store() {
+    let w = support::PullWorld::new();
+    let registry = Registry::start(&w.ca, &["ghcr.io"], RegistryAuth::None);
+    let image = TestImage::generate(&[512 * 1024, 128 * 1024]);
+    support::push(&registry.url(), "team/app", "v1", &image, None, &w.ca.cert_pem())
+        .await
+        .unwrap();
+    let mut proxy = Regcache::builder()
+        .connect_to("ghcr.io:443", registry.addr())
+        .upstream_ca(&w.upstream_ca_file)
+        .start();
+    w.pull_through(&proxy, "docker://ghcr.io/team/app:v1", None, &image);
+    let data = proxy.data_dir().to_path_buf();
+    let index = data.join("cache/index-v5");
+    assert!(index.exists());
+
+    // Corrupt every index bucket, then lose the index altogether.
+    for round in ["corrupt", "lost"] {
+        proxy.kill();
+        if round == "corrupt" {
+            let mut dirs = vec![index.clone()];
+            while let Some(dir) = dirs.pop() {
+                for e in std::fs::read_dir(&dir).unwrap().flatten() {
+                    if e.file_type().unwrap().is_dir() {
+                        dirs.push(e.path());
+                    } else {
+                        std::fs::write(e.path(), b"\x00garbage\nnot an index line\n").unwrap();
+                    }
+                }
+            }
+        } else {
+            std::fs::remove_dir_all(&index).unwrap();
+        }
+        proxy.restart();
+        let gets_before: Vec<usize> = image
+            .layers
+            .iter()
+            .map(|l| registry.count_requests("GET", &l.digest))
+            .collect();
+        w.pull_through(&proxy, "docker://ghcr.io/team/app:v1", None, &image);
+        let gets_after: Vec<usize> = image
+            .layers
+            .iter()
+            .map(|l| registry.count_requests("GET", &l.digest))
+            .collect();
+        assert_eq!(
+            gets_before, gets_after,
+            "{round} index: layers still served from the store"
+        );
+    }
+}
