@@ -1788,7 +1788,8 @@ class Bench:
                 "and the load generator in release mode, prints a table per figure and writes them to "
                 "`bench/results/<date>.md`; a full run refreshes this file. Figures from another machine are "
                 "not comparable: compare ratios measured in the same run. Earlier runs are in "
-                "[bench/results/](bench/results/).\n\n"
+                "[bench/results/](bench/results/). Where a target is missed, the profile and the bound "
+                "behind it are in [bench/ANALYSIS.md](bench/ANALYSIS.md).\n\n"
                 "## Current figures\n\n" + body
             )
             log("BENCHMARKS.md refreshed")
