@@ -882,7 +882,7 @@ pub fn import_command(args: &ImportArgs) -> Result<(), CommandError> {
                     staged.push(s);
                 }
                 Err(e) => {
-                    progress.finish("corrupt");
+                    progress.fail(&format!("refused: {e}"));
                     importer.roll_back().await;
                     return Err(refused(LayoutError::NotCached(format!("{name}: {e}"))));
                 }

@@ -95,6 +95,14 @@ impl ImageProgress {
             None => eprintln!("{}: {outcome}", self.name),
         }
     }
+
+    /// The image failed: the bar stays where it stopped, with `why`.
+    pub fn fail(&self, why: &str) {
+        match &self.bar {
+            Some(bar) => bar.abandon_with_message(why.to_string()),
+            None => eprintln!("{}: {why}", self.name),
+        }
+    }
 }
 
 /// Log lines of one-shot commands: warnings and errors on standard error (`RUST_LOG` to see

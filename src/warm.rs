@@ -545,11 +545,15 @@ pub async fn run(
             async move {
                 let progress = reporter.image(&image.to_string());
                 let result = warmer.warm(image, platforms, &progress).await;
-                progress.finish(&match &result {
-                    Ok(r) if r.already_cached() => "already cached".to_string(),
-                    Ok(r) => format!("pulled {} blobs, {}", r.blobs_fetched, HumanBytes(r.bytes_fetched)),
-                    Err(e) => format!("failed: {e}"),
-                });
+                match &result {
+                    Ok(r) if r.already_cached() => progress.finish("already cached"),
+                    Ok(r) => progress.finish(&format!(
+                        "pulled {} blobs, {}",
+                        r.blobs_fetched,
+                        HumanBytes(r.bytes_fetched)
+                    )),
+                    Err(e) => progress.fail(&format!("failed: {e}")),
+                }
                 (i, result)
             }
         })
