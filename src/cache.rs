@@ -389,7 +389,7 @@ impl RegistryCache {
         let policy = self.policy.load_full();
         let ttl = policy.tag_ttl(&ctx.registry, &ctx.repository, tag);
         let now = store::now_ms();
-        let Some(memo) = self.tag_memo(&key).await else {
+        let Some(memo) = self.tag_memo_or_seeded(ctx, tag, &key, &accept).await else {
             return self.tag_miss(ctx, &key, &accept).await;
         };
         let age = now.saturating_sub(memo.record.validated_at_ms);
@@ -844,6 +844,37 @@ impl RegistryCache {
             return Some(m);
         }
         let record = self.store.tag(key).await?;
+        let memo = TagMemo {
+            persisted_ms: record.validated_at_ms,
+            record,
+        };
+        self.tags.insert(key.to_string(), memo.clone());
+        Some(memo)
+    }
+
+    /// The tag's record for this client's Accept set, else the one `regcache warm` or
+    /// `regcache cache import` wrote ([`store::SEEDED_ACCEPT_KEY`]) if this client accepts its
+    /// media type.
+    ///
+    /// Why a fallback rather than seeding every client's key: docker, containerd, skopeo,
+    /// podman, buildkit and crane each send their own Accept list, and it changes between their
+    /// versions; a seeded image missed by one unforeseen list would need upstream, which may be
+    /// gone. Serving the seeded record is what upstream would do: registries return the stored
+    /// manifest whenever its type is accepted (conversions happen only when it is not), and a
+    /// client that does not accept it never gets it (checked here and in `serve_tag`). Revalidation
+    /// then runs with the client's own headers and records under its own key.
+    async fn tag_memo_or_seeded(&self, ctx: &Ctx<'_>, tag: &str, key: &str, accept: &AcceptSet) -> Option<TagMemo> {
+        if let Some(memo) = self.tag_memo(key).await {
+            return Some(memo);
+        }
+        let record = self
+            .store
+            .tag(&store::seeded_tag_key(&ctx.registry, &ctx.repository, tag))
+            .await?;
+        if !accept.allows(&record.media_type) {
+            return None;
+        }
+        // Remembered under this client's key (in memory only), like any record it resolved.
         let memo = TagMemo {
             persisted_ms: record.validated_at_ms,
             record,

@@ -13,6 +13,8 @@ use crate::config::{self, Config, ConnectTo, HostPattern, LogFormat, NonRegistry
 use crate::config_file::{
     self, CacheLayer, ConfigSource, DurationValue, Layer, Parsed, RegistrySection, SizeValue, TimeoutsLayer,
 };
+use crate::image_ref::ImageRef;
+use crate::manifest::PlatformArg;
 
 /// regcache: a caching HTTPS proxy for container registries.
 #[derive(Debug, Parser)]
@@ -35,6 +37,12 @@ pub enum Command {
     /// Check the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Fetch images into the cache ahead of time, through the same upstream code and
+    /// configuration as serve (safe while serve runs on the same data directory).
+    Warm(WarmArgs),
+    /// Work with the cache: export and import OCI image layouts (air-gapped seeding).
+    #[command(subcommand)]
+    Cache(CacheCommand),
 }
 
 /// Flags of `regcache serve` (and `regcache config check`).
@@ -201,6 +209,92 @@ pub enum ConfigCommand {
     /// Validate the configuration (file, REGCACHE_* and rpardini variables, flags) and print
     /// the effective settings, secrets redacted. Exit status 2 when it is invalid.
     Check(ServeArgs),
+}
+
+/// `regcache warm`.
+#[derive(Debug, Clone, Args)]
+pub struct WarmArgs {
+    /// Images as docker names them: alpine (docker.io/library/alpine:latest),
+    /// ghcr.io/org/app:1.2, registry.internal:5000/ci/builder@sha256:…
+    #[arg(value_name = "REF")]
+    pub refs: Vec<ImageRef>,
+
+    /// File with one REF per line (blank lines and # comments are skipped).
+    #[arg(long, value_name = "FILE")]
+    pub from_file: Option<PathBuf>,
+
+    /// Platform to take from multi-platform images (repeatable), or `all`
+    /// [default: this machine's, e.g. linux/amd64].
+    #[arg(long = "platform", value_name = "OS/ARCH[/VARIANT]|all")]
+    pub platforms: Vec<PlatformArg>,
+
+    /// serve's flags: --config, --data-dir, --connect-to, --upstream-ca, --registry, …
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// `regcache cache …`
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Write cached images to an OCI image layout (no network), for `cache import` elsewhere.
+    /// The full reference (registry included) is in each image's
+    /// org.opencontainers.image.ref.name annotation.
+    Export(ExportArgs),
+    /// Load an OCI image layout into the cache, verifying every digest; nothing is recorded
+    /// unless the whole layout is intact.
+    Import(ImportArgs),
+}
+
+/// `regcache cache export`.
+#[derive(Debug, Clone, Args)]
+pub struct ExportArgs {
+    /// Cached images to export (tags or digests), as for `warm`.
+    #[arg(value_name = "REF", required = true)]
+    pub refs: Vec<ImageRef>,
+
+    /// Directory to write the layout to (created; must be empty if it exists).
+    #[arg(long, value_name = "DIR")]
+    pub to: PathBuf,
+
+    /// serve's flags: --config, --data-dir, …
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// `regcache cache import`.
+#[derive(Debug, Clone, Args)]
+pub struct ImportArgs {
+    /// An OCI image layout (oci-layout, index.json, blobs/), as `cache export` writes it.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+
+    /// Treat every imported repository as public (served to any client of the proxy), whatever
+    /// the layout's io.regcache.public annotation says: for layouts written by other tools.
+    #[arg(long)]
+    pub public: bool,
+
+    /// serve's flags: --config, --data-dir, …
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// How a one-shot command (`warm`, `cache export`, `cache import`) failed, and so its exit
+/// status.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The operator's input (configuration, a reference, a path): exit status 2.
+    #[error(transparent)]
+    Usage(#[from] config_file::ConfigError),
+    /// A failure at run time (an image that could not be fetched, a corrupt layout): exit 1.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl CommandError {
+    /// Whether it is a usage error (exit status 2).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, Self::Usage(_))
+    }
 }
 
 /// `--ca-dir`, shared by `serve` and `ca`.

@@ -9,7 +9,7 @@ use clap::Parser as _;
 use regcache::app::App;
 use regcache::ca::{self, CaError, CertificateAuthority};
 use regcache::ca_key::KeyPassphrase;
-use regcache::cli::{CaCommand, CaDirArg, Cli, Command, ConfigCommand, ServeArgs};
+use regcache::cli::{CaCommand, CaDirArg, CacheCommand, Cli, Command, CommandError, ConfigCommand, ServeArgs};
 use regcache::config::LogFormat;
 use regcache::config_file::{self, ConfigError};
 
@@ -20,6 +20,8 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Ca(cmd) => ca_command(cmd),
         Command::Config(ConfigCommand::Check(args)) => config_check(&args),
+        Command::Warm(args) => regcache::warm::command(&args).map_err(Into::into),
+        Command::Cache(cmd) => cache_command(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -29,6 +31,7 @@ fn main() -> ExitCode {
             // input: a usage error, like a bad flag (clap exits 2 too).
             if e.downcast_ref::<ConfigError>().is_some()
                 || e.downcast_ref::<CaError>().is_some_and(CaError::is_passphrase_problem)
+                || e.downcast_ref::<CommandError>().is_some_and(CommandError::is_usage)
             {
                 ExitCode::from(2)
             } else {
@@ -68,6 +71,15 @@ fn config_check(args: &ServeArgs) -> anyhow::Result<()> {
     }
     write!(out, "{}", config_file::render(&loaded.config))?;
     writeln!(out, "# configuration OK")?;
+    Ok(())
+}
+
+/// `regcache cache …`: the work is in the library modules.
+fn cache_command(cmd: CacheCommand) -> anyhow::Result<()> {
+    match cmd {
+        CacheCommand::Export(args) => regcache::oci_layout::export_command(&args)?,
+        CacheCommand::Import(args) => regcache::oci_layout::import_command(&args)?,
+    }
     Ok(())
 }
 

@@ -363,6 +363,35 @@ impl ContentStore {
     }
 }
 
+impl ContentStore {
+    /// Every tag record of `registry`/`repository`:`tag`, one per Accept set clients used, with
+    /// its key. Walks the whole index: for one-shot commands (`cache export`), not for requests.
+    pub async fn tag_records(&self, registry: &str, repository: &str, tag: &str) -> Vec<(String, TagRecord)> {
+        let root = self.root.clone();
+        let prefix = tag_key(registry, repository, tag, "");
+        tokio::task::spawn_blocking(move || {
+            cacache::index::ls(&root)
+                .filter_map(Result::ok)
+                .filter(|e| e.key.starts_with(&prefix))
+                .filter_map(|e| Some((e.key, serde_json::from_value(e.metadata).ok()?)))
+                .collect()
+        })
+        .await
+        .unwrap_or_default()
+    }
+}
+
+/// Accept key of the tag records `regcache warm` and `regcache cache import` write. A client's
+/// own Accept set never produces it (empty media types are dropped, so no key starts with a
+/// comma); the cache falls back to it for any client that accepts the recorded media type
+/// (see `RegistryCache::manifest_by_tag`), because warm cannot know every client's Accept list.
+pub const SEEDED_ACCEPT_KEY: &str = ",seeded";
+
+/// Index key of the seeded tag record (see [`SEEDED_ACCEPT_KEY`]).
+pub fn seeded_tag_key(registry: &str, repository: &str, tag: &str) -> String {
+    tag_key(registry, repository, tag, SEEDED_ACCEPT_KEY)
+}
+
 /// Index key of a manifest entry.
 pub fn manifest_key(registry: &str, repository: &str, digest: &Digest) -> String {
     format!("manifest/{registry}/{repository}@{digest}")
