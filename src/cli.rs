@@ -243,6 +243,22 @@ pub enum CacheCommand {
     /// Load an OCI image layout into the cache, verifying every digest; nothing is recorded
     /// unless the whole layout is intact.
     Import(ImportArgs),
+    /// Evict least recently used content down to the budget now (--max-size, --min-free,
+    /// cache.inactive), remove stale temporary files, and print what was freed. Safe beside a
+    /// running server: content used in the last 10 minutes (--keep-recent) is kept.
+    Gc(GcArgs),
+}
+
+/// `regcache cache gc`.
+#[derive(Debug, Clone, Args)]
+pub struct GcArgs {
+    /// Keep content used this recently: this process cannot see a running server's readers.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = config::parse_duration)]
+    pub keep_recent: Duration,
+
+    /// serve's flags: --config, --data-dir, --max-size, --min-free, …
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
 /// `regcache cache export`.

@@ -79,6 +79,33 @@ fn cache_command(cmd: CacheCommand) -> anyhow::Result<()> {
     match cmd {
         CacheCommand::Export(args) => regcache::oci_layout::export_command(&args)?,
         CacheCommand::Import(args) => regcache::oci_layout::import_command(&args)?,
+        CacheCommand::Gc(args) => cache_gc(&args)?,
+    }
+    Ok(())
+}
+
+/// `regcache cache gc`: one eviction pass now, beside a server or not.
+fn cache_gc(args: &regcache::cli::GcArgs) -> anyhow::Result<()> {
+    let config = args.serve.source().load()?.config;
+    let store = regcache::store::ContentStore::new(config.data_dir.join("cache"));
+    // This process cannot see a running server's readers: recently used content is kept.
+    let evictor = regcache::eviction::Evictor::with_guard(store, config.budget, args.keep_recent);
+    let r = evictor.pass(true);
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    println!(
+        "store: {} files, {:.1} MiB before; evicted {} files ({:.1} MiB), kept {} recently used; \
+         removed {} stale temporary files ({:.1} MiB); store now {:.1} MiB",
+        r.files_before,
+        mib(r.bytes_before),
+        r.evicted_files,
+        mib(r.evicted_bytes),
+        r.kept_in_use,
+        r.temp_files,
+        mib(r.temp_bytes),
+        mib(r.bytes_after)
+    );
+    if config.budget.max_size.is_none() && config.budget.min_free.is_none() && config.budget.inactive.is_none() {
+        println!("no budget configured (--max-size, --min-free, cache.inactive): nothing is evicted");
     }
     Ok(())
 }

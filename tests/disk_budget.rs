@@ -257,3 +257,58 @@ async fn a_lost_or_corrupt_index_is_survived_and_blobs_are_still_served_from_the
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_gc_evicts_down_to_the_budget_beside_a_running_server() {
+    let w = support::PullWorld::new();
+    let registry = Registry::start(&w.ca, &["ghcr.io"], RegistryAuth::None);
+    let images: Vec<TestImage> = (0..2).map(|_| TestImage::generate(&[2 * 1024 * 1024])).collect();
+    for (i, img) in images.iter().enumerate() {
+        support::push(
+            &registry.url(),
+            &format!("team/gc{i}"),
+            "v1",
+            img,
+            None,
+            &w.ca.cert_pem(),
+        )
+        .await
+        .unwrap();
+    }
+    let proxy = Regcache::builder()
+        .connect_to("ghcr.io:443", registry.addr())
+        .upstream_ca(&w.upstream_ca_file)
+        .start();
+    for (i, img) in images.iter().enumerate() {
+        w.pull_through(&proxy, &format!("docker://ghcr.io/team/gc{i}:v1"), None, img);
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    let data = proxy.data_dir().to_path_buf();
+    let before = store_bytes(&data);
+    let data_arg = data.to_str().unwrap();
+    // Everything was used within the default 10 minutes: kept.
+    let out = support::run_cli(&["cache", "gc", "--data-dir", data_arg, "--max-size", "3MiB"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(store_bytes(&data), before, "recently used content is kept by default");
+    let out = support::run_cli(&[
+        "cache",
+        "gc",
+        "--data-dir",
+        data_arg,
+        "--max-size",
+        "3MiB",
+        "--keep-recent",
+        "0s",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("evicted ") && !stdout.contains("evicted 0 files"), "{stdout}");
+    assert!(store_bytes(&data) <= 3 * 1024 * 1024);
+    assert!(
+        !blob_path(&data, &images[0].layers[0].digest).exists(),
+        "least recently used went"
+    );
+    assert!(blob_path(&data, &images[1].layers[0].digest).exists());
+    // The server copes: the evicted image pulls again.
+    w.pull_through(&proxy, "docker://ghcr.io/team/gc0:v1", None, &images[0]);
+}
