@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, Config, ConnectTo, HostPattern, LogFormat, NonRegistryPolicy, TagTtlRule};
 use crate::config_file::{
-    self, CacheLayer, ConfigSource, DurationValue, Layer, Parsed, RegistrySection, TimeoutsLayer,
+    self, CacheLayer, ConfigSource, DurationValue, Layer, LimitsLayer, Parsed, RegistrySection, TimeoutsLayer,
 };
 
 /// regcache: a caching HTTPS proxy for container registries.
@@ -175,6 +175,11 @@ pub struct ServeArgs {
     #[arg(long, env = "REGCACHE_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
 
+    /// Client connections open at once, tunnels included; more are answered 503 until one
+    /// closes [default: 4096]. Needs a restart to change.
+    #[arg(long, env = "REGCACHE_MAX_CONNECTIONS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
+
     /// On SIGTERM, wait this long for in-flight responses and downloads [default: 30s].
     #[arg(long, env = "REGCACHE_SHUTDOWN_TIMEOUT", value_name = "DURATION", value_parser = config::parse_duration)]
     pub shutdown_timeout: Option<Duration>,
@@ -238,10 +243,22 @@ impl ServeArgs {
             connect_to: self.connect_to.iter().cloned().map(Parsed).collect(),
             log_format: self.log_format.map(Parsed),
             shutdown_timeout: dur(self.shutdown_timeout),
+            auth_htpasswd: self.auth_htpasswd.clone(),
+            allow_clients: self.allow_clients.iter().copied().map(Parsed).collect(),
+            // A flag can only turn it on; absent leaves it to the lower layers.
+            insecure_open_proxy: self.insecure_open_proxy.then_some(true),
+            tunnel_ports: (!self.tunnel_ports.is_empty()).then(|| self.tunnel_ports.clone()),
+            tunnel_allow: self.tunnel_allow.iter().cloned().map(Parsed).collect(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
             timeouts: TimeoutsLayer {
                 idle: dur(self.idle_timeout),
                 connect: dur(self.connect_timeout),
                 response: dur(self.response_timeout),
+            },
+            limits: LimitsLayer {
+                max_connections: self.max_connections.map(|n| n as usize),
+                ..LimitsLayer::default()
             },
             cache: CacheLayer {
                 tag_ttl: dur(self.tag_ttl),
@@ -329,6 +346,64 @@ mod tests {
         assert_eq!(cfg.non_registry, NonRegistryPolicy::Deny);
         assert_eq!(cfg.timeouts.upstream_connect, Duration::from_secs(3));
         assert!(cfg.is_registry(&config::HostPort::parse("reg.local:5000", 443).unwrap()));
+    }
+
+    #[test]
+    fn access_and_limit_flags_reach_the_config() {
+        let cli = Cli::try_parse_from([
+            "regcache",
+            "serve",
+            "--listen",
+            "0.0.0.0:3128",
+            "--auth-htpasswd",
+            "/etc/regcache/htpasswd",
+            "--allow-client",
+            "10.0.0.0/8",
+            "--tunnel-port",
+            "443,8443",
+            "--non-registry",
+            "allowlist",
+            "--tunnel-allow",
+            "github.com",
+            "--tls-cert",
+            "/c.pem",
+            "--tls-key",
+            "/k.pem",
+            "--max-connections",
+            "10",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("expected serve")
+        };
+        let cfg = args.flags_config().unwrap();
+        let a = &cfg.access;
+        assert_eq!(
+            a.htpasswd.as_deref(),
+            Some(std::path::Path::new("/etc/regcache/htpasswd"))
+        );
+        assert_eq!(a.allow_clients, vec!["10.0.0.0/8".parse::<ipnet::IpNet>().unwrap()]);
+        assert_eq!(a.tunnel_ports, vec![443, 8443]);
+        assert_eq!(a.tunnel_allow.len(), 1);
+        assert!(!a.insecure_open_proxy);
+        assert_eq!(
+            cfg.listener_tls,
+            Some((PathBuf::from("/c.pem"), PathBuf::from("/k.pem")))
+        );
+        assert_eq!(cfg.limits.max_connections, 10);
+
+        let open = Cli::try_parse_from(["regcache", "serve", "--listen", "0.0.0.0:3128"]).unwrap();
+        let Command::Serve(args) = open.command else {
+            panic!("expected serve")
+        };
+        assert!(args.flags_config().is_err(), "an open relay is refused");
+        let open =
+            Cli::try_parse_from(["regcache", "serve", "--listen", "0.0.0.0:3128", "--insecure-open-proxy"]).unwrap();
+        let Command::Serve(args) = open.command else {
+            panic!("expected serve")
+        };
+        assert!(args.flags_config().unwrap().access.insecure_open_proxy);
+        assert!(Cli::try_parse_from(["regcache", "serve", "--max-connections", "0"]).is_err());
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod error;
 pub mod gateway;
 pub mod headers;
 pub mod leaf_certs;
+pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod mitm;
