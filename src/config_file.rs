@@ -663,9 +663,9 @@ pub fn render(config: &Config) -> String {
         out,
         "\n[limits]\nmax_connections = {}\nmax_header_size = {}\nmax_headers = {}\nmax_request_line = {}",
         l.max_connections,
-        q(&format!("{}B", l.max_header_bytes)),
+        q(&format_size(l.max_header_bytes as u64)),
         l.max_headers,
-        q(&format!("{}B", l.max_request_line))
+        q(&format_size(l.max_request_line as u64))
     );
     let c = &config.cache;
     let _ = writeln!(
@@ -721,6 +721,16 @@ pub fn render(config: &Config) -> String {
         }
     }
     out
+}
+
+/// `65536` → `64KiB`: the largest binary unit that divides the size.
+fn format_size(n: u64) -> String {
+    for (unit, size) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+        if n != 0 && n.is_multiple_of(size) {
+            return format!("{}{unit}", n / size);
+        }
+    }
+    format!("{n}B")
 }
 
 /// `90s` → `90s`, `300s` → `5m`: the largest unit that divides the duration.
@@ -835,7 +845,9 @@ password = "s3cret"
                 max_request_line: 2 * 1024,
             }
         );
-        assert!(render(&cfg).contains("max_connections = 10"));
+        let shown = render(&cfg);
+        assert!(shown.contains("max_connections = 10"), "{shown}");
+        assert!(shown.contains("max_header_size = \"16KiB\""), "{shown}");
         for (bad, key) in [
             ("[limits]\nmax_connections = 0\n", "limits.max_connections"),
             ("[limits]\nmax_header_size = \"10\"\n", "limits.max_header_size"),
