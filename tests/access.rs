@@ -784,6 +784,29 @@ async fn oversized_heads_too_many_headers_and_long_request_lines_get_4xx() {
     )
     .await;
     assert_eq!(r.status, 414, "{r:?}");
+    // HTTP/2 inside the tunnel: the header list is bounded the same way.
+    let h2 = reqwest::Client::builder()
+        .proxy(reqwest::Proxy::all(proxy.proxy_url()).unwrap())
+        .tls_backend_preconfigured(support::rustls_client_config(&[&proxy.ca_cert_pem()]).as_ref().clone())
+        .http2_prior_knowledge()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let res = h2
+        .get("https://ghcr.io/v2/")
+        .header("x-huge", "a".repeat(100 * 1024))
+        .send()
+        .await;
+    match res {
+        Ok(res) => assert_eq!(res.status(), 431, "h2 with a 100 KiB header: {res:?}"),
+        Err(e) => assert!(
+            !e.is_timeout(),
+            "h2 with a 100 KiB header was refused, not left hanging: {e}"
+        ),
+    }
+    let res = h2.get(format!("https://ghcr.io/v2{long_path}")).send().await.unwrap();
+    assert_eq!(res.status(), 414, "h2 long path");
+    assert_eq!(res.version(), reqwest::Version::HTTP_2);
     assert_eq!(origin.request_count(), 0, "nothing reached upstream");
 
     // Still serving.
@@ -829,6 +852,36 @@ async fn connections_beyond_max_connections_get_503_and_tunnels_hold_their_slot(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(served.is_some(), "a slot was freed when the idle clients left");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_slow_clients_are_closed_after_the_idle_timeout() {
+    let proxy = Regcache::builder().args(["--idle-timeout", "1s"]).start();
+    let closed_within = |mut s: TcpStream, trickle: bool| async move {
+        let start = std::time::Instant::now();
+        let mut buf = [0u8; 1024];
+        let mut sent = 0;
+        loop {
+            if trickle && sent < 40 {
+                // One byte of a request head every 100 ms: never a complete head.
+                if s.write_all(b"G").await.is_err() {
+                    break;
+                }
+                sent += 1;
+            }
+            match tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(_)) => {}
+                Err(_) if start.elapsed() > Duration::from_secs(10) => panic!("still open after 10 s"),
+                Err(_) => {}
+            }
+        }
+        start.elapsed()
+    };
+    let silent = closed_within(TcpStream::connect(proxy.addr()).await.unwrap(), false).await;
+    assert!(silent < Duration::from_secs(5), "silent client closed after {silent:?}");
+    let slow = closed_within(TcpStream::connect(proxy.addr()).await.unwrap(), true).await;
+    assert!(slow < Duration::from_secs(5), "slowloris closed after {slow:?}");
 }
 
 // ----- hostile input: malformed targets, names, digests ----------------------------------------
