@@ -19,6 +19,7 @@ use crate::config_file::{ConfigError, ConfigSource};
 use crate::eviction::Evictor;
 use crate::gateway::Gateway;
 use crate::leaf_certs::LeafCertCache;
+use crate::limits::ConnectionLimiter;
 use crate::listener;
 use crate::store::ContentStore;
 use crate::upstream::{UpstreamClient, UpstreamSetupError};
@@ -107,6 +108,7 @@ pub struct Shared {
 pub struct App {
     listener: TcpListener,
     listener_tls: Option<tokio_rustls::TlsAcceptor>,
+    limiter: ConnectionLimiter,
     shared: Arc<Shared>,
 }
 
@@ -163,6 +165,7 @@ impl App {
         leaf_certs
             .prewarm(config.registries.iter().filter_map(|p| p.exact_host()))
             .await;
+        let limiter = ConnectionLimiter::new(config.limits.max_connections);
         let config = Arc::new(ArcSwap::from_pointee(config));
         let shared = Arc::new(Shared {
             leaf_certs,
@@ -183,6 +186,7 @@ impl App {
         Ok(Self {
             listener,
             listener_tls,
+            limiter,
             shared,
         })
     }
@@ -209,12 +213,16 @@ impl App {
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
+                        let Some(slot) = self.limiter.try_admit() else {
+                            self.limiter.refuse(stream, peer, self.listener_tls.is_some());
+                            continue;
+                        };
                         match &self.listener_tls {
                             None => {
-                                self.shared.tasks.spawn(listener::serve_connection(stream, peer, self.shared.clone()));
+                                self.shared.tasks.spawn(listener::serve_connection(stream, peer, self.shared.clone(), slot));
                             }
                             Some(tls) => {
-                                self.shared.tasks.spawn(listener::serve_tls_connection(tls.clone(), stream, peer, self.shared.clone()));
+                                self.shared.tasks.spawn(listener::serve_tls_connection(tls.clone(), stream, peer, self.shared.clone(), slot));
                             }
                         }
                     }
@@ -328,6 +336,10 @@ fn describe_changes(old: &Config, new: &Config) -> Vec<String> {
         ("data_dir", old.data_dir != new.data_dir),
         ("ca_dir", old.ca_dir != new.ca_dir),
         ("log_format", old.log_format != new.log_format),
+        (
+            "limits.max_connections",
+            old.limits.max_connections != new.limits.max_connections,
+        ),
     ];
     for (key, changed) in restart {
         if changed {

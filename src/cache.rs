@@ -37,6 +37,9 @@ use crate::upstream::{Origin, UpstreamClient};
 use crate::upstream_auth::{Requester, UpstreamAuth};
 
 /// Manifests are buffered to be verified; the distribution registry refuses larger ones.
+/// An upstream manifest over this is answered 502 rather than passed through: it cannot be
+/// verified without being held whole, no conforming registry serves one, and streaming it on
+/// would hand clients unverified content of any size.
 const MAX_MANIFEST: usize = 4 * 1024 * 1024;
 /// After a store write fails, skip caching for this long instead of failing every request.
 const STORE_BACKOFF_MS: u64 = 30_000;
@@ -191,6 +194,7 @@ impl RegistryCache {
             RegistryRequest::Manifest { name, reference } => (name, Some(Class::Manifest(reference))),
             RegistryRequest::Blob { name, digest } => (name, Some(Class::Blob(digest))),
             RegistryRequest::Ping => (String::new(), Some(Class::Ping)),
+            RegistryRequest::Invalid(bad) => return (bad.into_response(), Outcome::Error),
             _ => (String::new(), None),
         };
         let Some(class) = class else {
@@ -1079,7 +1083,11 @@ async fn fetch_buffered(
         .await
         .map_err(|e| ProxyError::Upstream {
             target,
-            reason: format!("reading manifest: {e}"),
+            reason: if e.is::<http_body_util::LengthLimitError>() {
+                "manifest larger than 4 MiB".into()
+            } else {
+                format!("reading manifest: {e}")
+            },
         })?
         .to_bytes();
     if parts.status.is_success() {

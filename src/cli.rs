@@ -11,7 +11,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, Config, ConnectTo, HostPattern, LogFormat, NonRegistryPolicy, TagTtlRule};
 use crate::config_file::{
-    self, CacheLayer, ConfigSource, DurationValue, Layer, Parsed, RegistrySection, SizeValue, TimeoutsLayer,
+    self, CacheLayer, ConfigSource, DurationValue, Layer, LimitsLayer, Parsed, RegistrySection, SizeValue,
+    TimeoutsLayer,
 };
 use crate::image_ref::ImageRef;
 use crate::manifest::PlatformArg;
@@ -198,6 +199,11 @@ pub struct ServeArgs {
     #[arg(long, env = "REGCACHE_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
 
+    /// Client connections open at once, tunnels included; more are answered 503 until one
+    /// closes [default: 4096]. Needs a restart to change.
+    #[arg(long, env = "REGCACHE_MAX_CONNECTIONS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
+
     /// On SIGTERM, wait this long for in-flight responses and downloads [default: 30s].
     #[arg(long, env = "REGCACHE_SHUTDOWN_TIMEOUT", value_name = "DURATION", value_parser = config::parse_duration)]
     pub shutdown_timeout: Option<Duration>,
@@ -377,10 +383,22 @@ impl ServeArgs {
             connect_to: self.connect_to.iter().cloned().map(Parsed).collect(),
             log_format: self.log_format.map(Parsed),
             shutdown_timeout: dur(self.shutdown_timeout),
+            auth_htpasswd: self.auth_htpasswd.clone(),
+            allow_clients: self.allow_clients.iter().copied().map(Parsed).collect(),
+            // A flag can only turn it on; absent leaves it to the lower layers.
+            insecure_open_proxy: self.insecure_open_proxy.then_some(true),
+            tunnel_ports: (!self.tunnel_ports.is_empty()).then(|| self.tunnel_ports.clone()),
+            tunnel_allow: self.tunnel_allow.iter().cloned().map(Parsed).collect(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
             timeouts: TimeoutsLayer {
                 idle: dur(self.idle_timeout),
                 connect: dur(self.connect_timeout),
                 response: dur(self.response_timeout),
+            },
+            limits: LimitsLayer {
+                max_connections: self.max_connections.map(|n| n as usize),
+                ..LimitsLayer::default()
             },
             cache: CacheLayer {
                 tag_ttl: dur(self.tag_ttl),
@@ -396,13 +414,6 @@ impl ServeArgs {
                 .cloned()
                 .map(RegistrySection::host_only)
                 .collect(),
-            auth_htpasswd: self.auth_htpasswd.clone(),
-            allow_clients: self.allow_clients.iter().cloned().map(Parsed).collect(),
-            insecure_open_proxy: self.insecure_open_proxy.then_some(true),
-            tunnel_ports: (!self.tunnel_ports.is_empty()).then(|| self.tunnel_ports.clone()),
-            tunnel_allow: self.tunnel_allow.iter().cloned().map(Parsed).collect(),
-            tls_cert: self.tls_cert.clone(),
-            tls_key: self.tls_key.clone(),
             ..Layer::default()
         }
     }
@@ -480,7 +491,7 @@ mod tests {
     }
 
     #[test]
-    fn access_flags_reach_the_config() {
+    fn access_and_limit_flags_reach_the_config() {
         let cli = Cli::try_parse_from([
             "regcache",
             "serve",
@@ -491,16 +502,17 @@ mod tests {
             "--allow-client",
             "10.0.0.0/8",
             "--tunnel-port",
-            "8443",
-            "--tunnel-allow",
-            "github.com",
+            "443,8443",
             "--non-registry",
             "allowlist",
+            "--tunnel-allow",
+            "github.com",
             "--tls-cert",
             "/c.pem",
             "--tls-key",
             "/k.pem",
-            "--insecure-open-proxy",
+            "--max-connections",
+            "10",
         ])
         .unwrap();
         let Command::Serve(args) = cli.command else {
@@ -513,11 +525,27 @@ mod tests {
             Some(std::path::Path::new("/etc/regcache/htpasswd"))
         );
         assert_eq!(a.allow_clients, vec!["10.0.0.0/8".parse::<ipnet::IpNet>().unwrap()]);
-        assert_eq!(a.tunnel_ports, vec![8443]);
+        assert_eq!(a.tunnel_ports, vec![443, 8443]);
         assert_eq!(a.tunnel_allow.len(), 1);
-        assert!(a.insecure_open_proxy);
-        assert_eq!(cfg.non_registry, NonRegistryPolicy::Allowlist);
-        assert!(cfg.listener_tls.is_some());
+        assert!(!a.insecure_open_proxy);
+        assert_eq!(
+            cfg.listener_tls,
+            Some((PathBuf::from("/c.pem"), PathBuf::from("/k.pem")))
+        );
+        assert_eq!(cfg.limits.max_connections, 10);
+
+        let open = Cli::try_parse_from(["regcache", "serve", "--listen", "0.0.0.0:3128"]).unwrap();
+        let Command::Serve(args) = open.command else {
+            panic!("expected serve")
+        };
+        assert!(args.flags_config().is_err(), "an open relay is refused");
+        let open =
+            Cli::try_parse_from(["regcache", "serve", "--listen", "0.0.0.0:3128", "--insecure-open-proxy"]).unwrap();
+        let Command::Serve(args) = open.command else {
+            panic!("expected serve")
+        };
+        assert!(args.flags_config().unwrap().access.insecure_open_proxy);
+        assert!(Cli::try_parse_from(["regcache", "serve", "--max-connections", "0"]).is_err());
     }
 
     #[test]

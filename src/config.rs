@@ -66,6 +66,8 @@ pub struct Config {
     pub access: AccessPolicy,
     /// TLS on the proxy listener itself (`HTTPS_PROXY=https://…`): certificate chain and key.
     pub listener_tls: Option<(PathBuf, PathBuf)>,
+    /// Bounds on client input: connections, request heads, request lines.
+    pub limits: crate::limits::Limits,
 }
 
 /// Who may use the proxy, and where non-registry tunnels may go.

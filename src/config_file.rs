@@ -18,6 +18,7 @@ use crate::config::{
     self, AccessPolicy, CacheBudget, CachePolicy, Config, ConnectTo, Credential, GlobText, HostPattern, HostPort,
     LogFormat, NonRegistryPolicy, RegistryPolicy, TagTtlRule, Timeouts, UpstreamTls,
 };
+use crate::limits::Limits;
 use crate::registry::canonical_registry;
 
 /// The file read when `--config` is not given, if it exists in the working directory.
@@ -134,6 +135,9 @@ pub struct Layer {
     /// `[timeouts]`
     #[serde(default)]
     pub timeouts: TimeoutsLayer,
+    /// `[limits]`
+    #[serde(default)]
+    pub limits: LimitsLayer,
     /// `[cache]`
     #[serde(default)]
     pub cache: CacheLayer,
@@ -155,6 +159,20 @@ pub struct TimeoutsLayer {
     pub connect: Dur,
     /// Upstream response headers.
     pub response: Dur,
+}
+
+/// `[limits]`: bounds on client input (see [`crate::limits`]).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsLayer {
+    /// Client connections open at once, tunnels included.
+    pub max_connections: Option<usize>,
+    /// Bytes of a request head, e.g. `"64KiB"`.
+    pub max_header_size: Option<Parsed<SizeValue>>,
+    /// Header fields in a request.
+    pub max_headers: Option<usize>,
+    /// Bytes of a request target, e.g. `"8KiB"`.
+    pub max_request_line: Option<Parsed<SizeValue>>,
 }
 
 /// `[cache]`
@@ -298,6 +316,12 @@ impl Layer {
                 connect: self.timeouts.connect.or(lower.timeouts.connect),
                 response: self.timeouts.response.or(lower.timeouts.response),
             },
+            limits: LimitsLayer {
+                max_connections: self.limits.max_connections.or(lower.limits.max_connections),
+                max_header_size: self.limits.max_header_size.or(lower.limits.max_header_size),
+                max_headers: self.limits.max_headers.or(lower.limits.max_headers),
+                max_request_line: self.limits.max_request_line.or(lower.limits.max_request_line),
+            },
             cache: CacheLayer {
                 tag_ttl: self.cache.tag_ttl.or(lower.cache.tag_ttl),
                 tag_ttl_rules: cat(self.cache.tag_ttl_rules, lower.cache.tag_ttl_rules),
@@ -435,6 +459,7 @@ impl Layer {
         if let Some(why) = access.open_relay_refusal(listen) {
             return Err(ConfigError::new(origin, "listen", why));
         }
+        let limits = self.limits.resolve(origin)?;
         let mut tag_ttl_rules: Vec<TagTtlRule> = self.cache.tag_ttl_rules.into_iter().map(|r| r.0).collect();
         tag_ttl_rules.extend(self.cache.path_rules);
         Ok(Config {
@@ -471,6 +496,38 @@ impl Layer {
             shutdown_grace: self.shutdown_timeout.map_or(Duration::from_secs(30), |d| d.0.0),
             access,
             listener_tls,
+            limits,
+        })
+    }
+}
+
+impl LimitsLayer {
+    /// Defaults filled in, and each value checked against what hyper can enforce.
+    fn resolve(self, origin: &str) -> Result<Limits, ConfigError> {
+        let d = Limits::default();
+        let size = |v: Option<Parsed<SizeValue>>, key: &str, default: usize| -> Result<usize, ConfigError> {
+            match v {
+                None => Ok(default),
+                Some(Parsed(SizeValue(n))) if (1024..=(16 << 20)).contains(&n) => Ok(n as usize),
+                Some(Parsed(SizeValue(n))) => Err(ConfigError::new(
+                    origin,
+                    format!("limits.{key}"),
+                    format!("{n} bytes: expected from 1KiB to 16MiB"),
+                )),
+            }
+        };
+        let count = |v: Option<usize>, key: &str, default: usize| -> Result<usize, ConfigError> {
+            match v {
+                Some(0) => Err(ConfigError::new(origin, format!("limits.{key}"), "expected at least 1")),
+                Some(n) => Ok(n),
+                None => Ok(default),
+            }
+        };
+        Ok(Limits {
+            max_connections: count(self.max_connections, "max_connections", d.max_connections)?,
+            max_header_bytes: size(self.max_header_size, "max_header_size", d.max_header_bytes)?,
+            max_headers: count(self.max_headers, "max_headers", d.max_headers)?,
+            max_request_line: size(self.max_request_line, "max_request_line", d.max_request_line)?,
         })
     }
 }
@@ -613,6 +670,15 @@ pub fn render(config: &Config) -> String {
         dur(t.upstream_connect),
         dur(t.upstream_response)
     );
+    let l = &config.limits;
+    let _ = writeln!(
+        out,
+        "\n[limits]\nmax_connections = {}\nmax_header_size = {}\nmax_headers = {}\nmax_request_line = {}",
+        l.max_connections,
+        q(&format_size(l.max_header_bytes as u64)),
+        l.max_headers,
+        q(&format_size(l.max_request_line as u64))
+    );
     let c = &config.cache;
     let _ = writeln!(
         out,
@@ -672,6 +738,16 @@ pub fn render(config: &Config) -> String {
         }
     }
     out
+}
+
+/// `65536` → `64KiB`: the largest binary unit that divides the size.
+fn format_size(n: u64) -> String {
+    for (unit, size) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+        if n != 0 && n.is_multiple_of(size) {
+            return format!("{}{unit}", n / size);
+        }
+    }
+    format!("{n}B")
 }
 
 /// `90s` → `90s`, `300s` → `5m`: the largest unit that divides the duration.
@@ -769,6 +845,38 @@ password = "s3cret"
             let text = format!("listen = \"0.0.0.0:3128\"\n{ok}\n");
             assert!(Layer::from_toml(&text, "r").unwrap().resolve("r").is_ok(), "{ok}");
         }
+    }
+
+    #[test]
+    fn limits_have_defaults_and_are_checked() {
+        let cfg = Layer::default().resolve("x").unwrap();
+        assert_eq!(cfg.limits, Limits::default());
+        let text = "[limits]\nmax_connections = 10\nmax_header_size = \"16KiB\"\nmax_headers = 50\nmax_request_line = \"2KiB\"\n";
+        let cfg = Layer::from_toml(text, "r.toml").unwrap().resolve("r.toml").unwrap();
+        assert_eq!(
+            cfg.limits,
+            Limits {
+                max_connections: 10,
+                max_header_bytes: 16 * 1024,
+                max_headers: 50,
+                max_request_line: 2 * 1024,
+            }
+        );
+        let shown = render(&cfg);
+        assert!(shown.contains("max_connections = 10"), "{shown}");
+        assert!(shown.contains("max_header_size = \"16KiB\""), "{shown}");
+        for (bad, key) in [
+            ("[limits]\nmax_connections = 0\n", "limits.max_connections"),
+            ("[limits]\nmax_header_size = \"10\"\n", "limits.max_header_size"),
+            ("[limits]\nmax_request_line = \"1GiB\"\n", "limits.max_request_line"),
+        ] {
+            let e = Layer::from_toml(bad, "r").unwrap().resolve("r").unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+        }
+        assert!(
+            Layer::from_toml("[limits]\nmax_conns = 1\n", "r").is_err(),
+            "unknown keys are refused"
+        );
     }
 
     #[test]

@@ -7,6 +7,35 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::client_auth::canonical_ip;
 
+/// A dial refused by this guard. Carried inside the connector's `io::Error`, so that the
+/// client is told 403 (policy) rather than 502 (upstream trouble).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+impl Refused {
+    /// As an `io::Error` (what connectors and resolvers return).
+    pub fn into_io(self) -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::PermissionDenied, self)
+    }
+
+    /// The refusal somewhere in `err`'s chain, if there is one. `io::Error::source()` skips the
+    /// error it wraps, so wrapped I/O errors are opened with `get_ref` as well.
+    pub fn find<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a Refused> {
+        if let Some(r) = err.downcast_ref::<Refused>() {
+            return Some(r);
+        }
+        if let Some(r) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| Self::find(inner))
+        {
+            return Some(r);
+        }
+        err.source().and_then(Self::find)
+    }
+}
+
 /// Why `addr` may not be dialled for a client, if it may not.
 pub fn refusal(addr: SocketAddr, listen: SocketAddr) -> Option<&'static str> {
     let ip = canonical_ip(addr.ip());
@@ -59,6 +88,20 @@ mod tests {
         for good in ["140.82.112.34:443", "10.1.2.3:5000", "[2606:4700::1]:443"] {
             assert!(refusal(good.parse().unwrap(), listen).is_none(), "{good}");
         }
+    }
+
+    #[test]
+    fn refusals_are_found_inside_wrapping_errors() {
+        let io = Refused("10.0.0.1 is internal".into()).into_io();
+        assert_eq!(io.kind(), std::io::ErrorKind::PermissionDenied);
+        let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(io);
+        let found = Refused::find(boxed.as_ref()).expect("found");
+        assert_eq!(found.to_string(), "10.0.0.1 is internal");
+        let other = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "EACCES");
+        assert!(
+            Refused::find(&other).is_none(),
+            "a plain permission error is not a refusal"
+        );
     }
 
     #[test]

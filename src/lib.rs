@@ -28,6 +28,7 @@ pub mod gateway;
 pub mod headers;
 pub mod image_ref;
 pub mod leaf_certs;
+pub mod limits;
 pub mod listener;
 pub mod manifest;
 pub mod metrics;

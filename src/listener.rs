@@ -20,28 +20,37 @@ use crate::body::{self, Body};
 use crate::client_auth::{self, AuthCheck};
 use crate::config::{HostPort, NonRegistryPolicy};
 use crate::error::ProxyError;
+use crate::limits::{self, ConnectionSlot};
 use crate::upstream::Origin;
 use crate::{mitm, tunnel};
 
-/// Serves one accepted client connection until it closes.
+/// Serves one accepted client connection until it closes. `slot` is its place under the
+/// connection limit; tunnels opened on it keep a copy until they close.
 ///
 /// On a graceful shutdown the connection finishes the response under way, then closes.
-pub async fn serve_connection<IO>(stream: IO, client: SocketAddr, shared: Arc<Shared>)
+pub async fn serve_connection<IO>(stream: IO, client: SocketAddr, shared: Arc<Shared>, slot: ConnectionSlot)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let idle = shared.config().timeouts.client_idle;
+    let config = shared.config();
+    let idle = config.timeouts.client_idle;
+    let limits = config.limits;
     let shutdown = shared.shutdown.clone();
     let service = service_fn(move |req| {
         let shared = shared.clone();
-        async move { Ok::<_, Infallible>(route(req, client, shared).await) }
+        let slot = slot.clone();
+        async move { Ok::<_, Infallible>(route(req, client, shared, slot).await) }
     });
-    let conn = http1::Builder::new()
+    let mut builder = http1::Builder::new();
+    builder
         .timer(TokioTimer::new())
         .header_read_timeout(idle)
-        .keep_alive(true)
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades();
+        .max_header_size(limits.max_header_bytes)
+        .keep_alive(true);
+    if limits.max_headers != limits::HYPER_DEFAULT_MAX_HEADERS {
+        builder.max_headers(limits.max_headers);
+    }
+    let conn = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
     tokio::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,
@@ -64,9 +73,10 @@ pub async fn serve_tls_connection(
     stream: TcpStream,
     client: SocketAddr,
     shared: Arc<Shared>,
+    slot: ConnectionSlot,
 ) {
     match tokio::time::timeout(LISTENER_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => serve_connection(tls, client, shared).await,
+        Ok(Ok(tls)) => serve_connection(tls, client, shared, slot).await,
         Ok(Err(e)) => tracing::debug!(%client, error = %e, "TLS handshake with the proxy listener failed"),
         Err(_) => tracing::debug!(%client, "TLS handshake with the proxy listener timed out"),
     }
@@ -100,7 +110,12 @@ pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<tok
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
-async fn route(req: Request<Incoming>, client: SocketAddr, shared: Arc<Shared>) -> Response<Body> {
+async fn route(
+    req: Request<Incoming>,
+    client: SocketAddr,
+    shared: Arc<Shared>,
+    slot: ConnectionSlot,
+) -> Response<Body> {
     let gate = shared.gate.load_full();
     if !client_auth::client_allowed(&gate.allow, client) {
         let record = AccessRecord::new(client, shared.listen_addr.to_string(), req.method().clone(), "");
@@ -110,6 +125,11 @@ async fn route(req: Request<Incoming>, client: SocketAddr, shared: Arc<Shared>) 
             Outcome::Deny,
             ProxyError::Forbidden(format!("{} may not use this proxy", client.ip())),
         );
+    }
+    if let Some(res) = limits::request_line_refusal(&req, shared.config().limits.max_request_line) {
+        let record = AccessRecord::new(client, shared.listen_addr.to_string(), req.method().clone(), "");
+        record.emit(Outcome::Error, res.status().as_u16(), 0, true);
+        return res;
     }
     let proxied = req.method() == Method::CONNECT || req.uri().scheme().is_some();
     if proxied && let Some(htpasswd) = &gate.htpasswd {
@@ -140,7 +160,7 @@ async fn route(req: Request<Incoming>, client: SocketAddr, shared: Arc<Shared>) 
         }
     }
     if req.method() == Method::CONNECT {
-        return connect(req, client, shared).await;
+        return connect(req, client, shared, slot).await;
     }
     match (req.uri().scheme_str(), req.uri().authority()) {
         (Some(_), Some(_)) => absolute_form(req, client, shared).await,
@@ -202,7 +222,12 @@ fn refuse(record: AccessRecord, outcome: Outcome, err: ProxyError) -> Response<B
     res
 }
 
-async fn connect(req: Request<Incoming>, client: SocketAddr, shared: Arc<Shared>) -> Response<Body> {
+async fn connect(
+    req: Request<Incoming>,
+    client: SocketAddr,
+    shared: Arc<Shared>,
+    slot: ConnectionSlot,
+) -> Response<Body> {
     let raw = req
         .uri()
         .authority()
@@ -233,16 +258,17 @@ async fn connect(req: Request<Incoming>, client: SocketAddr, shared: Arc<Shared>
         };
         let tasks = shared.tasks.clone();
         tasks.spawn(async move {
+            let _slot = slot;
             match hyper::upgrade::on(req).await {
                 Ok(upgraded) => {
-                    let idle = shared.config().timeouts.client_idle;
+                    let config = shared.config();
                     mitm::serve(
                         upgraded,
                         client,
                         origin,
                         &shared.leaf_certs,
                         shared.gateway.clone(),
-                        idle,
+                        (config.timeouts.client_idle, config.limits),
                         shared.shutdown.clone(),
                     )
                     .await;
@@ -271,6 +297,7 @@ async fn connect(req: Request<Incoming>, client: SocketAddr, shared: Arc<Shared>
     };
     let idle = config.timeouts.client_idle;
     shared.tasks.spawn(async move {
+        let _slot = slot;
         let start = Instant::now();
         let upgraded = match hyper::upgrade::on(req).await {
             Ok(u) => u,
@@ -332,11 +359,17 @@ async fn absolute_form(req: Request<Incoming>, client: SocketAddr, shared: Arc<S
     }
     let config = shared.config();
     let registry = config.is_registry(&host);
+    let access = &config.access;
     let refused = match config.non_registry {
         _ if registry => None,
         NonRegistryPolicy::Deny => Some("not a configured registry (--non-registry deny)"),
-        NonRegistryPolicy::Allowlist if !config.access.tunnel_allow.iter().any(|p| p.matches(&host)) => {
+        NonRegistryPolicy::Allowlist if !access.tunnel_allow.iter().any(|p| p.matches(&host)) => {
             Some("not a configured registry nor in --tunnel-allow")
+        }
+        // Plain requests reach the same ports as tunnels, plus 80: an open proxy's classic
+        // abuse is a POST to port 25 of somebody's mail server.
+        NonRegistryPolicy::Tunnel if host.port != 80 && !access.tunnel_ports.contains(&host.port) => {
+            Some("its port is neither 80 nor a tunnel port (--tunnel-port)")
         }
         _ => None,
     };

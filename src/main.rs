@@ -150,10 +150,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        let tls = config.listener_tls.is_some();
         let app = App::build(config, ca.clone(), Some(source)).await?;
         let addr = app.local_addr();
         tokio::spawn(reload_on_sighup(app.reloader()));
-        print_start_banner(&ca, created, addr);
+        print_start_banner(&ca, created, addr, tls);
         app.run(shutdown_signal()).await;
         tracing::info!("shutting down");
         Ok(())
@@ -161,14 +162,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// The lines a user needs to point a client at regcache; the last one is what scripts wait for.
-fn print_start_banner(ca: &CertificateAuthority, created: bool, addr: std::net::SocketAddr) {
+fn print_start_banner(ca: &CertificateAuthority, created: bool, addr: std::net::SocketAddr, tls: bool) {
     let summary = ca.summary();
     let host = if addr.ip().is_unspecified() {
         machine_host()
     } else {
         addr.ip().to_string()
     };
-    let proxy = format!("http://{}:{}", host, addr.port());
+    let scheme = if tls { "https" } else { "http" };
+    let proxy = format!("{scheme}://{}:{}", host, addr.port());
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,

@@ -16,20 +16,24 @@ use tokio_rustls::TlsAcceptor;
 use crate::body;
 use crate::gateway::Gateway;
 use crate::leaf_certs::LeafCertCache;
+use crate::limits::{self, Limits};
 use crate::metrics::{self, TlsFailure};
 use crate::upstream::Origin;
+
+/// The smallest buffer hyper's HTTP/1.1 server accepts.
+const MIN_BUF: usize = 8192;
 
 /// A client that has not finished its TLS handshake in this time is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Serves one intercepted tunnel to completion.
+/// Serves one intercepted tunnel to completion; `(idle, limits)` bound its client's requests.
 pub async fn serve(
     upgraded: Upgraded,
     client: SocketAddr,
     origin: Origin,
     leaf_certs: &LeafCertCache,
     gateway: Gateway,
-    idle: Duration,
+    (idle, limits): (Duration, Limits),
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     let start = Instant::now();
@@ -87,17 +91,29 @@ pub async fn serve(
         counter.fetch_add(1, Ordering::Relaxed);
         let gateway = gateway.clone();
         let origin = origin_for_service.clone();
-        async move { Ok::<_, Infallible>(gateway.handle(client, &origin, true, req.map(body::boxed)).await) }
+        async move {
+            if let Some(res) = limits::request_line_refusal(&req, limits.max_request_line) {
+                return Ok::<_, Infallible>(res);
+            }
+            Ok::<_, Infallible>(gateway.handle(client, &origin, true, req.map(body::boxed)).await)
+        }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(idle)
+        // hyper-util's auto builder has no `max_header_size`; the read buffer holds a request
+        // head until it is parsed, so its bound is the head's (hyper refuses less than 8 KiB).
+        .max_buf_size(limits.max_header_bytes.max(MIN_BUF))
         .keep_alive(true);
+    if limits.max_headers != limits::HYPER_DEFAULT_MAX_HEADERS {
+        builder.http1().max_headers(limits.max_headers);
+    }
     builder
         .http2()
         .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
     // On a graceful shutdown: finish the responses under way (h2: all streams), then close.

@@ -5,8 +5,9 @@
 //! referrers (end-12a/b). Everything else under an intercepted host, such as a token realm,
 //! is passed through.
 
-use http::{HeaderMap, Method, header};
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 
+use crate::body::{self, Body};
 use crate::config::HostPort;
 use crate::digest::Digest;
 
@@ -35,7 +36,11 @@ pub enum RegistryRequest {
     Referrers,
     /// Pushes: uploads, manifest PUT, deletes.
     Write,
-    /// Anything else (token endpoints, catalog, unknown paths, bad names).
+    /// A request for a repository, digest or reference that cannot exist (a name outside the
+    /// grammar, traversal, a digest regcache cannot verify): answered with a registry-style
+    /// error, never forwarded nor looked up.
+    Invalid(InvalidRequest),
+    /// Anything else (token endpoints, catalog, unknown paths).
     Other,
 }
 
@@ -48,8 +53,104 @@ pub enum Reference {
     Digest(Digest),
 }
 
+/// The distribution-spec error codes regcache answers itself ("Error Codes" table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// `NAME_INVALID`: invalid repository name.
+    NameInvalid,
+    /// `DIGEST_INVALID`: the digest is malformed or of an algorithm regcache cannot verify.
+    DigestInvalid,
+    /// `MANIFEST_INVALID`: the manifest reference is neither a tag nor a digest.
+    ManifestInvalid,
+}
+
+impl ErrorCode {
+    /// The code as it appears in the JSON body.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NameInvalid => "NAME_INVALID",
+            Self::DigestInvalid => "DIGEST_INVALID",
+            Self::ManifestInvalid => "MANIFEST_INVALID",
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            Self::NameInvalid => "invalid repository name",
+            Self::DigestInvalid => "invalid digest",
+            Self::ManifestInvalid => "invalid manifest reference",
+        }
+    }
+}
+
+/// Why a request was classified [`RegistryRequest::Invalid`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidRequest {
+    /// The error code.
+    pub code: ErrorCode,
+    /// What exactly is wrong (for the client's error message and the log).
+    pub detail: String,
+}
+
+impl InvalidRequest {
+    fn request(code: ErrorCode, detail: impl Into<String>) -> RegistryRequest {
+        RegistryRequest::Invalid(Self {
+            code,
+            detail: detail.into(),
+        })
+    }
+
+    /// `400 Bad Request` with a distribution-spec error body.
+    pub fn into_response(self) -> Response<Body> {
+        let doc = serde_json::json!({
+            "errors": [{ "code": self.code.as_str(), "message": self.code.message(), "detail": self.detail }]
+        });
+        let mut res = Response::new(body::full(doc.to_string()));
+        *res.status_mut() = StatusCode::BAD_REQUEST;
+        let h = res.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            crate::headers::DOCKER_API_VERSION,
+            HeaderValue::from_static("registry/2.0"),
+        );
+        res
+    }
+}
+
+/// Which endpoint a `/v2/<name>/…` path names: the marker that comes last wins, because a
+/// repository name may itself contain `manifests`, `blobs` or `tags` components.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Manifests,
+    Blobs,
+    Referrers,
+    TagList,
+}
+
+fn endpoint(rest: &str) -> Option<(&str, Endpoint, &str)> {
+    let mut best: Option<(usize, &str, Endpoint)> = None;
+    for (marker, kind) in [
+        ("/manifests/", Endpoint::Manifests),
+        ("/blobs/", Endpoint::Blobs),
+        ("/referrers/", Endpoint::Referrers),
+    ] {
+        if let Some(i) = rest.rfind(marker)
+            && best.is_none_or(|(j, ..)| i > j)
+        {
+            best = Some((i, marker, kind));
+        }
+    }
+    if let Some(name) = rest.strip_suffix("/tags/list")
+        && best.is_none_or(|(j, ..)| name.len() > j)
+    {
+        return Some((name, Endpoint::TagList, ""));
+    }
+    best.map(|(i, marker, kind)| (&rest[..i], kind, &rest[i + marker.len()..]))
+}
+
 /// Classifies a request by method and path.
 pub fn classify(method: &Method, path: &str) -> RegistryRequest {
+    use ErrorCode::{DigestInvalid, ManifestInvalid, NameInvalid};
     if path == "/v2/" || path == "/v2" {
         return if method == Method::GET || method == Method::HEAD {
             RegistryRequest::Ping
@@ -60,59 +161,102 @@ pub fn classify(method: &Method, path: &str) -> RegistryRequest {
     let Some(rest) = path.strip_prefix("/v2/") else {
         return RegistryRequest::Other;
     };
+    if let Some(why) = hostile_segment(rest) {
+        return InvalidRequest::request(NameInvalid, why);
+    }
     let read = method == Method::GET || method == Method::HEAD;
 
-    if rest.contains("/blobs/uploads") {
-        return RegistryRequest::Write;
-    }
-    if let Some((name, reference)) = rest.rsplit_once("/manifests/") {
-        if !valid_name(name) || reference.contains('/') {
-            return RegistryRequest::Other;
-        }
-        if !read {
-            return RegistryRequest::Write;
-        }
-        let reference = if reference.contains(':') {
-            match reference.parse::<Digest>() {
-                Ok(d) => Reference::Digest(d),
-                Err(_) => return RegistryRequest::Other,
-            }
-        } else if valid_tag(reference) {
-            Reference::Tag(reference.to_string())
+    // Uploads: `/v2/<name>/blobs/uploads/[<id>]`; the id is one opaque segment (its state
+    // travels in the query), and the registry's business.
+    if let Some((name, after)) = rest.rsplit_once("/blobs/uploads")
+        && (after.is_empty() || after.strip_prefix('/').is_some_and(|id| !id.contains('/')))
+    {
+        return if valid_name(name) {
+            RegistryRequest::Write
         } else {
-            return RegistryRequest::Other;
-        };
-        return RegistryRequest::Manifest {
-            name: name.to_string(),
-            reference,
+            InvalidRequest::request(NameInvalid, format!("{name:?} is not a repository name"))
         };
     }
-    if let Some((name, digest)) = rest.rsplit_once("/blobs/") {
-        if !valid_name(name) {
-            return RegistryRequest::Other;
-        }
-        if !read {
-            return RegistryRequest::Write;
-        }
-        return match digest.parse::<Digest>() {
+    let Some((name, kind, reference)) = endpoint(rest) else {
+        return RegistryRequest::Other;
+    };
+    if !valid_name(name) {
+        return InvalidRequest::request(NameInvalid, format!("{name:?} is not a repository name"));
+    }
+    let digest = |s: &str| {
+        s.parse::<Digest>()
+            .map_err(|e| InvalidRequest::request(DigestInvalid, e))
+    };
+    match kind {
+        Endpoint::TagList => RegistryRequest::TagList,
+        Endpoint::Referrers => match digest(reference) {
+            Ok(_) => RegistryRequest::Referrers,
+            Err(bad) => bad,
+        },
+        Endpoint::Blobs => match digest(reference) {
+            Ok(_) if !read => RegistryRequest::Write,
             Ok(digest) => RegistryRequest::Blob {
                 name: name.to_string(),
                 digest,
             },
-            Err(_) => RegistryRequest::Other,
-        };
+            Err(bad) => bad,
+        },
+        Endpoint::Manifests => {
+            let reference = if reference.contains(':') {
+                match digest(reference) {
+                    Ok(d) => Reference::Digest(d),
+                    Err(bad) => return bad,
+                }
+            } else if valid_tag(reference) {
+                Reference::Tag(reference.to_string())
+            } else {
+                return InvalidRequest::request(
+                    ManifestInvalid,
+                    format!("{reference:?} is neither a tag ([a-zA-Z0-9_][a-zA-Z0-9._-]{{0,127}}) nor a digest"),
+                );
+            };
+            if !read {
+                return RegistryRequest::Write;
+            }
+            RegistryRequest::Manifest {
+                name: name.to_string(),
+                reference,
+            }
+        }
     }
-    if let Some(name) = rest.strip_suffix("/tags/list")
-        && valid_name(name)
-    {
-        return RegistryRequest::TagList;
+}
+
+/// A path segment that is a traversal or hides one: `.` or `..` (also percent-encoded), an
+/// encoded `/`, a backslash, or a control character. Never part of a registry API path; a
+/// server that decodes or normalises paths could be led outside what the name says.
+fn hostile_segment(rest: &str) -> Option<String> {
+    rest.split('/').find_map(|raw| {
+        let seg = percent_decode(raw);
+        let bad = seg == b"." || seg == b".." || seg.iter().any(|&b| b == b'/' || b == b'\\' || b < 0x20 || b == 0x7f);
+        bad.then(|| {
+            format!("path segment {raw:?} is a traversal, an encoded slash or backslash, or a control character")
+        })
+    })
+}
+
+/// `%XX` sequences decoded (invalid ones kept as they are).
+fn percent_decode(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%'
+            && let (Some(h), Some(l)) = (b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
     }
-    if let Some((name, _)) = rest.rsplit_once("/referrers/")
-        && valid_name(name)
-    {
-        return RegistryRequest::Referrers;
-    }
-    RegistryRequest::Other
+    out
 }
 
 /// Repository names: `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(\/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*`
@@ -208,9 +352,10 @@ mod tests {
 
     const D: &str = "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
 
+    use RegistryRequest as R;
+
     #[test]
     fn classification() {
-        use RegistryRequest as R;
         let get = Method::GET;
         assert_eq!(classify(&get, "/v2/"), R::Ping);
         assert_eq!(
@@ -247,14 +392,49 @@ mod tests {
         assert_eq!(classify(&get, &format!("/v2/org/app/referrers/{D}")), R::Referrers);
         assert_eq!(classify(&get, "/token"), R::Other);
         assert_eq!(classify(&get, "/v2/_catalog"), R::Other);
+        // A repository may also contain "blobs" or "tags": the last endpoint marker wins.
+        assert!(matches!(
+            classify(&get, &format!("/v2/a/manifests/b/blobs/{D}")),
+            R::Blob { name, .. } if name == "a/manifests/b"
+        ));
+        assert_eq!(classify(&get, "/v2/a/blobs/tags/list"), R::TagList);
+        let code = |path: &str| match classify(&get, path) {
+            R::Invalid(bad) => Some(bad.code),
+            _ => None,
+        };
+        use ErrorCode::*;
+        assert_eq!(code("/v2/Upper/manifests/v1"), Some(NameInvalid), "upper-case names");
+        assert_eq!(code("/v2/org/../app/manifests/v1"), Some(NameInvalid));
+        assert_eq!(code("/v2/org/%2E%2e/app/manifests/v1"), Some(NameInvalid));
+        assert_eq!(code("/v2/org%2Fapp/manifests/v1"), Some(NameInvalid));
+        assert_eq!(code("/v2/org%5capp/manifests/v1"), Some(NameInvalid));
+        assert_eq!(code("/v2/org%00app/manifests/v1"), Some(NameInvalid));
         assert_eq!(
-            classify(&get, "/v2/Upper/manifests/v1"),
-            R::Other,
-            "upper-case names are invalid"
+            code("/v2/../../etc/passwd"),
+            Some(NameInvalid),
+            "no endpoint, still traversal"
         );
-        assert_eq!(classify(&get, "/v2/org/app/manifests/-bad"), R::Other);
-        assert_eq!(classify(&get, "/v2/org/app/blobs/sha256:short"), R::Other);
-        assert_eq!(classify(&get, "/v2/org/app/manifests/md5:00"), R::Other);
+        assert_eq!(code("/v2//abs/blobs/uploads/"), Some(NameInvalid));
+        assert_eq!(code("/v2/org/app/manifests/-bad"), Some(ManifestInvalid));
+        assert_eq!(code("/v2/org/app/manifests/a/b"), Some(ManifestInvalid));
+        assert_eq!(code("/v2/org/app/blobs/sha256:short"), Some(DigestInvalid));
+        assert_eq!(code("/v2/org/app/manifests/md5:00"), Some(DigestInvalid));
+        assert_eq!(code("/v2/org/app/referrers/sha256:00"), Some(DigestInvalid));
+        assert_eq!(
+            code("/v2/org/app/blobs/uploads/opaque-ID_%3D"),
+            None,
+            "upload ids are opaque"
+        );
+    }
+
+    #[test]
+    fn invalid_requests_answer_in_the_registry_error_style() {
+        let R::Invalid(bad) = classify(&Method::GET, "/v2/x/blobs/md5:00") else {
+            panic!("invalid")
+        };
+        let res = bad.into_response();
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(res.headers()[header::CONTENT_TYPE], "application/json");
     }
 
     #[test]

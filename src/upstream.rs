@@ -467,6 +467,9 @@ fn target_of(uri: &Uri) -> String {
 
 /// Maps a client error to whose fault it was, with a one-line reason.
 fn classify(target: String, err: &hyper_util::client::legacy::Error) -> ProxyError {
+    if let Some(refused) = egress::Refused::find(err) {
+        return ProxyError::Forbidden(format!("request to {target} refused: {refused}"));
+    }
     let reason = chain_line(err);
     if caused_by_tls(err) {
         return ProxyError::Tls {
@@ -579,15 +582,13 @@ impl tower_service::Service<Name> for GuardedResolver {
                 .filter(|a| egress::refusal(*a, listen).is_none())
                 .collect();
             match (allowed.is_empty(), resolved.first()) {
-                (true, Some(first)) => Err(std::io::Error::new(
-                    std::io::ErrorKind::PermissionDenied,
-                    format!(
-                        "{} resolves to {} ({}): refused; map it with --connect-to to allow it",
-                        name.as_str(),
-                        first.ip(),
-                        egress::refusal(*first, listen).unwrap_or("internal")
-                    ),
-                )),
+                (true, Some(first)) => Err(egress::Refused(format!(
+                    "{} resolves to {} ({}); map it with --connect-to to allow it",
+                    name.as_str(),
+                    first.ip(),
+                    egress::refusal(*first, listen).unwrap_or("internal")
+                ))
+                .into_io()),
                 _ => Ok(allowed.into_iter()),
             }
         })
@@ -623,10 +624,7 @@ impl tower_service::Service<Uri> for DialConnector {
             && let Ok(ip) = hp.host.parse::<std::net::IpAddr>()
             && let Some(why) = egress::refusal(SocketAddr::new(ip, hp.port), self.listen)
         {
-            let err = std::io::Error::new(
-                std::io::ErrorKind::PermissionDenied,
-                format!("{hp} is {why}: refused; map it with --connect-to to allow it"),
-            );
+            let err = egress::Refused(format!("{hp} is {why}; map it with --connect-to to allow it")).into_io();
             return Box::pin(async move { Err(err.into()) });
         }
         let dst = match self.override_for(&dst) {

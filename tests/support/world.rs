@@ -34,11 +34,24 @@ impl PullWorld {
     /// Pulls `src` through `proxy` with skopeo into a fresh directory, trusting regcache's CA
     /// only, checks the manifest digest and re-hashes every blob; returns the directory.
     pub fn pull_through(&self, proxy: &Regcache, src: &str, creds: Option<(&str, &str)>, image: &TestImage) -> PathBuf {
+        self.pull_via(&proxy.proxy_url(), proxy, src, creds, image)
+    }
+
+    /// As [`PullWorld::pull_through`] with `HTTPS_PROXY=proxy_url`, e.g. one carrying proxy
+    /// credentials (`http://user:pass@127.0.0.1:PORT`).
+    pub fn pull_via(
+        &self,
+        proxy_url: &str,
+        proxy: &Regcache,
+        src: &str,
+        creds: Option<(&str, &str)>,
+        image: &TestImage,
+    ) -> PathBuf {
         // The registry's own (test) CA is not in this dir: a successful pull proves the
         // connection was intercepted and re-signed.
         let cert_dir = cert_dir_with(self.tmp.path(), &[&proxy.ca_cert_pem()]);
         let dest = self.tmp.path().join(format!("pull-{}", super::random_hex(4)));
-        let out = skopeo_copy(&proxy.proxy_url(), &cert_dir, src, &dest, creds);
+        let out = skopeo_copy(proxy_url, &cert_dir, src, &dest, creds);
         if !out.status.success() {
             eprintln!("----- regcache -----\n{}", proxy.logs());
         }
