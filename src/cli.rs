@@ -35,6 +35,9 @@ pub enum Command {
     /// Check the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Inspect, purge and verify the cache on disk (safe while serve runs on the same data dir).
+    #[command(subcommand)]
+    Cache(CacheCommand),
 }
 
 /// Flags of `regcache serve` (and `regcache config check`).
@@ -191,6 +194,70 @@ pub enum ConfigCommand {
     /// Validate the configuration (file, REGCACHE_* and rpardini variables, flags) and print
     /// the effective settings, secrets redacted. Exit status 2 when it is invalid.
     Check(ServeArgs),
+}
+
+/// `--data-dir` of the `cache` commands.
+#[derive(Debug, Clone, Args)]
+pub struct DataDirArg {
+    /// The data directory serve uses (the cache is DIR/cache).
+    #[arg(long, env = "REGCACHE_DATA_DIR", value_name = "DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+}
+
+/// `regcache cache …`: each reads the store while serve may run on it; only `rm` and
+/// `verify --repair` write (index tombstones, unlinked content files).
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Totals: size, content files, blobs / manifests / tags, per registry, free disk.
+    Stats {
+        /// `--data-dir`.
+        #[command(flatten)]
+        data: DataDirArg,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cached images, one per line: REGISTRY/REPO:TAG → DIGEST  SIZE  LAST USED.
+    Ls {
+        /// `--data-dir`.
+        #[command(flatten)]
+        data: DataDirArg,
+        /// Only this registry (docker.io for Docker Hub; any of its spellings).
+        #[arg(long, value_name = "REGISTRY")]
+        registry: Option<String>,
+        /// Only repositories matching this glob (org/*, or ghcr.io/org/* with the registry).
+        #[arg(long, value_name = "GLOB")]
+        repo: Option<String>,
+        /// Print a JSON array (the schema of GET /_regcache/cache).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a registry (ghcr.io), repository (ghcr.io/org/app), glob (ghcr.io/org/*), tag
+    /// (ghcr.io/org/app:1.2), image (ghcr.io/org/app@sha256:…) or digest (sha256:…). Content
+    /// other cached images still use is kept, unless its digest is named.
+    Rm {
+        /// `--data-dir`.
+        #[command(flatten)]
+        data: DataDirArg,
+        /// What to remove (repeatable).
+        #[arg(value_name = "REF", required = true)]
+        references: Vec<String>,
+        /// Print what was removed as JSON (one object per REF, in an array).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-hash every blob and manifest and report corrupt ones; exit status 1 if any remain.
+    Verify {
+        /// `--data-dir`.
+        #[command(flatten)]
+        data: DataDirArg,
+        /// Remove corrupt content and the index entries that lead to it (pulled again on demand).
+        #[arg(long)]
+        repair: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `--ca-dir`, shared by `serve` and `ca`.
@@ -396,6 +463,32 @@ mod tests {
         assert!(a.insecure_open_proxy);
         assert_eq!(cfg.non_registry, NonRegistryPolicy::Allowlist);
         assert!(cfg.listener_tls.is_some());
+    }
+
+    #[test]
+    fn cache_commands_parse() {
+        let cli = Cli::try_parse_from([
+            "regcache",
+            "cache",
+            "ls",
+            "--data-dir",
+            "/d",
+            "--repo",
+            "org/*",
+            "--json",
+        ])
+        .unwrap();
+        let Command::Cache(CacheCommand::Ls { data, repo, json, .. }) = cli.command else {
+            panic!("expected cache ls")
+        };
+        assert_eq!(data.data_dir, PathBuf::from("/d"));
+        assert_eq!(repo.as_deref(), Some("org/*"));
+        assert!(json);
+        assert!(
+            Cli::try_parse_from(["regcache", "cache", "rm"]).is_err(),
+            "rm needs a REF"
+        );
+        assert!(Cli::try_parse_from(["regcache", "cache", "verify", "--repair"]).is_ok());
     }
 
     #[test]

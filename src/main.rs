@@ -1,4 +1,4 @@
-//! The `regcache` binary: parse the command line, then serve or manage the CA.
+//! The `regcache` binary: parse the command line, then serve, manage the CA or the cache.
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -9,6 +9,7 @@ use clap::Parser as _;
 use regcache::app::App;
 use regcache::ca::{self, CaError, CertificateAuthority};
 use regcache::ca_key::KeyPassphrase;
+use regcache::cache_cli::CacheCliError;
 use regcache::cli::{CaCommand, CaDirArg, Cli, Command, ConfigCommand, ServeArgs};
 use regcache::config::LogFormat;
 use regcache::config_file::{self, ConfigError};
@@ -20,6 +21,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Ca(cmd) => ca_command(cmd),
         Command::Config(ConfigCommand::Check(args)) => config_check(&args),
+        Command::Cache(cmd) => regcache::cache_cli::run(cmd).map_err(anyhow::Error::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -29,6 +31,7 @@ fn main() -> ExitCode {
             // input: a usage error, like a bad flag (clap exits 2 too).
             if e.downcast_ref::<ConfigError>().is_some()
                 || e.downcast_ref::<CaError>().is_some_and(CaError::is_passphrase_problem)
+                || e.downcast_ref::<CacheCliError>().is_some_and(CacheCliError::is_usage)
             {
                 ExitCode::from(2)
             } else {
