@@ -297,6 +297,11 @@ impl Inventory {
     /// The images, one per tag (deduplicated over `Accept` sets) plus one per manifest that no
     /// tag and no other manifest of its repository leads to (pulled by digest), sorted.
     pub fn images(&self, filter: &ImageFilter) -> Vec<ImageSummary> {
+        let entries: EntryMap<'_> = self
+            .manifests
+            .iter()
+            .map(|m| ((m.registry.as_str(), m.repository.as_str(), &m.digest), m))
+            .collect();
         let mut out = Vec::new();
         let mut seen_tags = HashSet::new();
         let mut reached: HashSet<(&str, &str, String)> = HashSet::new();
@@ -315,7 +320,13 @@ impl Inventory {
             let Ok(digest) = t.record.digest.parse::<Digest>() else {
                 continue;
             };
-            let mut image = self.summarize(&t.registry, &t.repository, &digest, Some(&t.record.media_type));
+            let mut image = self.summarize(
+                &entries,
+                &t.registry,
+                &t.repository,
+                &digest,
+                Some(&t.record.media_type),
+            );
             image.tag = Some(t.tag.clone());
             image.last_used_ms = image.last_used_ms.max(t.written_ms);
             out.push(image.finish());
@@ -335,7 +346,7 @@ impl Inventory {
                 continue;
             }
             reached.insert((&m.registry, &m.repository, m.digest.to_string()));
-            let image = self.summarize(&m.registry, &m.repository, &m.digest, Some(&m.media_type));
+            let image = self.summarize(&entries, &m.registry, &m.repository, &m.digest, Some(&m.media_type));
             out.push(image.finish());
         }
         out.sort_by(|a, b| {
@@ -345,7 +356,14 @@ impl Inventory {
     }
 
     /// Size, content and last use of the image whose top manifest is `digest`.
-    fn summarize(&self, registry: &str, repository: &str, digest: &Digest, media_type: Option<&str>) -> ImageSummary {
+    fn summarize(
+        &self,
+        entries: &EntryMap<'_>,
+        registry: &str,
+        repository: &str,
+        digest: &Digest,
+        media_type: Option<&str>,
+    ) -> ImageSummary {
         let walk = self.walk(digest);
         let mut size = 0;
         let mut last_used_ms = 0;
@@ -355,17 +373,13 @@ impl Inventory {
                 last_used_ms = last_used_ms.max(c.touched_ms);
             }
         }
-        for m in self
-            .manifests
-            .iter()
-            .filter(|m| m.registry == registry && m.repository == repository && walk.manifests.contains(&m.digest))
-        {
-            last_used_ms = last_used_ms.max(m.written_ms);
+        for d in &walk.manifests {
+            if let Some(m) = entries.get(&(registry, repository, d)) {
+                last_used_ms = last_used_ms.max(m.written_ms);
+            }
         }
-        let media_type = self
-            .manifests
-            .iter()
-            .find(|m| m.registry == registry && m.repository == repository && m.digest == *digest)
+        let media_type = entries
+            .get(&(registry, repository, digest))
             .map(|m| m.media_type.clone())
             .or(media_type.map(str::to_string))
             .unwrap_or_default();
@@ -414,6 +428,9 @@ impl Inventory {
         walk
     }
 }
+
+/// Manifest entries by registry, repository and digest.
+type EntryMap<'a> = HashMap<(&'a str, &'a str, &'a Digest), &'a ManifestEntry>;
 
 /// The content an image consists of.
 #[derive(Debug, Default)]
