@@ -79,15 +79,14 @@ pub fn run(cmd: CacheCommand) -> Result<(), CacheCliError> {
                 r.parse::<crate::cache_purge::PurgeRef>()
                     .map_err(CacheCliError::Usage)?;
             }
-            read(&data.data_dir)?;
-            let root = data.data_dir.join("cache");
+            let root = cache_dir(&data.data_dir)?;
             let mut reports = Vec::new();
             let mut failures = Vec::new();
             for r in &references {
                 match purge(&root, r) {
                     Ok(report) => {
                         if !report.failed.is_empty() {
-                            failures.push(format!("{r}: could not remove {}", report.failed.join(", ")));
+                            failures.push(format!("{r}: {}", report.failed.join("; ")));
                         }
                         if !json {
                             write!(out, "{}", render_purge(&report))?;
@@ -107,8 +106,7 @@ pub fn run(cmd: CacheCommand) -> Result<(), CacheCliError> {
             }
         }
         CacheCommand::Verify { data, repair, json } => {
-            read(&data.data_dir)?;
-            let root = data.data_dir.join("cache");
+            let root = cache_dir(&data.data_dir)?;
             let report = verify(&root, repair, |c| {
                 if !json {
                     let _ = writeln!(
@@ -126,6 +124,9 @@ pub fn run(cmd: CacheCommand) -> Result<(), CacheCliError> {
                 writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
             } else {
                 write!(out, "{}", render_verify(&report, repair))?;
+            }
+            if !report.failed.is_empty() {
+                return Err(CacheCliError::Failed(report.failed.join("; ")));
             }
             if report.corruption_remains() {
                 let n = report.corrupt.iter().filter(|c| !c.removed).count();
@@ -145,6 +146,17 @@ pub fn run(cmd: CacheCommand) -> Result<(), CacheCliError> {
 
 fn read(data_dir: &Path) -> Result<Inventory, CacheCliError> {
     Inventory::read(data_dir).map_err(|e| CacheCliError::Failed(e.to_string()))
+}
+
+/// `<data_dir>/cache`, once `data_dir` is known to exist (a typo must not look like an empty
+/// cache).
+fn cache_dir(data_dir: &Path) -> Result<std::path::PathBuf, CacheCliError> {
+    if !data_dir.is_dir() {
+        return Err(CacheCliError::Failed(
+            crate::cache_inventory::InventoryError::NoDataDir(data_dir.to_path_buf()).to_string(),
+        ));
+    }
+    Ok(data_dir.join("cache"))
 }
 
 /// `1.5 MiB`-style sizes (binary units, one decimal).
@@ -254,7 +266,11 @@ fn render_stats(s: &CacheStats) -> String {
             human_size(s.temporary.bytes)
         ),
     );
-    line(&mut t, "index", human_size(s.index_bytes));
+    line(
+        &mut t,
+        "index",
+        format!("{} entries ({})", s.index_entries, human_size(s.index_bytes)),
+    );
     line(
         &mut t,
         "disk",

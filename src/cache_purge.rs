@@ -512,7 +512,9 @@ impl PurgePlan {
                 }
             }
         }
-        announce(root, &self.report.reference);
+        if let Err(e) = announce(root, &self.report.reference) {
+            self.report.failed.push(e);
+        }
         Ok(self.report)
     }
 }
@@ -579,8 +581,10 @@ pub fn purge(root: &Path, reference: &str) -> Result<PurgeReport, PurgeError> {
 }
 
 /// Appends a line to [`PURGE_LOG`], which a running server watches (see [`PurgeWatch`]).
-/// Failing to is logged, not fatal: the purge itself is done.
-pub fn announce(root: &Path, what: &str) {
+///
+/// # Errors
+/// One line saying what a failure means for a running server (the purge itself is done).
+pub fn announce(root: &Path, what: &str) -> Result<(), String> {
     let path = root.join(PURGE_LOG);
     let fresh = std::fs::metadata(&path).is_ok_and(|m| m.len() > PURGE_LOG_MAX);
     let file = std::fs::OpenOptions::new()
@@ -590,9 +594,13 @@ pub fn announce(root: &Path, what: &str) {
         .truncate(fresh)
         .open(&path);
     let line = format!("{}\t{}\t{what}\n", crate::store::now_ms(), std::process::id());
-    if let Err(e) = file.and_then(|mut f| f.write_all(line.as_bytes())) {
+    file.and_then(|mut f| f.write_all(line.as_bytes())).map_err(|e| {
         tracing::warn!(path = %path.display(), error = %e, "cannot announce the purge to a running server");
-    }
+        format!(
+            "{}: {e} (a running server may serve purged manifests and tags from memory until it restarts)",
+            path.display()
+        )
+    })
 }
 
 /// Notices purges made by other processes: [`PURGE_LOG`]'s size or modification time changed
@@ -847,10 +855,10 @@ mod tests {
         std::fs::create_dir_all(&f.root).unwrap();
         let watch = PurgeWatch::new(&f.root);
         assert!(!watch.changed());
-        announce(&f.root, "ghcr.io");
+        announce(&f.root, "ghcr.io").unwrap();
         assert!(watch.changed());
         assert!(!watch.changed());
-        announce(&f.root, "quay.io");
+        announce(&f.root, "quay.io").unwrap();
         assert!(watch.changed());
     }
 }

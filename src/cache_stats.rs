@@ -68,6 +68,8 @@ pub struct CacheStats {
     pub blobs: Count,
     /// Manifest content files (one per digest, however many repositories share it).
     pub manifests: Count,
+    /// Live index entries of every kind (tags per `Accept` set, manifests, repository records).
+    pub index_entries: u64,
     /// Manifest index entries (per registry and repository).
     pub manifest_entries: u64,
     /// Distinct `registry/repository:tag`s.
@@ -188,6 +190,7 @@ impl CacheStats {
             content,
             blobs,
             manifests,
+            index_entries: (inv.tags.len() + inv.manifests.len() + inv.members.len() + inv.publics.len()) as u64,
             manifest_entries: inv.manifests.len() as u64,
             tags,
             repositories,

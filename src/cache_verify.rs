@@ -51,6 +51,8 @@ pub struct VerifyReport {
     pub entries_removed: u64,
     /// Bytes `--repair` freed.
     pub bytes_freed: u64,
+    /// What `--repair` could not do.
+    pub failed: Vec<String>,
 }
 
 impl VerifyReport {
@@ -126,14 +128,17 @@ pub fn verify(root: &Path, repair: bool, mut found: impl FnMut(&CorruptContent))
         let removed = plan.execute(root)?;
         report.entries_removed += (removed.tags.len() + removed.manifests.len()) as u64 + removed.repository_records;
         report.bytes_freed += removed.bytes_freed;
+        report.failed.extend(removed.failed);
         report.corrupt[i].removed = !path.exists();
     }
     for m in &dangling {
         cacache::index::delete(root, &m.key).map_err(|e| PurgeError::Index(e.to_string()))?;
         report.entries_removed += 1;
     }
-    if !dangling.is_empty() {
-        announce(root, "verify --repair: dangling manifest entries");
+    if !dangling.is_empty()
+        && let Err(e) = announce(root, "verify --repair: dangling manifest entries")
+    {
+        report.failed.push(e);
     }
     Ok(report)
 }
