@@ -241,7 +241,7 @@ fn render_stats(s: &CacheStats) -> String {
         &mut t,
         "manifests",
         format!(
-            "{} ({}), {} entries over repositories",
+            "{} ({}) in {} repository entries",
             s.manifests.count,
             human_size(s.manifests.bytes),
             s.manifest_entries

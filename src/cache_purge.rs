@@ -850,6 +850,65 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_index_is_one_image_with_its_cached_platforms() {
+        let f = fixture();
+        let layer = blob(&f.store, &[7u8; 900]).await;
+        let (amd64, config) = image(
+            &f.store,
+            "ghcr.io",
+            "org/multi",
+            "amd64-only",
+            std::slice::from_ref(&layer),
+        )
+        .await;
+        // The index names a second platform that was never pulled.
+        let absent = Digest::of(Algorithm::Sha256, b"arm64 manifest");
+        let index = format!(r#"{{"manifests":[{{"digest":"{amd64}"}},{{"digest":"{absent}"}}]}}"#);
+        let id = Digest::of(Algorithm::Sha256, index.as_bytes());
+        f.store
+            .put_manifest("ghcr.io", "org/multi", &id, "index", &Bytes::from(index.clone()))
+            .await
+            .unwrap();
+        let record = TagRecord {
+            digest: id.to_string(),
+            media_type: "index".into(),
+            size: index.len() as u64,
+            validated_at_ms: 1,
+        };
+        f.store
+            .put_tag(&tag_key("ghcr.io", "org/multi", "1", "x"), &record)
+            .await
+            .unwrap();
+        // Drop the per-platform tag the helper made: the index is what was pulled.
+        purge(&f.root, "ghcr.io/org/multi:amd64-only").unwrap();
+
+        let inv = Inventory::read_store(&f.root).unwrap();
+        let images = inv.images(&Default::default());
+        assert_eq!(
+            images.len(),
+            1,
+            "the platform manifest belongs to the index: {images:?}"
+        );
+        let i = &images[0];
+        assert_eq!(i.reference, "ghcr.io/org/multi:1");
+        assert_eq!((i.manifests, i.blobs, i.missing_blobs), (2, 2, 0));
+        let size: u64 = [&id, &amd64, &config, &layer]
+            .iter()
+            .map(|d| inv.content[*d].size)
+            .sum();
+        assert_eq!(i.size, size);
+
+        let report = purge(&f.root, "ghcr.io/org/multi:1").unwrap();
+        assert_eq!(
+            report.manifests.len(),
+            2,
+            "the index and its cached platform: {report:?}"
+        );
+        assert_eq!(report.content.len(), 4);
+        assert!(Inventory::read_store(&f.root).unwrap().content.is_empty());
+    }
+
+    #[tokio::test]
     async fn the_watch_notices_announcements() {
         let f = fixture();
         std::fs::create_dir_all(&f.root).unwrap();

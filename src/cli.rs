@@ -232,9 +232,12 @@ pub enum CacheCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Remove a registry (ghcr.io), repository (ghcr.io/org/app), glob (ghcr.io/org/*), tag
-    /// (ghcr.io/org/app:1.2), image (ghcr.io/org/app@sha256:…) or digest (sha256:…). Content
-    /// other cached images still use is kept, unless its digest is named.
+    /// Remove cached images: by registry, repository, glob, tag or digest.
+    ///
+    /// REF is a registry (ghcr.io), repository (ghcr.io/org/app), glob (ghcr.io/org/*), tag
+    /// (ghcr.io/org/app:1.2), image (ghcr.io/org/app@sha256:…) or digest (sha256:…); names
+    /// without a registry are Docker Hub's (alpine:3.20). Content other cached images still use
+    /// is kept, unless its digest is named. A running server notices on its next request.
     Rm {
         /// `--data-dir`.
         #[command(flatten)]
