@@ -102,8 +102,8 @@ pub struct RegistryCache {
     revalidations: SingleFlight<String, Revalidation>,
     health: Arc<StoreHealth>,
     /// Purges by `regcache cache rm`/`verify --repair` in other processes (see
-    /// [`crate::cache_purge`]): checked on each memory lookup, which then starts afresh.
-    purges: crate::cache_purge::PurgeWatch,
+    /// [`crate::purge_notice`]): checked on each memory lookup, which then starts afresh.
+    purges: crate::purge_notice::PurgeWatch,
 }
 
 /// Whether the store can be written; shared with download tasks.
@@ -148,7 +148,7 @@ impl RegistryCache {
         auth: Arc<UpstreamAuth>,
     ) -> Self {
         Self {
-            purges: crate::cache_purge::PurgeWatch::new(store.root()),
+            purges: crate::purge_notice::PurgeWatch::new(store.root()),
             store,
             downloads: Downloads::default(),
             upstream,

@@ -1,6 +1,6 @@
 //! `regcache cache stats | ls | rm | verify`: the store, inspected and managed from the command
 //! line, while `serve` may be running on the same data directory (see
-//! [`crate::cache_inventory`] for why that is safe, and [`crate::cache_purge`] for how a running
+//! [`crate::cache_inventory`] for why that is safe, and [`crate::purge_notice`] for how a running
 //! server learns about a purge).
 
 use std::io::Write as _;
@@ -76,8 +76,7 @@ pub fn run(cmd: CacheCommand) -> Result<(), CacheCliError> {
         CacheCommand::Rm { data, references, json } => {
             // Check every reference before removing anything.
             for r in &references {
-                r.parse::<crate::cache_purge::PurgeRef>()
-                    .map_err(CacheCliError::Usage)?;
+                r.parse::<crate::cache_ref::PurgeRef>().map_err(CacheCliError::Usage)?;
             }
             let root = cache_dir(&data.data_dir)?;
             let mut reports = Vec::new();

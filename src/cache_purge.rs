@@ -1,11 +1,6 @@
-//! `regcache cache rm REF` and `DELETE /_regcache/cache/<ref>`: remove what a reference names
-//! from the store, keeping content that other cached images still use.
-//!
-//! A reference is a registry (`ghcr.io`), a repository (`ghcr.io/org/app`), a glob over
-//! repositories or tags (`ghcr.io/org/*`, `ghcr.io/org/app:1.*`), a tag (`ghcr.io/org/app:1.2`),
-//! an image by digest (`ghcr.io/org/app@sha256:…`) or a bare digest (`sha256:…`). Names without
-//! a registry are Docker Hub's, as `docker pull` reads them (`alpine` is
-//! `docker.io/library/alpine`).
+//! `regcache cache rm REF` and `DELETE /_regcache/cache/<ref>`: remove what a reference (see
+//! [`crate::cache_ref`]) names from the store, keeping content that other cached images still
+//! use.
 //!
 //! Index entries are removed with cacache's tombstones (an appended line: safe next to a running
 //! server, which may be appending to the same bucket), then content files are unlinked (a client
@@ -13,26 +8,19 @@
 //! tag or repository membership of another image still names it, unless the digest itself was
 //! given.
 //!
-//! A running server keeps recently used manifests and tags in memory. Every purge appends a line
-//! to [`PURGE_LOG`] in the cache directory; the server checks that file's size and time on each
-//! manifest or tag lookup (one `stat`) and drops its in-memory copies when it changed, so a purge
-//! from another process takes effect on the next request.
+//! Every purge is announced with [`crate::purge_notice`], so that a running server drops its
+//! in-memory manifests and tags on its next request.
 
 use std::collections::HashSet;
-use std::io::{self, Write as _};
-use std::path::{Path, PathBuf};
-use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::io;
+use std::path::Path;
 
 use serde::Serialize;
 
-use crate::cache_inventory::{Inventory, InventoryError, canonical_registry_name};
+use crate::cache_inventory::{Inventory, InventoryError};
+pub use crate::cache_ref::{Pattern, PurgeRef};
 use crate::digest::Digest;
-
-/// The file (in the cache directory) that announces purges to a running server.
-pub const PURGE_LOG: &str = "purges.log";
-/// [`PURGE_LOG`] is started afresh when it grows past this.
-const PURGE_LOG_MAX: u64 = 1024 * 1024;
+use crate::purge_notice::announce;
 
 /// Why a purge did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -49,125 +37,6 @@ pub enum PurgeError {
     /// An index entry could not be removed.
     #[error("cache index: {0}")]
     Index(String),
-}
-
-/// A name or a glob.
-#[derive(Debug, Clone)]
-pub enum Pattern {
-    /// Matches itself.
-    Exact(String),
-    /// Matches what the glob matches (`*` also crosses `/`, as in `--tag-ttl-rule`).
-    Glob(globset::GlobMatcher),
-}
-
-impl Pattern {
-    fn new(s: &str) -> Result<Self, String> {
-        if s.contains(['*', '?', '[', '{']) {
-            let g = globset::Glob::new(s).map_err(|e| format!("bad glob {s:?}: {e}"))?;
-            Ok(Self::Glob(g.compile_matcher()))
-        } else {
-            Ok(Self::Exact(s.to_string()))
-        }
-    }
-
-    fn matches(&self, s: &str) -> bool {
-        match self {
-            Self::Exact(e) => e == s,
-            Self::Glob(g) => g.is_match(s),
-        }
-    }
-}
-
-/// What `cache rm` is asked to remove.
-#[derive(Debug, Clone)]
-pub enum PurgeRef {
-    /// A bare digest: that content, every manifest entry of it and every tag pointing at it.
-    Digest(Digest),
-    /// Everything of the matching registries.
-    Registry(Pattern),
-    /// Everything of the matching repositories.
-    Repository(Pattern, Pattern),
-    /// The matching tags, and what only they lead to.
-    Tag(Pattern, Pattern, Pattern),
-    /// One image by digest in a repository, and what only it leads to.
-    Image(Pattern, Pattern, Digest),
-}
-
-impl FromStr for PurgeRef {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        let usage = || {
-            format!(
-                "{s:?}: expected a registry (ghcr.io), repository (ghcr.io/org/app), glob (ghcr.io/org/*), \
-                 tag (ghcr.io/org/app:1.2), image (ghcr.io/org/app@sha256:…) or digest (sha256:…)"
-            )
-        };
-        if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(usage());
-        }
-        if (s.starts_with("sha256:") || s.starts_with("sha512:")) && !s.contains('/') {
-            return s.parse().map(Self::Digest).map_err(|e| format!("{s:?}: {e}"));
-        }
-        let (name, digest) = match s.rsplit_once('@') {
-            Some((n, d)) => (n, Some(d.parse::<Digest>().map_err(|e| format!("{s:?}: {e}"))?)),
-            None => (s, None),
-        };
-        let (registry, path) = split_registry(name);
-        let registry = if registry.contains(['*', '?', '[', '{']) {
-            Pattern::new(&registry.to_ascii_lowercase())?
-        } else {
-            Pattern::Exact(canonical_registry_name(registry).map_err(|e| format!("{s:?}: {e}"))?)
-        };
-        let Some(path) = path.filter(|p| !p.is_empty()) else {
-            return match digest {
-                None => Ok(Self::Registry(registry)),
-                Some(_) => Err(usage()),
-            };
-        };
-        let (repo, tag) = match path.rsplit_once(':') {
-            Some((r, t)) => (r, Some(t)),
-            None => (path, None),
-        };
-        let repo_ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/*?[]{},".contains(c);
-        let tag_ok = |c: char| c.is_ascii_alphanumeric() || "._-*?[]{},".contains(c);
-        if repo.is_empty() || !repo.chars().all(repo_ok) || tag.is_some_and(|t| t.is_empty() || !t.chars().all(tag_ok))
-        {
-            return Err(usage());
-        }
-        let repo = match &registry {
-            Pattern::Exact(r) if !repo.contains(['*', '?', '[', '{']) => crate::registry::canonical_repository(r, repo),
-            _ => repo.to_string(),
-        };
-        let repo = Pattern::new(&repo)?;
-        Ok(match (tag, digest) {
-            (Some(_), Some(_)) => return Err(format!("{s:?}: give a tag or a digest, not both")),
-            (Some(t), None) => Self::Tag(registry, repo, Pattern::new(t)?),
-            (None, Some(d)) => Self::Image(registry, repo, d),
-            (None, None) => Self::Repository(registry, repo),
-        })
-    }
-}
-
-/// `docker pull`'s rule: the first component is a registry when it has a dot or a port or is
-/// `localhost`; otherwise the name is Docker Hub's. A name without `/` is a registry when it
-/// looks like a host (`ghcr.io`, `localhost:5000`), since `cache rm` purges whole registries.
-fn split_registry(name: &str) -> (&str, Option<&str>) {
-    let localhost = |c: &str| c == "localhost" || c.starts_with("localhost:");
-    match name.split_once('/') {
-        Some((first, rest)) if first.contains(['.', ':']) || localhost(first) => (first, Some(rest)),
-        Some(_) => ("docker.io", Some(name)),
-        None => {
-            // `alpine:3.20` is a tag; `ghcr.io` and `reg.local:5000` are hosts.
-            let host = name.split_once(':').map_or(name, |(h, _)| h);
-            if host.contains('.') || localhost(name) {
-                (name, None)
-            } else {
-                ("docker.io", Some(name))
-            }
-        }
-    }
 }
 
 /// A removed tag.
@@ -580,124 +449,15 @@ pub fn purge(root: &Path, reference: &str) -> Result<PurgeReport, PurgeError> {
     plan.execute(root)
 }
 
-/// Appends a line to [`PURGE_LOG`], which a running server watches (see [`PurgeWatch`]).
-///
-/// # Errors
-/// One line saying what a failure means for a running server (the purge itself is done).
-pub fn announce(root: &Path, what: &str) -> Result<(), String> {
-    let path = root.join(PURGE_LOG);
-    let fresh = std::fs::metadata(&path).is_ok_and(|m| m.len() > PURGE_LOG_MAX);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(!fresh)
-        .write(true)
-        .truncate(fresh)
-        .open(&path);
-    let line = format!("{}\t{}\t{what}\n", crate::store::now_ms(), std::process::id());
-    file.and_then(|mut f| f.write_all(line.as_bytes())).map_err(|e| {
-        tracing::warn!(path = %path.display(), error = %e, "cannot announce the purge to a running server");
-        format!(
-            "{}: {e} (a running server may serve purged manifests and tags from memory until it restarts)",
-            path.display()
-        )
-    })
-}
-
-/// Notices purges made by other processes: [`PURGE_LOG`]'s size or modification time changed
-/// since the last check. One `stat` per check.
-#[derive(Debug)]
-pub struct PurgeWatch {
-    path: PathBuf,
-    len: AtomicU64,
-    mtime_ns: AtomicU64,
-}
-
-impl PurgeWatch {
-    /// Watches the purge log of the cache directory `root`, from its current state.
-    pub fn new(root: &Path) -> Self {
-        let path = root.join(PURGE_LOG);
-        let (len, mtime_ns) = stamp(&path);
-        Self {
-            path,
-            len: AtomicU64::new(len),
-            mtime_ns: AtomicU64::new(mtime_ns),
-        }
-    }
-
-    /// Whether a purge was announced since the last call.
-    pub fn changed(&self) -> bool {
-        let (len, mtime_ns) = stamp(&self.path);
-        let old_len = self.len.swap(len, Ordering::Relaxed);
-        let old_mtime = self.mtime_ns.swap(mtime_ns, Ordering::Relaxed);
-        old_len != len || old_mtime != mtime_ns
-    }
-}
-
-fn stamp(path: &Path) -> (u64, u64) {
-    match std::fs::metadata(path) {
-        Ok(m) => {
-            let mtime = m
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_nanos() as u64);
-            (m.len(), mtime)
-        }
-        Err(_) => (0, 0),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
+
     use bytes::Bytes;
 
     use crate::digest::Algorithm;
     use crate::store::{ContentStore, TagRecord, tag_key};
-
-    #[test]
-    fn references_parse_like_docker_names() {
-        let p = |s: &str| s.parse::<PurgeRef>();
-        assert!(matches!(p("ghcr.io"), Ok(PurgeRef::Registry(Pattern::Exact(r))) if r == "ghcr.io"));
-        assert!(matches!(p("localhost:5000"), Ok(PurgeRef::Registry(Pattern::Exact(r))) if r == "localhost:5000"));
-        assert!(matches!(p("ghcr.io:443/"), Ok(PurgeRef::Registry(Pattern::Exact(r))) if r == "ghcr.io"));
-        assert!(matches!(
-            p("registry-1.docker.io/alpine"),
-            Ok(PurgeRef::Repository(Pattern::Exact(r), Pattern::Exact(n))) if r == "docker.io" && n == "library/alpine"
-        ));
-        assert!(matches!(
-            p("alpine:3.20"),
-            Ok(PurgeRef::Tag(Pattern::Exact(r), Pattern::Exact(n), Pattern::Exact(t)))
-                if r == "docker.io" && n == "library/alpine" && t == "3.20"
-        ));
-        assert!(matches!(
-            p("localhost:5000/org/app:1.2"),
-            Ok(PurgeRef::Tag(Pattern::Exact(r), Pattern::Exact(n), _)) if r == "localhost:5000" && n == "org/app"
-        ));
-        assert!(matches!(
-            p("ghcr.io/org/*"),
-            Ok(PurgeRef::Repository(_, Pattern::Glob(_)))
-        ));
-        assert!(matches!(
-            p("ghcr.io/org/app:1.*"),
-            Ok(PurgeRef::Tag(_, _, Pattern::Glob(_)))
-        ));
-        let d = format!("sha256:{}", "a".repeat(64));
-        assert!(matches!(p(&d), Ok(PurgeRef::Digest(_))));
-        assert!(matches!(p(&format!("ghcr.io/org/app@{d}")), Ok(PurgeRef::Image(..))));
-        for bad in [
-            "",
-            "sha256:xyz",
-            "ghcr.io/Org/App",
-            "ghcr.io/org/app:",
-            "ghcr.io/org app",
-            "ghcr.io/org/app:1@sha256:aa",
-            "ghcr.io/[",
-            "not a host/x",
-        ] {
-            assert!(p(bad).is_err(), "{bad:?} should be refused");
-        }
-    }
 
     struct Fixture {
         _dir: tempfile::TempDir,
@@ -906,18 +666,5 @@ mod tests {
         );
         assert_eq!(report.content.len(), 4);
         assert!(Inventory::read_store(&f.root).unwrap().content.is_empty());
-    }
-
-    #[tokio::test]
-    async fn the_watch_notices_announcements() {
-        let f = fixture();
-        std::fs::create_dir_all(&f.root).unwrap();
-        let watch = PurgeWatch::new(&f.root);
-        assert!(!watch.changed());
-        announce(&f.root, "ghcr.io").unwrap();
-        assert!(watch.changed());
-        assert!(!watch.changed());
-        announce(&f.root, "quay.io").unwrap();
-        assert!(watch.changed());
     }
 }

@@ -14,8 +14,9 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::cache_inventory::{Inventory, open_noatime};
-use crate::cache_purge::{PurgeError, PurgePlan, PurgeRef, announce};
+use crate::cache_purge::{PurgeError, PurgePlan, PurgeRef};
 use crate::digest::Digest;
+use crate::purge_notice::announce;
 
 /// A content file whose bytes do not hash to its name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
