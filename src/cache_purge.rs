@@ -268,6 +268,11 @@ impl PurgePlan {
             }
         }
 
+        if let PurgeRef::Digest(d) = what {
+            // That content alone: what its manifests referenced stays for `cache gc` to judge.
+            candidates = HashSet::from([d.clone()]);
+        }
+
         // Content: what the removed entries named, unless something remaining still names it.
         let mut keep: HashSet<&Digest> = HashSet::new();
         for (i, m) in inv.manifests.iter().enumerate() {
@@ -567,6 +572,15 @@ mod tests {
         assert!(report.manifests.is_empty() && report.content.is_empty(), "{report:?}");
         assert!(f.store.manifest("ghcr.io", "org/app", &md).await.is_some());
         assert_eq!(listed(&f.root), vec!["ghcr.io/org/app:latest".to_string()]);
+
+        // A manifest's digest: its entries, the tags on it and its file; its blobs stay.
+        let report = purge(&f.root, &md.to_string()).unwrap();
+        assert_eq!(report.tags.len(), 1);
+        assert_eq!(report.manifests.len(), 1);
+        assert_eq!(report.content.len(), 1);
+        assert_eq!(report.content[0].kind, "manifest");
+        assert!(listed(&f.root).is_empty());
+        assert!(f.store.blob(&layer).await.is_some());
     }
 
     #[tokio::test]
