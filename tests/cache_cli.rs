@@ -223,7 +223,7 @@ async fn stats_ls_rm_and_verify_work_while_the_server_runs() {
     let manifest_path = "/v2/team/app/manifests/v1";
     let layer = s.app.layers[0].digest.clone();
     let gets_before = s.upstream_gets(manifest_path);
-    assert_eq!(s.upstream_gets(&layer), 1);
+    s.wait_upstream_gets(&layer, 1);
     let out = s.cache(&["rm", "ghcr.io/team/app:v1"]);
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     let text = stdout(&out);
@@ -286,7 +286,7 @@ async fn stats_ls_rm_and_verify_work_while_the_server_runs() {
     assert_eq!(listed[0]["missing_blobs"], 1, "{listed:?}");
 
     // The next pull downloads it again (a miss) and gets the right bytes.
-    assert_eq!(s.upstream_gets(&victim), 1);
+    s.wait_upstream_gets(&victim, 1);
     s.pull_web();
     s.wait_upstream_gets(&victim, 2);
     s.wait_listed(&["ghcr.io/team/app:v1", "ghcr.io/team/web:v2"]);
