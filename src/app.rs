@@ -277,6 +277,11 @@ impl Shared {
         self.config.load_full()
     }
 
+    /// The cache (for the admin API).
+    pub fn cache(&self) -> &RegistryCache {
+        &self.cache
+    }
+
     /// Re-reads the configuration source and applies what can change while running:
     /// registries, address overrides, upstream TLS, credentials, tag policies, timeouts for new
     /// connections, push and non-registry policies. Connections and downloads under way are

@@ -107,6 +107,9 @@ pub struct RegistryCache {
     manifest_fetches: SingleFlight<String, Result<Fetched, ProxyError>>,
     revalidations: SingleFlight<String, Revalidation>,
     health: Arc<StoreHealth>,
+    /// Purges by `regcache cache rm`/`verify --repair` in other processes (see
+    /// [`crate::purge_notice`]): checked on each memory lookup, which then starts afresh.
+    purges: crate::purge_notice::PurgeWatch,
 }
 
 /// Whether the store can be written; shared with download tasks.
@@ -152,6 +155,7 @@ impl RegistryCache {
         evictor: Arc<Evictor>,
     ) -> Self {
         Self {
+            purges: crate::purge_notice::PurgeWatch::new(store.root()),
             store,
             downloads: Downloads::default(),
             upstream,
@@ -185,6 +189,26 @@ impl RegistryCache {
     /// Blob downloads in progress.
     pub fn downloads_in_flight(&self) -> usize {
         self.downloads.in_flight()
+    }
+
+    /// The store this cache serves from.
+    pub fn store(&self) -> &ContentStore {
+        &self.store
+    }
+
+    /// Drops every in-memory copy of manifests and tags, after a purge removed some from the
+    /// store: each is read from the store again on its next use (and is a miss if it is gone).
+    pub fn forget_all(&self) {
+        self.manifests.invalidate_all();
+        self.tags.invalidate_all();
+    }
+
+    /// Forgets memory when another process announced a purge (one `stat`).
+    fn notice_purges(&self) {
+        if self.purges.changed() {
+            tracing::info!("the store was purged by another process; in-memory manifests and tags dropped");
+            self.forget_all();
+        }
     }
 
     /// Serves one request for a registry host.
@@ -833,6 +857,7 @@ impl RegistryCache {
     /// A manifest cached for this registry and repository: from memory, else from the store.
     async fn cached_manifest(&self, ctx: &Ctx<'_>, digest: &Digest) -> Option<StoredManifest> {
         let key = store::manifest_key(&ctx.registry, &ctx.repository, digest);
+        self.notice_purges();
         if let Some(m) = self.manifests.get(&key) {
             return Some(m);
         }
@@ -844,6 +869,7 @@ impl RegistryCache {
     }
 
     async fn tag_memo(&self, key: &str) -> Option<TagMemo> {
+        self.notice_purges();
         if let Some(m) = self.tags.get(key) {
             return Some(m);
         }

@@ -41,7 +41,8 @@ pub enum Command {
     /// Fetch images into the cache ahead of time, through the same upstream code and
     /// configuration as serve (safe while serve runs on the same data directory).
     Warm(WarmArgs),
-    /// Work with the cache: export and import OCI image layouts (air-gapped seeding).
+    /// Inspect, purge, verify, evict, export and import the cache on disk (safe while serve runs
+    /// on the same data dir).
     #[command(subcommand)]
     Cache(CacheCommand),
 }
@@ -239,9 +240,71 @@ pub struct WarmArgs {
     pub serve: ServeArgs,
 }
 
-/// `regcache cache …`
+/// `--data-dir` of the `cache` commands.
+#[derive(Debug, Clone, Args)]
+pub struct DataDirArg {
+    /// The data directory serve uses (the cache is DIR/cache).
+    #[arg(long, env = "REGCACHE_DATA_DIR", value_name = "DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+}
+
+/// `regcache cache …`: each reads the store while serve may run on it; only `rm` and
+/// `verify --repair` write (index tombstones, unlinked content files).
 #[derive(Debug, Subcommand)]
 pub enum CacheCommand {
+    /// Totals: size, content files, blobs / manifests / tags, per registry, free disk.
+    Stats {
+        /// `--data-dir`.
+        #[command(flatten)]
+        data: DataDirArg,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cached images, one per line: REGISTRY/REPO:TAG → DIGEST  SIZE  LAST USED.
+    Ls {
+        /// `--data-dir`.
+        #[command(flatten)]
+        data: DataDirArg,
+        /// Only this registry (docker.io for Docker Hub; any of its spellings).
+        #[arg(long, value_name = "REGISTRY")]
+        registry: Option<String>,
+        /// Only repositories matching this glob (org/*, or ghcr.io/org/* with the registry).
+        #[arg(long, value_name = "GLOB")]
+        repo: Option<String>,
+        /// Print a JSON array (the schema of GET /_regcache/cache).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove cached images: by registry, repository, glob, tag or digest.
+    ///
+    /// REF is a registry (ghcr.io), repository (ghcr.io/org/app), glob (ghcr.io/org/*), tag
+    /// (ghcr.io/org/app:1.2), image (ghcr.io/org/app@sha256:…) or digest (sha256:…); names
+    /// without a registry are Docker Hub's (alpine:3.20). Content other cached images still use
+    /// is kept, unless its digest is named. A running server notices on its next request.
+    Rm {
+        /// `--data-dir`.
+        #[command(flatten)]
+        data: DataDirArg,
+        /// What to remove (repeatable).
+        #[arg(value_name = "REF", required = true)]
+        references: Vec<String>,
+        /// Print what was removed as JSON (one object per REF, in an array).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-hash every blob and manifest and report corrupt ones; exit status 1 if any remain.
+    Verify {
+        /// `--data-dir`.
+        #[command(flatten)]
+        data: DataDirArg,
+        /// Remove corrupt content and the index entries that lead to it (pulled again on demand).
+        #[arg(long)]
+        repair: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write cached images to an OCI image layout (no network), for `cache import` elsewhere.
     /// The full reference (registry included) is in each image's
     /// org.opencontainers.image.ref.name annotation.
@@ -546,6 +609,32 @@ mod tests {
         };
         assert!(args.flags_config().unwrap().access.insecure_open_proxy);
         assert!(Cli::try_parse_from(["regcache", "serve", "--max-connections", "0"]).is_err());
+    }
+
+    #[test]
+    fn cache_commands_parse() {
+        let cli = Cli::try_parse_from([
+            "regcache",
+            "cache",
+            "ls",
+            "--data-dir",
+            "/d",
+            "--repo",
+            "org/*",
+            "--json",
+        ])
+        .unwrap();
+        let Command::Cache(CacheCommand::Ls { data, repo, json, .. }) = cli.command else {
+            panic!("expected cache ls")
+        };
+        assert_eq!(data.data_dir, PathBuf::from("/d"));
+        assert_eq!(repo.as_deref(), Some("org/*"));
+        assert!(json);
+        assert!(
+            Cli::try_parse_from(["regcache", "cache", "rm"]).is_err(),
+            "rm needs a REF"
+        );
+        assert!(Cli::try_parse_from(["regcache", "cache", "verify", "--repair"]).is_ok());
     }
 
     #[test]

@@ -177,6 +177,8 @@ async fn local<B>(req: &Request<B>, client: SocketAddr, shared: &Shared) -> Resp
     );
     let res = if req.uri().path() == RELOAD_PATH {
         reload(req, client, shared).await
+    } else if crate::cache_admin::is_cache_path(req.uri().path()) {
+        crate::cache_admin::respond(req, client, shared.cache()).await
     } else {
         shared.local.respond(req)
     };

@@ -1,4 +1,4 @@
-//! The `regcache` binary: parse the command line, then serve or manage the CA.
+//! The `regcache` binary: parse the command line, then serve, manage the CA or the cache.
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -9,7 +9,8 @@ use clap::Parser as _;
 use regcache::app::App;
 use regcache::ca::{self, CaError, CertificateAuthority};
 use regcache::ca_key::KeyPassphrase;
-use regcache::cli::{CaCommand, CaDirArg, CacheCommand, Cli, Command, CommandError, ConfigCommand, ServeArgs};
+use regcache::cache_cli::CacheCliError;
+use regcache::cli::{CaCommand, CaDirArg, Cli, Command, CommandError, ConfigCommand, ServeArgs};
 use regcache::config::LogFormat;
 use regcache::config_file::{self, ConfigError};
 
@@ -21,7 +22,7 @@ fn main() -> ExitCode {
         Command::Ca(cmd) => ca_command(cmd),
         Command::Config(ConfigCommand::Check(args)) => config_check(&args),
         Command::Warm(args) => regcache::warm::command(&args).map_err(Into::into),
-        Command::Cache(cmd) => cache_command(cmd),
+        Command::Cache(cmd) => regcache::cache_cli::run(cmd).map_err(anyhow::Error::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -32,6 +33,7 @@ fn main() -> ExitCode {
             if e.downcast_ref::<ConfigError>().is_some()
                 || e.downcast_ref::<CaError>().is_some_and(CaError::is_passphrase_problem)
                 || e.downcast_ref::<CommandError>().is_some_and(CommandError::is_usage)
+                || e.downcast_ref::<CacheCliError>().is_some_and(CacheCliError::is_usage)
             {
                 ExitCode::from(2)
             } else {
@@ -75,41 +77,6 @@ fn config_check(args: &ServeArgs) -> anyhow::Result<()> {
 }
 
 /// `regcache cache …`: the work is in the library modules.
-fn cache_command(cmd: CacheCommand) -> anyhow::Result<()> {
-    match cmd {
-        CacheCommand::Export(args) => regcache::oci_layout::export_command(&args)?,
-        CacheCommand::Import(args) => regcache::oci_layout::import_command(&args)?,
-        CacheCommand::Gc(args) => cache_gc(&args)?,
-    }
-    Ok(())
-}
-
-/// `regcache cache gc`: one eviction pass now, beside a server or not.
-fn cache_gc(args: &regcache::cli::GcArgs) -> anyhow::Result<()> {
-    let config = args.serve.source().load()?.config;
-    let store = regcache::store::ContentStore::new(config.data_dir.join("cache"));
-    // This process cannot see a running server's readers: recently used content is kept.
-    let evictor = regcache::eviction::Evictor::with_guard(store, config.budget, args.keep_recent);
-    let r = evictor.pass(true);
-    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
-    println!(
-        "store: {} files, {:.1} MiB before; evicted {} files ({:.1} MiB), kept {} recently used; \
-         removed {} stale temporary files ({:.1} MiB); store now {:.1} MiB",
-        r.files_before,
-        mib(r.bytes_before),
-        r.evicted_files,
-        mib(r.evicted_bytes),
-        r.kept_in_use,
-        r.temp_files,
-        mib(r.temp_bytes),
-        mib(r.bytes_after)
-    );
-    if config.budget.max_size.is_none() && config.budget.min_free.is_none() && config.budget.inactive.is_none() {
-        println!("no budget configured (--max-size, --min-free, cache.inactive): nothing is evicted");
-    }
-    Ok(())
-}
-
 /// Logs go to stderr through a background writer thread: one line per request must not cost a
 /// blocking `write` on the request path (it was a third of a cached HEAD's CPU). The queue is
 /// short (memory stays bounded under a log storm) and the writer blocks rather than drops when

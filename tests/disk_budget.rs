@@ -192,6 +192,12 @@ async fn kill_9_mid_download_leaves_no_partial_entry_and_the_pull_completes_on_r
             .collect();
         assert_eq!(name, hex, "{} is intact", path.display());
     }
+    let verify = support::run_cli(&["cache", "verify", "--data-dir", data_dir.to_str().unwrap()]);
+    assert!(
+        verify.status.success(),
+        "cache verify is clean after the crash: {}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
     let c = client(&p);
     let res = c.get(&url).send().await.unwrap();
     assert_eq!(res.headers().get("x-cache").and_then(|v| v.to_str().ok()), Some("MISS"));
@@ -302,7 +308,10 @@ async fn cache_gc_evicts_down_to_the_budget_beside_a_running_server() {
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
-    assert!(stdout.contains("evicted ") && !stdout.contains("evicted 0 files"), "{stdout}");
+    assert!(
+        stdout.contains("evicted ") && !stdout.contains("evicted 0 files"),
+        "{stdout}"
+    );
     assert!(store_bytes(&data) <= 3 * 1024 * 1024);
     assert!(
         !blob_path(&data, &images[0].layers[0].digest).exists(),
