@@ -205,7 +205,8 @@ impl RegistryCache {
 
     /// Forgets memory when another process announced a purge (one `stat`).
     fn notice_purges(&self) {
-        if self.purges.changed() {
+        // Another process's purge is noticed within a quarter of a second.
+        if self.purges.changed_throttled(250) {
             tracing::info!("the store was purged by another process; in-memory manifests and tags dropped");
             self.forget_all();
         }
@@ -705,6 +706,9 @@ impl RegistryCache {
             _ => member,
         };
         let (public, ever_public) = self.public_status(ctx, &repo).await;
+        if member && public == Some(true) {
+            return None;
+        }
         let credential = ctx
             .headers
             .contains_key(header::AUTHORIZATION)
