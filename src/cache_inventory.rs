@@ -18,6 +18,7 @@
 //! `relatime`: at least once a day; never under `noatime`). A base layer shared by two images
 //! counts as a use of both. Manifests served from the server's memory touch nothing on disk.
 
+pub use crate::manifest::{References, parse_references};
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read as _};
 use std::path::{Path, PathBuf};
@@ -105,15 +106,6 @@ pub struct RepoEntry {
     pub repository: String,
     /// The member's digest (`None` for `public/…`).
     pub digest: Option<Digest>,
-}
-
-/// What a manifest references.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct References {
-    /// Config and layers (blobs).
-    pub blobs: Vec<Digest>,
-    /// Child manifests of an index.
-    pub children: Vec<Digest>,
 }
 
 /// A snapshot of the store.
@@ -558,31 +550,6 @@ fn parse_digest_key(rest: &str) -> Option<(String, String, Digest)> {
     let (name, digest) = rest.rsplit_once('@')?;
     let (registry, repository) = name.split_once('/')?;
     Some((registry.to_string(), repository.to_string(), digest.parse().ok()?))
-}
-
-/// Config, layers and child manifests of an OCI/Docker manifest or index (`subject` is another
-/// image, not part of this one). Unparsable bytes reference nothing.
-pub fn parse_references(manifest: &[u8]) -> References {
-    #[derive(serde::Deserialize)]
-    struct Descriptor {
-        digest: Option<String>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Manifest {
-        config: Option<Descriptor>,
-        #[serde(default)]
-        layers: Vec<Descriptor>,
-        #[serde(default)]
-        manifests: Vec<Descriptor>,
-    }
-    let Ok(m) = serde_json::from_slice::<Manifest>(manifest) else {
-        return References::default();
-    };
-    let parse = |d: Descriptor| d.digest?.parse::<Digest>().ok();
-    References {
-        blobs: m.config.into_iter().chain(m.layers).filter_map(parse).collect(),
-        children: m.manifests.into_iter().filter_map(parse).collect(),
-    }
 }
 
 /// Opens a file for reading without updating its access time (`O_NOATIME`), so that reading

@@ -336,6 +336,40 @@ impl FromStr for PlatformArg {
     }
 }
 
+/// What a manifest references.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct References {
+    /// Config and layers (blobs).
+    pub blobs: Vec<Digest>,
+    /// Child manifests of an index.
+    pub children: Vec<Digest>,
+}
+
+/// Config, layers and child manifests of an OCI/Docker manifest or index (`subject` is another
+/// image, not part of this one). Unparsable bytes reference nothing.
+pub fn parse_references(manifest: &[u8]) -> References {
+    #[derive(serde::Deserialize)]
+    struct Descriptor {
+        digest: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Manifest {
+        config: Option<Descriptor>,
+        #[serde(default)]
+        layers: Vec<Descriptor>,
+        #[serde(default)]
+        manifests: Vec<Descriptor>,
+    }
+    let Ok(m) = serde_json::from_slice::<Manifest>(manifest) else {
+        return References::default();
+    };
+    let parse = |d: Descriptor| d.digest?.parse::<Digest>().ok();
+    References {
+        blobs: m.config.into_iter().chain(m.layers).filter_map(parse).collect(),
+        children: m.manifests.into_iter().filter_map(parse).collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

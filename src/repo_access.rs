@@ -102,32 +102,11 @@ impl RepoAccess {
     }
 }
 
-/// The digests an image manifest or index references (OCI image-spec: `config`, `layers`,
-/// `manifests`, plus `subject`); unparsable manifests reference nothing.
+/// The digests an image manifest or index references: config, layers and child manifests
+/// (see [`crate::manifest::parse_references`]); unparsable manifests reference nothing.
 pub fn referenced_digests(manifest: &[u8]) -> Vec<Digest> {
-    #[derive(serde::Deserialize)]
-    struct Descriptor {
-        digest: Option<String>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Manifest {
-        config: Option<Descriptor>,
-        #[serde(default)]
-        layers: Vec<Descriptor>,
-        #[serde(default)]
-        manifests: Vec<Descriptor>,
-        subject: Option<Descriptor>,
-    }
-    let Ok(m) = serde_json::from_slice::<Manifest>(manifest) else {
-        return Vec::new();
-    };
-    m.config
-        .into_iter()
-        .chain(m.layers)
-        .chain(m.manifests)
-        .chain(m.subject)
-        .filter_map(|d| d.digest?.parse().ok())
-        .collect()
+    let r = crate::manifest::parse_references(manifest);
+    r.blobs.into_iter().chain(r.children).collect()
 }
 
 #[cfg(test)]
