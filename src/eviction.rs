@@ -281,29 +281,19 @@ impl Evictor {
     }
 
     fn content_entries(&self) -> Vec<Entry> {
-        let mut out = Vec::new();
-        let mut dirs = vec![self.store.root().join("content-v2")];
-        while let Some(dir) = dirs.pop() {
-            let Ok(list) = std::fs::read_dir(&dir) else { continue };
-            for entry in list.flatten() {
-                let Ok(meta) = entry.metadata() else { continue };
-                if meta.is_dir() {
-                    dirs.push(entry.path());
-                } else if meta.is_file() {
-                    let last_used = meta
-                        .accessed()
-                        .ok()
-                        .max(meta.modified().ok())
-                        .unwrap_or(SystemTime::UNIX_EPOCH);
-                    out.push(Entry {
-                        path: entry.path(),
-                        len: meta.len(),
-                        last_used,
-                    });
-                }
-            }
-        }
-        out
+        self.store
+            .content_files()
+            .into_iter()
+            .map(|(path, meta)| Entry {
+                len: meta.len(),
+                last_used: meta
+                    .accessed()
+                    .ok()
+                    .max(meta.modified().ok())
+                    .unwrap_or(SystemTime::UNIX_EPOCH),
+                path,
+            })
+            .collect()
     }
 }
 

@@ -144,26 +144,29 @@ impl ContentStore {
             .count()
     }
 
-    /// Content files (blobs and manifests) in the store and their total size, by walking the
-    /// content directory. Blocking: run it on the blocking pool.
-    pub fn content_usage(&self) -> (u64, u64) {
-        let mut entries = 0;
-        let mut bytes = 0;
+    /// Every content file (blobs and manifests) with its metadata, by walking the content
+    /// directory. Blocking: run it on the blocking pool.
+    pub fn content_files(&self) -> Vec<(PathBuf, std::fs::Metadata)> {
+        let mut out = Vec::new();
         let mut dirs = vec![self.root.join("content-v2")];
         while let Some(dir) = dirs.pop() {
             let Ok(list) = std::fs::read_dir(&dir) else { continue };
             for entry in list.flatten() {
-                match entry.file_type() {
-                    Ok(t) if t.is_dir() => dirs.push(entry.path()),
-                    Ok(t) if t.is_file() => {
-                        entries += 1;
-                        bytes += entry.metadata().map_or(0, |m| m.len());
-                    }
-                    _ => {}
+                let Ok(meta) = entry.metadata() else { continue };
+                if meta.is_dir() {
+                    dirs.push(entry.path());
+                } else if meta.is_file() {
+                    out.push((entry.path(), meta));
                 }
             }
         }
-        (entries, bytes)
+        out
+    }
+
+    /// Content files in the store and their total size. Blocking, as [`Self::content_files`].
+    pub fn content_usage(&self) -> (u64, u64) {
+        let files = self.content_files();
+        (files.len() as u64, files.iter().map(|(_, m)| m.len()).sum())
     }
 
     /// The blob with `digest`, if stored.
