@@ -614,7 +614,7 @@ impl RegistryCache {
         }
         if ctx.headers.contains_key(header::AUTHORIZATION) {
             self.access.set_verified(&auth_fingerprint(ctx.headers), &repo);
-        } else if !self.requester(ctx).has_account() {
+        } else if self.auth.account(&ctx.origin.host, &ctx.repository).is_none() {
             self.set_public(ctx, &repo).await;
         }
     }
@@ -658,28 +658,18 @@ impl RegistryCache {
         stored
     }
 
-    /// Public status from memory, else from the store when it is recent; and whether the
-    /// repository was ever found public (what an outage may rely on).
-    async fn public_status(&self, ctx: &Ctx<'_>, repo: &str) -> (Option<bool>, bool) {
+    /// Public status from memory; when memory knows nothing, from the store if recent. The
+    /// store is read once per repository (memory then holds the answer), never per request.
+    async fn public_status(&self, ctx: &Ctx<'_>, repo: &str) -> Option<bool> {
         if let Some(p) = self.access.public(repo) {
-            if p {
-                return (Some(true), true);
-            }
-            let ever = self.store.public_since(&ctx.registry, &ctx.repository).await.is_some();
-            return (Some(false), ever);
+            return Some(p);
         }
-        match self.store.public_since(&ctx.registry, &ctx.repository).await {
-            Some(at) => {
-                let fresh = store::now_ms().saturating_sub(at) < self.policy.load().public_recheck.as_millis() as u64;
-                if fresh {
-                    self.access.set_public(repo, true);
-                    (Some(true), true)
-                } else {
-                    (None, true)
-                }
-            }
-            None => (None, false),
-        }
+        let at = self.store.public_since(&ctx.registry, &ctx.repository).await?;
+        let fresh = store::now_ms().saturating_sub(at) < self.policy.load().public_recheck.as_millis() as u64;
+        fresh.then(|| {
+            self.access.set_public(repo, true);
+            true
+        })
     }
 
     /// A manifest fetch answered 200, possibly for another client (coalesced): whether this
@@ -705,7 +695,7 @@ impl RegistryCache {
             Some(d) if !member => self.is_member(ctx, &repo, d).await,
             _ => member,
         };
-        let (public, ever_public) = self.public_status(ctx, &repo).await;
+        let public = self.public_status(ctx, &repo).await;
         if member && public == Some(true) {
             return None;
         }
@@ -751,7 +741,7 @@ impl RegistryCache {
                         return Some(refusal(res, ctx.head));
                     }
                 }
-                Ok(_) | Err(_) => return self.unverifiable(ctx, &repo, member, ever_public, credential.as_deref()),
+                Ok(_) | Err(_) => return self.unverifiable(ctx, &repo, member, credential.as_deref()).await,
             }
         }
         match requester.send(Method::HEAD, ctx.url.clone(), headers).await {
@@ -768,21 +758,18 @@ impl RegistryCache {
                 tracing::info!(registry = %ctx.registry, repository = %ctx.repository, status = res.status().as_u16(), "cached content refused to a client upstream does not allow");
                 Some(refusal(res, ctx.head))
             }
-            Ok(_) | Err(_) => self.unverifiable(ctx, &repo, member, ever_public, credential.as_deref()),
+            Ok(_) | Err(_) => self.unverifiable(ctx, &repo, member, credential.as_deref()).await,
         }
     }
 
     /// Upstream cannot say whether this client may read the repository: serve only what a
     /// recent check vouches for.
-    fn unverifiable(
-        &self,
-        ctx: &Ctx<'_>,
-        repo: &str,
-        member: bool,
-        ever_public: bool,
-        credential: Option<&str>,
-    ) -> Option<Served> {
-        let vouched = member && (ever_public || credential.is_some_and(|c| self.access.verified_for_outage(c, repo)));
+    async fn unverifiable(&self, ctx: &Ctx<'_>, repo: &str, member: bool, credential: Option<&str>) -> Option<Served> {
+        // Found public once (memory or store, however long ago) is what an outage relies on.
+        let vouched = member
+            && (self.access.public(repo) == Some(true)
+                || credential.is_some_and(|c| self.access.verified_for_outage(c, repo))
+                || self.store.public_since(&ctx.registry, &ctx.repository).await.is_some());
         if vouched {
             return None;
         }
