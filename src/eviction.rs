@@ -179,12 +179,17 @@ impl Evictor {
             }
             let me = self.clone();
             match tokio::task::spawn_blocking(move || me.pass(false)).await {
-                Ok(r) if r.evicted_files > 0 || r.temp_files > 0 => tracing::info!(
+                Ok(r) if r.evicted_files > 0 => tracing::info!(
                     evicted_files = r.evicted_files,
                     evicted_bytes = r.evicted_bytes,
                     temp_files = r.temp_files,
                     store_bytes = r.bytes_after,
                     "cache evicted least recently used content"
+                ),
+                Ok(r) if r.temp_files > 0 => tracing::info!(
+                    temp_files = r.temp_files,
+                    temp_bytes = r.temp_bytes,
+                    "removed stale temporary files"
                 ),
                 Ok(_) => {}
                 Err(e) => tracing::error!(error = %e, "eviction pass failed"),
@@ -199,11 +204,16 @@ impl Evictor {
         self.flush_access_times();
         let mut report = GcReport::default();
         self.remove_stale_temp_files(&mut report);
+        let budget = self.budget();
+        let unlimited = budget.max_size.is_none() && budget.min_free.is_none() && budget.inactive.is_none();
+        if unlimited && !force {
+            // Nothing can be evicted: no need to walk the store every 30 s.
+            return report;
+        }
         let mut entries = self.content_entries();
         report.files_before = entries.len() as u64;
         report.bytes_before = entries.iter().map(|e| e.len).sum();
         let mut total = report.bytes_before;
-        let budget = self.budget();
         let in_flight = self.in_flight.load(Ordering::Relaxed);
         let now = SystemTime::now();
 
