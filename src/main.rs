@@ -7,12 +7,12 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Parser as _;
 use regcache::app::App;
-use regcache::ca::{self, CaError, CertificateAuthority};
-use regcache::ca_key::KeyPassphrase;
-use regcache::cache_cli::CacheCliError;
-use regcache::cli::{CaCommand, CaDirArg, Cli, Command, CommandError, ConfigCommand, ServeArgs};
-use regcache::config::LogFormat;
-use regcache::config_file::{self, ConfigError};
+use regcache::ca::authority::{self as ca, CaError, CertificateAuthority};
+use regcache::ca::key::KeyPassphrase;
+use regcache::cli::args::{CaCommand, CaDirArg, Cli, Command, CommandError, ConfigCommand, ServeArgs};
+use regcache::cli::cache::CacheCliError;
+use regcache::config::file::{self as config_file, ConfigError};
+use regcache::config::settings::LogFormat;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -21,8 +21,8 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Ca(cmd) => ca_command(cmd),
         Command::Config(ConfigCommand::Check(args)) => config_check(&args),
-        Command::Warm(args) => regcache::warm::command(&args).map_err(Into::into),
-        Command::Cache(cmd) => regcache::cache_cli::run(cmd).map_err(anyhow::Error::from),
+        Command::Warm(args) => regcache::images::warm::command(&args).map_err(Into::into),
+        Command::Cache(cmd) => regcache::cli::cache::run(cmd).map_err(anyhow::Error::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -215,7 +215,8 @@ fn ca_command(cmd: CaCommand) -> anyhow::Result<()> {
                         .trim_start_matches("*.")
                         .trim_end_matches('.')
                         .to_ascii_lowercase();
-                    regcache::config::HostPort::parse(&d, 443).map_err(|e| anyhow::anyhow!("--permit: {e}"))?;
+                    regcache::config::settings::HostPort::parse(&d, 443)
+                        .map_err(|e| anyhow::anyhow!("--permit: {e}"))?;
                     if !permitted.contains(&d) {
                         permitted.push(d);
                     }

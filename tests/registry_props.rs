@@ -9,9 +9,9 @@ use std::path::{Component, Path};
 
 use http::Method;
 use proptest::prelude::*;
-use regcache::digest::Digest;
-use regcache::registry::{ErrorCode, Reference, RegistryRequest, classify};
-use regcache::store::ContentStore;
+use regcache::registry::digest::Digest;
+use regcache::registry::request::{ErrorCode, Reference, RegistryRequest, classify};
+use regcache::store::local::ContentStore;
 
 fn config() -> ProptestConfig {
     let cases = std::env::var("PROPTEST_CASES")

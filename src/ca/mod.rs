@@ -1,0 +1,4 @@
+//! TODO
+
+pub mod authority;
+pub mod key;

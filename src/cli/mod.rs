@@ -1,0 +1,5 @@
+//! TODO
+
+pub mod args;
+pub mod cache;
+pub mod progress;

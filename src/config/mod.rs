@@ -1,0 +1,5 @@
+//! TODO
+
+pub mod file;
+pub mod rpardini;
+pub mod settings;

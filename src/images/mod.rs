@@ -1,0 +1,5 @@
+//! TODO
+
+pub mod layout;
+pub mod seed;
+pub mod warm;

@@ -1,0 +1,84 @@
+//! Requests for an origin (decrypted from an intercepted tunnel, or plain `http://` ones):
+//! registry hosts go through the [`RegistryCache`], other hosts straight upstream. Either way
+//! the request is logged once, when its response body ends.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::{Request, Response, StatusCode};
+
+use crate::body::{self, Body};
+use crate::cache::serve::RegistryCache;
+use crate::config::settings::Config;
+use crate::telemetry::access_log::{AccessRecord, LoggedBody, Outcome};
+use crate::upstream::client::{Origin, UpstreamClient};
+
+/// Answers requests for origins.
+#[derive(Clone)]
+pub struct Gateway {
+    upstream: UpstreamClient,
+    cache: Arc<RegistryCache>,
+    config: Arc<ArcSwap<Config>>,
+}
+
+impl Gateway {
+    /// A gateway caching registry traffic in `cache` and forwarding the rest through `upstream`,
+    /// under the running `config` (push policy).
+    pub fn new(upstream: UpstreamClient, cache: Arc<RegistryCache>, config: Arc<ArcSwap<Config>>) -> Self {
+        Self {
+            upstream,
+            cache,
+            config,
+        }
+    }
+
+    /// Handles one request for `origin` from `client`. `registry` says whether the origin is a
+    /// configured registry (cached) or any other host (forwarded as is).
+    pub async fn handle(
+        &self,
+        client: SocketAddr,
+        origin: &Origin,
+        registry: bool,
+        req: Request<Body>,
+    ) -> Response<Body> {
+        let record = AccessRecord::new(client, origin.host.to_string(), req.method().clone(), req.uri().path())
+            .with_registry(registry.then(|| crate::registry::request::canonical_registry(&origin.host)));
+        let head = req.method() == http::Method::HEAD;
+        let (res, outcome) = if registry && is_push(&req) && !self.config.load().allow_push {
+            let mut res = body::text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "regcache: pushes through this proxy are disabled (allow_push = false)",
+            );
+            res.headers_mut()
+                .insert(http::header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
+            (res, Outcome::Deny)
+        } else if registry {
+            self.cache.handle(origin, req).await
+        } else {
+            match self.upstream.forward(origin, req).await {
+                Ok(res) => (res, Outcome::Bypass),
+                Err(e) => {
+                    tracing::warn!(host = %origin.host, error = %e, "upstream request failed");
+                    (e.into_response(), Outcome::Error)
+                }
+            }
+        };
+        let status = res.status().as_u16();
+        let expected = if head || status == 304 || status == 204 {
+            Some(0)
+        } else {
+            crate::registry::headers::content_length(res.headers())
+        };
+        res.map(|b| body::boxed(LoggedBody::new(b, record, outcome, status, expected)))
+    }
+}
+
+/// Whether `req` writes to a registry (OCI distribution-spec "Pushing", "Deleting").
+fn is_push<B>(req: &Request<B>) -> bool {
+    use http::Method;
+    matches!(
+        *req.method(),
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    ) && req.uri().path().starts_with("/v2/")
+}

@@ -1,0 +1,144 @@
+//! Intercepted tunnels: TLS terminated with a leaf minted for the CONNECT host, then the
+//! decrypted HTTP/1.1 or HTTP/2 requests handed to the [`Gateway`].
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hyper::service::service_fn;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio_rustls::TlsAcceptor;
+
+use crate::body;
+use crate::proxy::gateway::Gateway;
+use crate::proxy::leaf_certs::LeafCertCache;
+use crate::proxy::limits::{self, Limits};
+use crate::telemetry::metrics::{self, TlsFailure};
+use crate::upstream::client::Origin;
+
+/// The smallest buffer hyper's HTTP/1.1 server accepts.
+const MIN_BUF: usize = 8192;
+
+/// A client that has not finished its TLS handshake in this time is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Serves one intercepted tunnel to completion; `(idle, limits)` bound its client's requests.
+pub async fn serve(
+    upgraded: Upgraded,
+    client: SocketAddr,
+    origin: Origin,
+    leaf_certs: &LeafCertCache,
+    gateway: Gateway,
+    (idle, limits): (Duration, Limits),
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let start = Instant::now();
+    let config = match leaf_certs.server_config(&origin.host.host).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(host = %origin.host, error = %e, "cannot mint a certificate for intercepted host");
+            metrics::global().tls_handshake_failed(TlsFailure::Certificate);
+            return;
+        }
+    };
+    let accept = TlsAcceptor::from(config).accept(TokioIo::new(upgraded));
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
+        Ok(Ok(tls)) => {
+            metrics::global().tls_handshake_ok();
+            tls
+        }
+        Ok(Err(e)) => {
+            // A client that rejects our certificate says so with an alert; one that merely
+            // went away (EOF, reset) is not a trust problem.
+            let alert = e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                .is_some_and(|r| matches!(r, rustls::Error::AlertReceived(_)));
+            let reason = if alert {
+                TlsFailure::Rejected
+            } else {
+                TlsFailure::Aborted
+            };
+            metrics::global().tls_handshake_failed(reason);
+            if alert {
+                tracing::warn!(%client, host = %origin.host, error = %e, "client rejected regcache's certificate (does it trust the regcache CA?)");
+            } else {
+                tracing::debug!(%client, host = %origin.host, error = %e, "client left during the TLS handshake");
+            }
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%client, host = %origin.host, "TLS handshake with client timed out");
+            metrics::global().tls_handshake_failed(TlsFailure::Timeout);
+            return;
+        }
+    };
+    let alpn = tls
+        .get_ref()
+        .1
+        .alpn_protocol()
+        .map(|p| String::from_utf8_lossy(p).into_owned());
+
+    let requests = Arc::new(AtomicU64::new(0));
+    let counter = requests.clone();
+    let origin = Arc::new(origin);
+    let origin_for_service = origin.clone();
+    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        counter.fetch_add(1, Ordering::Relaxed);
+        let gateway = gateway.clone();
+        let origin = origin_for_service.clone();
+        async move {
+            if let Some(res) = limits::request_line_refusal(&req, limits.max_request_line) {
+                return Ok::<_, Infallible>(res);
+            }
+            Ok::<_, Infallible>(gateway.handle(client, &origin, true, req.map(body::boxed)).await)
+        }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(idle)
+        // hyper-util's auto builder has no `max_header_size`; the read buffer holds a request
+        // head until it is parsed, so its bound is the head's (hyper refuses less than 8 KiB).
+        .max_buf_size(limits.max_header_bytes.max(MIN_BUF))
+        .keep_alive(true);
+    if limits.max_headers != limits::HYPER_DEFAULT_MAX_HEADERS {
+        builder.http1().max_headers(limits.max_headers);
+    }
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    // On a graceful shutdown: finish the responses under way (h2: all streams), then close.
+    let conn = builder.serve_connection(TokioIo::new(tls), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = &result {
+        tracing::debug!(%client, host = %origin.host, error = %e, "intercepted connection ended with an error");
+    }
+    tracing::info!(
+        target: "regcache::access",
+        %client,
+        host = %origin.host,
+        method = "CONNECT",
+        cache = "intercept",
+        status = 200u16,
+        alpn = alpn.as_deref().unwrap_or("none"),
+        requests = requests.load(Ordering::Relaxed),
+        ms = start.elapsed().as_millis() as u64,
+        "tunnel closed"
+    );
+}
