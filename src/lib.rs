@@ -11,6 +11,7 @@ pub mod ca;
 pub mod cache;
 pub mod catalog;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod images;

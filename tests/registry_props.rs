@@ -9,9 +9,9 @@ use std::path::{Component, Path};
 
 use http::Method;
 use proptest::prelude::*;
-use regcache::registry::digest::Digest;
-use regcache::registry::request::{ErrorCode, Reference, RegistryRequest, classify};
-use regcache::store::local::ContentStore;
+use regcache::registry::Digest;
+use regcache::registry::{ErrorCode, Reference, RegistryRequest, classify};
+use regcache::store::LocalStore;
 
 fn config() -> ProptestConfig {
     let cases = std::env::var("PROPTEST_CASES")
@@ -211,7 +211,7 @@ proptest! {
     #[test]
     fn a_digest_lives_inside_the_store(s in prop_oneof![digest(), "[a-z0-9]{1,8}:[a-zA-Z0-9./%_-]{0,140}"]) {
         let root = Path::new("/var/lib/regcache/data/cache");
-        let store = ContentStore::new(root.to_path_buf());
+        let store = LocalStore::new(root.to_path_buf());
         if let Ok(d) = s.parse::<Digest>() {
             let path = store.content_path(&d);
             prop_assert!(path.starts_with(root), "{}", path.display());

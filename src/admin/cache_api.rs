@@ -12,9 +12,9 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use serde::Serialize;
 
 use crate::body::{self, Body};
-use crate::cache::serve::RegistryCache;
-use crate::catalog::inventory::{ImageFilter, Inventory};
-use crate::catalog::purge::{PurgeError, purge};
+use crate::cache::RegistryCache;
+use crate::catalog::{ImageFilter, Inventory};
+use crate::catalog::{PurgeError, purge};
 
 /// The listing; a purge is `DELETE` of `/_regcache/cache/<ref>` (the reference URL-encoded).
 pub const CACHE_PATH: &str = "/_regcache/cache";
@@ -26,7 +26,7 @@ pub fn is_cache_path(path: &str) -> bool {
 
 /// Whether `client` may use the admin API: loopback only (IPv4-mapped IPv6 loopback included).
 pub fn admin_allowed(client: SocketAddr) -> bool {
-    crate::proxy::client_auth::canonical_ip(client.ip()).is_loopback()
+    crate::config::canonical_ip(client.ip()).is_loopback()
 }
 
 /// Answers a request for [`CACHE_PATH`] or below.
@@ -38,7 +38,7 @@ pub async fn respond<B>(req: &Request<B>, client: SocketAddr, cache: &RegistryCa
         );
     }
     let path = req.uri().path();
-    let root = cache.store().root().to_path_buf();
+    let store = cache.store();
     let reference = path
         .strip_prefix(CACHE_PATH)
         .and_then(|r| r.strip_prefix('/'))
@@ -50,11 +50,8 @@ pub async fn respond<B>(req: &Request<B>, client: SocketAddr, cache: &RegistryCa
                 Ok(f) => f,
                 Err(e) => return json_error(StatusCode::BAD_REQUEST, e),
             };
-            let listed =
-                tokio::task::spawn_blocking(move || Inventory::read_store(&root).map(|inv| inv.images(&filter))).await;
-            match listed {
-                Ok(Ok(images)) => json(StatusCode::OK, &images),
-                Ok(Err(e)) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            match Inventory::read_store(store).await {
+                Ok(inv) => json(StatusCode::OK, &inv.images(&filter)),
                 Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             }
         }
@@ -63,9 +60,8 @@ pub async fn respond<B>(req: &Request<B>, client: SocketAddr, cache: &RegistryCa
                 Ok(r) => r.into_owned(),
                 Err(_) => return json_error(StatusCode::BAD_REQUEST, "the reference is not UTF-8".into()),
             };
-            let done = tokio::task::spawn_blocking(move || purge(&root, &reference)).await;
-            match done {
-                Ok(Ok(report)) => {
+            match purge(store, &reference).await {
+                Ok(report) => {
                     cache.forget_all();
                     tracing::info!(
                         reference = %report.reference,
@@ -78,9 +74,8 @@ pub async fn respond<B>(req: &Request<B>, client: SocketAddr, cache: &RegistryCa
                     );
                     json(StatusCode::OK, &report)
                 }
-                Ok(Err(e @ PurgeError::BadRef(_))) => json_error(StatusCode::BAD_REQUEST, e.to_string()),
-                Ok(Err(e @ PurgeError::NothingMatched(_))) => json_error(StatusCode::NOT_FOUND, e.to_string()),
-                Ok(Err(e)) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                Err(e @ PurgeError::BadRef(_)) => json_error(StatusCode::BAD_REQUEST, e.to_string()),
+                Err(e @ PurgeError::NothingMatched(_)) => json_error(StatusCode::NOT_FOUND, e.to_string()),
                 Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             }
         }

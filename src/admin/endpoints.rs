@@ -1,11 +1,11 @@
 //! Requests addressed to regcache itself: banner (or the status page for browsers), health,
-//! metrics and the CA certificate.
+//! metrics, the CA certificate and the client setup script.
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 
-use crate::admin::status_page;
+use crate::admin::{setup_script, status_page};
 use crate::body::{self, Body};
-use crate::telemetry::metrics;
+use crate::telemetry::{self, Metrics};
 
 /// The answers regcache gives about itself.
 pub struct LocalEndpoints {
@@ -23,9 +23,10 @@ impl LocalEndpoints {
         Self { ca_pem, banner }
     }
 
-    /// Answers `GET`/`HEAD` for `/`, `/healthz`, `/metrics` and `/ca.crt`; anything else is 404
-    /// or 405. `/` is the one-line banner, or the HTML status page when the client accepts HTML.
-    pub fn respond<B>(&self, req: &Request<B>) -> Response<Body> {
+    /// Answers `GET`/`HEAD` for `/`, `/healthz`, `/metrics`, `/setup/systemd` and `/ca.crt`;
+    /// anything else is 404 or 405. `/` is the one-line banner, or the HTML status page (of
+    /// `metrics`) when the client accepts HTML.
+    pub fn respond<B>(&self, req: &Request<B>, metrics: &Metrics) -> Response<Body> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             let mut res = body::text(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -36,11 +37,11 @@ impl LocalEndpoints {
             return res;
         }
         match req.uri().path() {
-            "/" if accepts_html(req) => vary_accept(html(status_page::render(&metrics::global().snapshot()))),
+            "/" if accepts_html(req) => vary_accept(html(status_page::render(&metrics.snapshot()))),
             "/" => vary_accept(body::text(StatusCode::OK, self.banner.clone())),
-            "/metrics" => metrics_text(metrics::global().encode()),
+            "/metrics" => metrics_text(metrics.encode()),
             "/healthz" => body::text(StatusCode::OK, "ok"),
-            "/setup/systemd" => crate::admin::setup_script::respond(req, &self.ca_pem),
+            "/setup/systemd" => setup_script::respond(req, &self.ca_pem),
             "/ca.crt" => {
                 let mut res = Response::new(body::full(self.ca_pem.clone()));
                 let h = res.headers_mut();
@@ -89,7 +90,7 @@ fn html(page: String) -> Response<Body> {
 fn metrics_text(text: String) -> Response<Body> {
     let mut res = Response::new(body::full(text));
     let h = res.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(metrics::CONTENT_TYPE));
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(telemetry::CONTENT_TYPE));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res
 }

@@ -1,6 +1,67 @@
-//! TODO
+//! What regcache answers about itself: the banner (or the HTML status page for browsers),
+//! `/healthz`, `/metrics`, `/ca.crt`, the client setup script (`/setup/systemd`), the cache's
+//! admin API (`/_regcache/cache`, loopback only) and `POST /_regcache/reload`.
+//!
+//! Owns: [`AdminService`], the status page, the setup script template.
+//!
+//! Must not: accept connections (a listener hands requests in), or change the configuration
+//! itself (a reload goes through [`Reload`], which `app` implements).
+//!
+//! May import: `catalog`, `cache`, `telemetry`, `config`, `body`.
 
-pub mod cache_api;
-pub mod endpoints;
-pub mod setup_script;
-pub mod status_page;
+mod cache_api;
+mod endpoints;
+mod reload;
+mod setup_script;
+mod status_page;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{Request, Response};
+
+use crate::body::Body;
+use crate::cache::RegistryCache;
+use crate::telemetry::Metrics;
+
+pub use reload::RELOAD_PATH;
+
+/// Re-reads the configuration and applies it (what SIGHUP does).
+#[async_trait::async_trait]
+pub trait Reload: Send + Sync {
+    /// One line per change, or why the new configuration was refused (the running one stays).
+    async fn reload(&self) -> Result<Vec<String>, Box<dyn std::error::Error + Send + Sync>>;
+}
+
+/// Regcache's own endpoints.
+pub struct AdminService {
+    endpoints: endpoints::LocalEndpoints,
+    cache: Arc<RegistryCache>,
+    metrics: Arc<Metrics>,
+    reload: Arc<dyn Reload>,
+}
+
+impl AdminService {
+    /// Endpoints serving `ca_pem` at `/ca.crt`, `metrics` at `/metrics`, `cache`'s admin API,
+    /// and reloads through `reload`.
+    pub fn new(ca_pem: String, cache: Arc<RegistryCache>, metrics: Arc<Metrics>, reload: Arc<dyn Reload>) -> Self {
+        Self {
+            endpoints: endpoints::LocalEndpoints::new(ca_pem),
+            cache,
+            metrics,
+            reload,
+        }
+    }
+
+    /// The answer to `req` from `client`.
+    pub async fn respond<B>(&self, req: &Request<B>, client: SocketAddr) -> Response<Body> {
+        let path = req.uri().path();
+        if path == RELOAD_PATH {
+            reload::respond(req, client, &*self.reload).await
+        } else if cache_api::is_cache_path(path) {
+            cache_api::respond(req, client, &self.cache).await
+        } else {
+            self.endpoints.respond(req, &self.metrics)
+        }
+    }
+}

@@ -8,8 +8,8 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::telemetry::access_log::Outcome;
-use crate::telemetry::metrics::Snapshot;
+use crate::telemetry::Outcome;
+use crate::telemetry::Snapshot;
 
 /// How the page describes a cache without a size budget (there is none yet).
 const NO_BUDGET: &str = "no limit";
@@ -264,8 +264,8 @@ pub fn uptime(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::telemetry::metrics::{Metrics, OUTCOMES};
-    use crate::telemetry::top_images::ImageCount;
+    use crate::telemetry::ImageCount;
+    use crate::telemetry::{Metrics, OUTCOMES};
 
     fn snapshot() -> Snapshot {
         Metrics::new().snapshot()

@@ -1,4 +1,12 @@
-//! Wiring: builds every component from a [`Config`], binds the listener and runs the accept loop.
+//! Wiring: every component built from a [`Config`] and handed what it needs (the one place
+//! that knows them all), the listeners bound, run until told to stop, then drained; and the
+//! reload that applies a new configuration to the running parts.
+//!
+//! Owns: [`App`], [`Reloader`].
+//!
+//! Must not: hold logic of its own beyond construction, reload and shutdown order.
+//!
+//! May import: every folder but `cli`.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -6,36 +14,26 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use tokio::net::TcpListener;
+use http::{Request, Response};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::endpoints::LocalEndpoints;
-use crate::ca::authority::CertificateAuthority;
-use crate::cache::eviction::Evictor;
-use crate::cache::serve::RegistryCache;
-use crate::config::file::{ConfigError, ConfigSource};
-use crate::config::settings::Config;
-use crate::proxy::client_auth::{ClientGate, HtpasswdError};
-use crate::proxy::gateway::Gateway;
-use crate::proxy::leaf_certs::LeafCertCache;
-use crate::proxy::limits::ConnectionLimiter;
-use crate::proxy::listener;
-use crate::store::local::ContentStore;
-use crate::upstream::auth::UpstreamAuth;
-use crate::upstream::client::{UpstreamClient, UpstreamSetupError};
+use crate::admin::{AdminService, Reload};
+use crate::body::Body;
+use crate::ca::CertificateAuthority;
+use crate::cache::{CacheParts, Evictor, RegistryCache};
+use crate::config::{Config, ConfigError, ConfigSource};
+use crate::proxy::{ClientGate, Gateway, HtpasswdError, LeafCertCache, LocalService, Proxy, ProxyListener};
+use crate::store::Store;
+use crate::telemetry::Metrics;
+use crate::upstream::{UpstreamAuth, UpstreamClient, UpstreamSetupError};
 
 /// Errors starting the proxy. Each names what it concerns.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// The cause.
-        source: std::io::Error,
-    },
+    /// The listener could not be bound, or its TLS files are unusable.
+    #[error(transparent)]
+    Listen(#[from] crate::proxy::ListenError),
     /// The data directory could not be created.
     #[error("{path}: cannot create data directory: {source}")]
     DataDir {
@@ -50,9 +48,6 @@ pub enum StartError {
     /// The htpasswd file is unusable.
     #[error(transparent)]
     Htpasswd(#[from] HtpasswdError),
-    /// The listener's TLS certificate or key is unusable.
-    #[error("{0}")]
-    ListenerTls(String),
 }
 
 /// Why a reload was refused (the running configuration stays).
@@ -72,51 +67,19 @@ pub enum ReloadError {
     NoSource,
 }
 
-/// What every connection needs.
-pub struct Shared {
-    /// The running configuration; replaced whole on a reload.
-    config: Arc<ArcSwap<Config>>,
-    /// Where the configuration is read from again on a reload.
-    source: Option<ConfigSource>,
-    /// Serialises reloads (SIGHUP and the admin endpoint may race).
-    reloading: tokio::sync::Mutex<()>,
-    /// The cache (its tag policy follows reloads).
-    cache: Arc<RegistryCache>,
-    /// regcache's upstream accounts; replaced on a reload.
-    auth: Arc<UpstreamAuth>,
-    /// Keeps the store within its budget (which a reload may change).
-    evictor: Arc<Evictor>,
-    /// Who may use the proxy; replaced on a reload.
-    pub gate: ArcSwap<ClientGate>,
-    /// Cancelled when a graceful shutdown begins.
-    pub shutdown: CancellationToken,
-    /// Connection and download tasks, awaited by a graceful shutdown.
-    pub tasks: TaskTracker,
-    /// Per-host server certificates.
-    pub leaf_certs: LeafCertCache,
-    /// Request handling for origins.
-    pub gateway: Gateway,
-    /// Dialling for tunnels.
-    pub upstream: UpstreamClient,
-    /// `/`, `/healthz`, `/ca.crt`.
-    pub local: LocalEndpoints,
-    /// The bound address (to recognise requests for regcache itself).
-    pub listen_addr: SocketAddr,
-}
-
 /// A built proxy, bound and ready to run.
 pub struct App {
-    listener: TcpListener,
-    listener_tls: Option<tokio_rustls::TlsAcceptor>,
-    limiter: ConnectionLimiter,
-    shared: Arc<Shared>,
+    listener: ProxyListener,
+    proxy: Arc<Proxy>,
+    reloader: Reloader,
 }
 
 impl App {
     /// Builds the components and binds `config.listen`.
     ///
     /// # Errors
-    /// If the data directory, upstream CA bundles or listen address are unusable.
+    /// If the data directory, upstream CA bundles, htpasswd file or listen address are
+    /// unusable.
     pub async fn build(
         config: Config,
         ca: Arc<CertificateAuthority>,
@@ -126,120 +89,94 @@ impl App {
             path: config.data_dir.clone(),
             source,
         })?;
-        let gate = ClientGate::build(&config.access)?;
-        let listener_tls = match &config.listener_tls {
-            Some((cert, key)) => Some(listener::tls_acceptor(cert, key).map_err(StartError::ListenerTls)?),
-            None => None,
-        };
-        let upstream = UpstreamClient::new(&config)?;
-        let store = ContentStore::new(config.data_dir.join("cache"));
-        let swept = store.sweep_temporary_files();
+        let metrics = Arc::new(Metrics::new());
+        let gate = Arc::new(ArcSwap::from_pointee(ClientGate::build(&config.access)?));
+        let upstream = UpstreamClient::new(&config, metrics.clone())?;
+        let store = Store::local(config.data_dir.join("cache"));
+        let swept = store.spool_files().sweep_all();
         if swept > 0 {
             tracing::info!(files = swept, "removed partial downloads left by an earlier run");
         }
+        spawn_usage_scan(store.clone(), metrics.clone());
         let tasks = TaskTracker::new();
-        crate::telemetry::metrics::spawn_store_scan(store.clone());
         let auth = Arc::new(UpstreamAuth::new(config.credentials.clone()));
-        let evictor = Evictor::new(store.clone(), config.budget);
+        let evictor = Evictor::new(store.clone(), config.budget, metrics.clone());
         tokio::spawn(evictor.clone().run());
         let cache = Arc::new(RegistryCache::new(
-            store,
-            upstream.clone(),
+            CacheParts {
+                store,
+                upstream: upstream.clone(),
+                auth: auth.clone(),
+                evictor: evictor.clone(),
+                tasks: tasks.clone(),
+                metrics: metrics.clone(),
+            },
             config.cache.clone(),
             config.timeouts.upstream_response,
-            tasks.clone(),
-            auth.clone(),
-            evictor.clone(),
         ));
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: config.listen,
-                source,
-            })?;
-        let listen_addr = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+        let listener = ProxyListener::bind(&config).await?;
         let leaf_certs = LeafCertCache::new(ca.clone());
         leaf_certs
             .prewarm(config.registries.iter().filter_map(|p| p.exact_host()))
             .await;
-        let limiter = ConnectionLimiter::new(config.limits.max_connections);
         let config = Arc::new(ArcSwap::from_pointee(config));
-        let shared = Arc::new(Shared {
-            leaf_certs,
-            gateway: Gateway::new(upstream.clone(), cache.clone(), config.clone()),
-            upstream,
-            local: LocalEndpoints::new(ca.cert_pem().to_string()),
-            listen_addr,
-            config,
+        let reloader = Reloader(Arc::new(ReloadParts {
+            config: config.clone(),
             source,
             reloading: tokio::sync::Mutex::new(()),
-            cache,
-            gate: ArcSwap::from_pointee(gate),
+            cache: cache.clone(),
             auth,
             evictor,
+            upstream: upstream.clone(),
+            gate: gate.clone(),
+            leaf_certs: leaf_certs.clone(),
+        }));
+        let admin = AdminService::new(
+            ca.cert_pem().to_string(),
+            cache.clone(),
+            metrics.clone(),
+            Arc::new(reloader.clone()),
+        );
+        let proxy = Arc::new(Proxy {
+            gateway: Gateway::new(upstream.clone(), cache, config.clone(), metrics.clone()),
+            config,
+            gate,
             shutdown: CancellationToken::new(),
             tasks,
+            leaf_certs,
+            upstream,
+            local: Arc::new(LocalAnswers(admin)),
+            listen_addr: listener.local_addr(),
+            metrics,
         });
         Ok(Self {
             listener,
-            listener_tls,
-            limiter,
-            shared,
+            proxy,
+            reloader,
         })
     }
 
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.shared.listen_addr
+        self.proxy.listen_addr
     }
 
     /// A handle to reload the configuration while [`App::run`] runs.
     pub fn reloader(&self) -> Reloader {
-        Reloader(self.shared.clone())
+        self.reloader.clone()
     }
 
     /// Accepts connections until `shutdown` resolves, then drains: stops accepting, lets
     /// in-flight responses and downloads finish for up to the configured grace period, and
     /// returns. Partial downloads never become cache entries (they are committed only when
-    /// verified, and their temporary files are swept at the next start).
+    /// verified, and their spool files are swept at the next start).
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => break,
-                accepted = self.listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        let _ = stream.set_nodelay(true);
-                        let Some(slot) = self.limiter.try_admit() else {
-                            self.limiter.refuse(stream, peer, self.listener_tls.is_some());
-                            continue;
-                        };
-                        match &self.listener_tls {
-                            None => {
-                                self.shared.tasks.spawn(listener::serve_connection(stream, peer, self.shared.clone(), slot));
-                            }
-                            Some(tls) => {
-                                self.shared.tasks.spawn(listener::serve_tls_connection(tls.clone(), stream, peer, self.shared.clone(), slot));
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    }
-                }
-            }
-        }
-        drop(self.listener);
-        let grace = self.shared.config().shutdown_grace;
-        let shared = self.shared;
-        shared.shutdown.cancel();
-        shared.tasks.close();
-        let busy = shared.tasks.len();
+        let proxy = self.proxy;
+        self.listener.run(proxy.clone(), shutdown).await;
+        let grace = proxy.config().shutdown_grace;
+        proxy.shutdown.cancel();
+        proxy.tasks.close();
+        let busy = proxy.tasks.len();
         if busy > 0 {
             tracing::info!(
                 tasks = busy,
@@ -247,41 +184,68 @@ impl App {
                 "draining connections and downloads"
             );
         }
-        match tokio::time::timeout(grace, shared.tasks.wait()).await {
+        match tokio::time::timeout(grace, proxy.tasks.wait()).await {
             Ok(()) => tracing::info!("drained"),
             Err(_) => tracing::warn!(
-                tasks = shared.tasks.len(),
+                tasks = proxy.tasks.len(),
                 "shutdown grace period over; cutting the remaining connections and downloads"
             ),
         }
     }
 }
 
-/// Reloads the configuration of a running [`App`].
-#[derive(Clone)]
-pub struct Reloader(Arc<Shared>);
+/// Sets the cache size and entry gauges from what an earlier run stored. It runs while
+/// requests are served: content committed during the scan may be counted twice, so the gauges
+/// are approximate until it ends (logged).
+fn spawn_usage_scan(store: Store, metrics: Arc<Metrics>) {
+    tokio::spawn(async move {
+        match store.blobs().usage().await {
+            Ok((entries, bytes)) => {
+                metrics.content_scanned(entries, bytes);
+                tracing::debug!(entries, bytes, "cache content scanned");
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot scan the store; cache size gauges start at 0"),
+        }
+    });
+}
 
-impl Reloader {
-    /// Re-reads the configuration source and applies it; see [`Shared::reload`].
-    ///
-    /// # Errors
-    /// If the new configuration is invalid: the running one stays.
-    pub async fn reload(&self) -> Result<Vec<String>, ReloadError> {
-        self.0.reload().await
+/// The proxy's requests for regcache itself, answered by the admin endpoints.
+struct LocalAnswers(AdminService);
+
+#[async_trait::async_trait]
+impl LocalService for LocalAnswers {
+    async fn respond(&self, req: Request<()>, client: SocketAddr) -> Response<Body> {
+        self.0.respond(&req, client).await
     }
 }
 
-impl Shared {
-    /// The running configuration (a snapshot: a reload does not change it under the caller).
-    pub fn config(&self) -> Arc<Config> {
-        self.config.load_full()
-    }
+/// What a reload changes.
+struct ReloadParts {
+    /// The running configuration; replaced whole on a reload.
+    config: Arc<ArcSwap<Config>>,
+    /// Where the configuration is read from again on a reload.
+    source: Option<ConfigSource>,
+    /// Serialises reloads (SIGHUP and the admin endpoint may race).
+    reloading: tokio::sync::Mutex<()>,
+    /// The cache (its tag policy follows reloads).
+    cache: Arc<RegistryCache>,
+    /// regcache's upstream accounts.
+    auth: Arc<UpstreamAuth>,
+    /// Keeps the store within its budget (which a reload may change).
+    evictor: Arc<Evictor>,
+    /// Trust roots, overrides and timeouts for new upstream requests.
+    upstream: UpstreamClient,
+    /// Who may use the proxy.
+    gate: Arc<ArcSwap<ClientGate>>,
+    /// Leaves for newly configured registries are minted ahead of their first client.
+    leaf_certs: LeafCertCache,
+}
 
-    /// The cache (for the admin API).
-    pub fn cache(&self) -> &RegistryCache {
-        &self.cache
-    }
+/// Reloads the configuration of a running [`App`].
+#[derive(Clone)]
+pub struct Reloader(Arc<ReloadParts>);
 
+impl Reloader {
     /// Re-reads the configuration source and applies what can change while running:
     /// registries, address overrides, upstream TLS, credentials, tag policies, timeouts for new
     /// connections, push and non-registry policies. Connections and downloads under way are
@@ -290,27 +254,35 @@ impl Shared {
     /// # Errors
     /// If the new configuration is invalid: nothing changes.
     pub async fn reload(&self) -> Result<Vec<String>, ReloadError> {
-        let _one_at_a_time = self.reloading.lock().await;
-        let source = self.source.as_ref().ok_or(ReloadError::NoSource)?;
+        let parts = &self.0;
+        let _one_at_a_time = parts.reloading.lock().await;
+        let source = parts.source.as_ref().ok_or(ReloadError::NoSource)?;
         let loaded = source.load()?;
         let new = loaded.config;
-        let old = self.config();
+        let old = parts.config.load_full();
         // Build everything that can fail before changing anything.
         let gate = ClientGate::build(&new.access)?;
-        self.upstream.reconfigure(&new)?;
-        self.gate.store(Arc::new(gate));
-        self.auth.set_accounts(new.credentials.clone());
-        self.evictor.set_budget(new.budget);
-        self.cache.set_policy(new.cache.clone());
+        parts.upstream.reconfigure(&new)?;
+        parts.gate.store(Arc::new(gate));
+        parts.auth.set_accounts(new.credentials.clone());
+        parts.evictor.set_budget(new.budget);
+        parts.cache.set_policy(new.cache.clone());
         let hosts: Vec<String> = new
             .registries
             .iter()
             .filter_map(|p| p.exact_host().map(str::to_string))
             .collect();
-        self.leaf_certs.prewarm(hosts.iter().map(String::as_str)).await;
+        parts.leaf_certs.prewarm(hosts.iter().map(String::as_str)).await;
         let changes = describe_changes(&old, &new);
-        self.config.store(Arc::new(new));
+        parts.config.store(Arc::new(new));
         Ok(changes)
+    }
+}
+
+#[async_trait::async_trait]
+impl Reload for Reloader {
+    async fn reload(&self) -> Result<Vec<String>, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(Reloader::reload(self).await?)
     }
 }
 

@@ -316,7 +316,7 @@ impl CertificateAuthority {
     /// (`docker.io` covers Docker Hub's registry and token hosts; `*.` patterns become their domain).
     pub fn default_permitted_domains() -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
-        for pattern in crate::config::settings::DEFAULT_REGISTRIES {
+        for pattern in crate::config::DEFAULT_REGISTRIES {
             let domain = pattern.trim_start_matches("*.");
             let domain = if domain.ends_with(".docker.io") {
                 "docker.io"

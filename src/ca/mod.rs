@@ -1,4 +1,15 @@
-//! TODO
+//! The certificate authority regcache signs intercepted hosts' leaves with: loaded or
+//! generated (`ca.crt`, and `ca.key` at mode 0600, optionally passphrase-protected and name
+//! constrained), described for people (subject, fingerprint, validity), and leaves signed.
+//!
+//! Owns: [`CertificateAuthority`], the CA files, key formats and passphrases.
+//!
+//! Must not: open sockets, or cache leaves (the proxy's leaf cache does).
+//!
+//! May import: `config`.
 
-pub mod authority;
-pub mod key;
+mod authority;
+mod key;
+
+pub use authority::{CERT_FILE, CaError, CaSummary, CertificateAuthority, KEY_FILE, Leaf, summarize_file};
+pub use key::KeyPassphrase;

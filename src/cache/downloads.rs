@@ -1,8 +1,8 @@
 //! Blob downloads in progress, one per digest, shared by every client that wants that blob.
 //!
-//! The first miss registers a [`Download`]; the task that fetches it writes to a temporary file
-//! and publishes how many bytes are there. Every client (the first one included) reads that
-//! file as it grows, so concurrent requests cost one upstream transfer, late joiners and
+//! The first miss registers a [`Download`]; the task that fetches it writes to the store's
+//! spool file and publishes how many bytes are there. Every client (the first one included)
+//! reads that file as it grows (or, once committed, the stored blob), so concurrent requests cost one upstream transfer, late joiners and
 //! `Range` requests start wherever they like, and the download finishes even if the client
 //! that started it goes away.
 //!
@@ -15,13 +15,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt as _};
 use tokio::sync::watch;
 
-use crate::registry::digest::Digest;
-
-/// Read size when following a download or serving a file.
-pub const READ_CHUNK: usize = 512 * 1024;
+use crate::registry::Digest;
+use crate::store::{Access, ByteStream, READ_CHUNK, Store, read_at};
+use crate::telemetry::Metrics;
 
 /// Where a download stands.
 #[derive(Debug, Clone)]
@@ -51,7 +50,9 @@ pub enum DownloadState {
 /// One blob being fetched.
 pub struct Download {
     state: watch::Receiver<DownloadState>,
-    final_path: PathBuf,
+    /// Where the blob is once committed (for readers that start after the spool is gone).
+    store: Store,
+    digest: Digest,
     recent: Arc<Mutex<Recent>>,
 }
 
@@ -94,6 +95,7 @@ impl Recent {
 
 impl Download {
     /// The current state.
+    #[cfg(test)]
     pub fn state(&self) -> DownloadState {
         self.state.borrow().clone()
     }
@@ -111,9 +113,10 @@ impl Download {
     pub fn read(&self, start: u64, end: Option<u64>) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
         let reader = Reader {
             rx: self.state.clone(),
-            final_path: self.final_path.clone(),
+            store: self.store.clone(),
+            digest: self.digest.clone(),
             recent: self.recent.clone(),
-            file: None,
+            source: Source::Closed,
             pos: start,
             end,
             finished: false,
@@ -136,12 +139,23 @@ impl Download {
 
 struct Reader {
     rx: watch::Receiver<DownloadState>,
-    final_path: PathBuf,
+    store: Store,
+    digest: Digest,
     recent: Arc<Mutex<Recent>>,
-    file: Option<std::fs::File>,
+    source: Source,
     pos: u64,
     end: Option<u64>,
     finished: bool,
+}
+
+/// Where a reader gets bytes that are no longer in memory.
+enum Source {
+    /// Nothing opened yet.
+    Closed,
+    /// The spool file, read at any offset.
+    Spool(std::fs::File),
+    /// The committed blob, read in order from where the reader was.
+    Stored(ByteStream),
 }
 
 impl Reader {
@@ -149,6 +163,21 @@ impl Reader {
         loop {
             if self.end.is_some_and(|e| self.pos >= e) {
                 return Ok(None);
+            }
+            if let Source::Stored(stream) = &mut self.source {
+                // Committed, so verified: read it to the end asked for.
+                return match stream.next().await {
+                    Some(Ok(bytes)) => {
+                        self.pos += bytes.len() as u64;
+                        Ok(Some(bytes))
+                    }
+                    Some(Err(e)) => Err(e),
+                    None if self.end.is_some_and(|e| self.pos < e) => Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "blob shorter than the range asked for",
+                    )),
+                    None => Ok(None),
+                };
             }
             let state = self.rx.borrow_and_update().clone();
             let (available, complete, temp) = match state {
@@ -178,9 +207,16 @@ impl Reader {
                 }
                 let want = (limit - self.pos).min(READ_CHUNK as u64) as usize;
                 self.open(temp.as_deref()).await?;
-                let file = self.file.take().ok_or_else(|| io::Error::other("blob file not open"))?;
-                let (file, bytes) = read_blocking(file, self.pos, want).await?;
-                self.file = Some(file);
+                let file = match std::mem::replace(&mut self.source, Source::Closed) {
+                    Source::Spool(file) => file,
+                    stored @ Source::Stored(_) => {
+                        self.source = stored;
+                        continue;
+                    }
+                    Source::Closed => return Err(io::Error::other("blob file not open")),
+                };
+                let (file, bytes) = read_at(file, self.pos, want).await?;
+                self.source = Source::Spool(file);
                 if bytes.is_empty() {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -206,115 +242,33 @@ impl Reader {
         }
     }
 
-    /// Opens the temporary file (or, once renamed into the store, the final one).
+    /// Opens the spool file, or, once the blob is committed (the spool renamed or removed),
+    /// the stored blob from the current position.
     async fn open(&mut self, temp: Option<&PathBuf>) -> io::Result<()> {
-        if self.file.is_some() {
+        if !matches!(self.source, Source::Closed) {
             return Ok(());
         }
-        let temp = temp.cloned();
-        let final_path = self.final_path.clone();
-        let file = tokio::task::spawn_blocking(move || -> io::Result<std::fs::File> {
-            match temp.map(std::fs::File::open) {
-                Some(Ok(f)) => Ok(f),
-                _ => std::fs::File::open(&final_path),
+        if let Some(temp) = temp.cloned() {
+            let opened = tokio::task::spawn_blocking(move || std::fs::File::open(temp))
+                .await
+                .map_err(io::Error::other)?;
+            if let Ok(file) = opened {
+                self.source = Source::Spool(file);
+                return Ok(());
             }
-        })
-        .await
-        .map_err(io::Error::other)??;
-        self.file = Some(file);
+        }
+        let len = self.end.map(|e| e.saturating_sub(self.pos));
+        let (store, digest, pos) = (self.store.clone(), self.digest.clone(), self.pos);
+        // On a task of its own: the store's future is not `Sync`, and a response body must be.
+        let opened = tokio::spawn(async move { store.blobs().open(&digest, pos, len, Access::Use).await })
+            .await
+            .map_err(io::Error::other)?;
+        let reader = opened
+            .map_err(io::Error::other)?
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "downloaded blob is gone from the store"))?;
+        self.source = Source::Stored(reader.stream);
         Ok(())
     }
-}
-
-/// Reads up to `want` bytes at `pos` on the blocking pool, straight into a fresh buffer (one
-/// copy, kernel to user; tokio's `File` would add a second). Always positions first: a
-/// follower of a download alternates between memory and the file, so the file's own cursor
-/// cannot be trusted.
-pub async fn read_blocking(mut file: std::fs::File, pos: u64, want: usize) -> io::Result<(std::fs::File, Bytes)> {
-    tokio::task::spawn_blocking(move || {
-        std::io::Seek::seek(&mut file, io::SeekFrom::Start(pos))?;
-        let mut buf = Vec::with_capacity(want);
-        let mut limited = std::io::Read::take(file, want as u64);
-        std::io::Read::read_to_end(&mut limited, &mut buf)?;
-        Ok((limited.into_inner(), Bytes::from(buf)))
-    })
-    .await
-    .map_err(io::Error::other)?
-}
-
-/// Streams `len` bytes of a file from `start`, in [`READ_CHUNK`] pieces.
-pub fn file_stream(path: PathBuf, start: u64, len: u64) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
-    stream_of(path, None, start, len)
-}
-
-/// As [`file_stream`], from a file already open: the answer is then immune to the file being
-/// removed meanwhile (an eviction, a `cache rm`).
-pub fn open_file_stream(
-    file: std::fs::File,
-    path: PathBuf,
-    start: u64,
-    len: u64,
-) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
-    stream_of(path, Some(file), start, len)
-}
-
-fn stream_of(
-    path: PathBuf,
-    file: Option<std::fs::File>,
-    start: u64,
-    len: u64,
-) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
-    struct St {
-        path: PathBuf,
-        file: Option<std::fs::File>,
-        pos: u64,
-        left: u64,
-        failed: bool,
-    }
-    let st = St {
-        path,
-        file,
-        pos: start,
-        left: len,
-        failed: false,
-    };
-    futures_util::stream::unfold(st, |mut st| async move {
-        if st.left == 0 || st.failed {
-            return None;
-        }
-        let step = async {
-            let file = match st.file.take() {
-                Some(f) => f,
-                None => {
-                    let path = st.path.clone();
-                    tokio::task::spawn_blocking(move || std::fs::File::open(path))
-                        .await
-                        .map_err(io::Error::other)??
-                }
-            };
-            let want = st.left.min(READ_CHUNK as u64) as usize;
-            let (file, bytes) = read_blocking(file, st.pos, want).await?;
-            if bytes.is_empty() {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "cached blob is shorter than its length",
-                ));
-            }
-            st.file = Some(file);
-            Ok(bytes)
-        };
-        match step.await {
-            Ok(bytes) => {
-                st.pos += bytes.len() as u64;
-                st.left -= bytes.len() as u64;
-                Some((Ok(bytes), st))
-            }
-            Err(e) => {
-                st.failed = true;
-                Some((Err(e), st))
-            }
-        }
-    })
 }
 
 /// The writer's side of a [`Download`]: reports progress; unregisters when dropped.
@@ -323,6 +277,7 @@ pub struct DownloadHandle {
     recent: Arc<Mutex<Recent>>,
     digest: Digest,
     table: Arc<Mutex<HashMap<Digest, Arc<Download>>>>,
+    metrics: Arc<Metrics>,
 }
 
 impl DownloadHandle {
@@ -381,7 +336,7 @@ impl DownloadHandle {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&self.digest);
-        crate::telemetry::metrics::global().download_finished();
+        self.metrics.download_finished();
     }
 }
 
@@ -406,14 +361,24 @@ pub enum Joined {
 }
 
 /// The table of downloads in progress.
-#[derive(Default, Clone)]
+#[derive(Clone)]
 pub struct Downloads {
     table: Arc<Mutex<HashMap<Digest, Arc<Download>>>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Downloads {
-    /// Joins the download of `digest`, or registers a new one (in `Connecting`) for the caller.
-    pub fn join_or_start(&self, digest: &Digest, final_path: PathBuf) -> Joined {
+    /// An empty table, counting downloads in `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            table: Arc::default(),
+            metrics,
+        }
+    }
+
+    /// Joins the download of `digest`, or registers a new one (in `Connecting`) for the caller;
+    /// the blob is committed to `store`.
+    pub fn join_or_start(&self, digest: &Digest, store: &Store) -> Joined {
         let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(d) = table.get(digest) {
             return Joined::Existing(d.clone());
@@ -422,16 +387,18 @@ impl Downloads {
         let recent = Arc::new(Mutex::new(Recent::default()));
         let download = Arc::new(Download {
             state: rx,
-            final_path,
+            store: store.clone(),
+            digest: digest.clone(),
             recent: recent.clone(),
         });
         table.insert(digest.clone(), download.clone());
-        crate::telemetry::metrics::global().download_started();
+        self.metrics.download_started();
         let handle = DownloadHandle {
             state: tx,
             recent,
             digest: digest.clone(),
             table: self.table.clone(),
+            metrics: self.metrics.clone(),
         };
         Joined::New(download, handle)
     }
@@ -454,9 +421,18 @@ impl Downloads {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::digest::Algorithm;
+    use crate::registry::Algorithm;
+    use crate::store::LocalStore;
     use futures_util::StreamExt;
     use tokio::io::AsyncWriteExt;
+
+    /// A local store in `dir`, a download table, and where the store keeps `digest`.
+    fn setup(dir: &tempfile::TempDir, digest: &Digest) -> (Store, Downloads, PathBuf) {
+        let root = dir.path().join("cache");
+        let fin = LocalStore::new(root.clone()).content_path(digest);
+        std::fs::create_dir_all(fin.parent().unwrap()).unwrap();
+        (Store::local(root), Downloads::new(Arc::new(Metrics::new())), fin)
+    }
 
     async fn collect(s: impl Stream<Item = io::Result<Bytes>>) -> io::Result<Vec<u8>> {
         let mut out = Vec::new();
@@ -471,17 +447,13 @@ mod tests {
     async fn readers_follow_a_growing_file_and_get_the_last_byte_after_verification() {
         let dir = tempfile::tempdir().unwrap();
         let temp = dir.path().join("t.partial");
-        let fin = dir.path().join("final");
         let data: Vec<u8> = (0..600_000u32).map(|i| (i % 253) as u8).collect();
         let digest = Digest::of(Algorithm::Sha256, &data);
-        let downloads = Downloads::default();
-        let Joined::New(dl, handle) = downloads.join_or_start(&digest, fin.clone()) else {
+        let (store, downloads, fin) = setup(&dir, &digest);
+        let Joined::New(dl, handle) = downloads.join_or_start(&digest, &store) else {
             panic!()
         };
-        assert!(matches!(
-            downloads.join_or_start(&digest, fin.clone()),
-            Joined::Existing(_)
-        ));
+        assert!(matches!(downloads.join_or_start(&digest, &store), Joined::Existing(_)));
 
         let whole = tokio::spawn(collect(dl.read(0, None)));
         let tail = tokio::spawn(collect(dl.read(599_990, None)));
@@ -513,15 +485,15 @@ mod tests {
     async fn failure_aborts_readers_and_a_dropped_handle_counts_as_failure() {
         let dir = tempfile::tempdir().unwrap();
         let digest = Digest::of(Algorithm::Sha256, b"x");
-        let downloads = Downloads::default();
-        let Joined::New(dl, handle) = downloads.join_or_start(&digest, dir.path().join("f")) else {
+        let (store, downloads, _) = setup(&dir, &digest);
+        let Joined::New(dl, handle) = downloads.join_or_start(&digest, &store) else {
             panic!()
         };
         let reader = tokio::spawn(collect(dl.read(0, None)));
         handle.fail("upstream cut the connection");
         assert!(reader.await.unwrap().is_err());
 
-        let Joined::New(dl, handle) = downloads.join_or_start(&digest, dir.path().join("f")) else {
+        let Joined::New(dl, handle) = downloads.join_or_start(&digest, &store) else {
             panic!()
         };
         drop(handle);
@@ -533,7 +505,8 @@ mod tests {
 #[cfg(test)]
 mod follower_tests {
     use super::*;
-    use crate::registry::digest::Algorithm;
+    use crate::registry::Algorithm;
+    use crate::store::LocalStore;
     use futures_util::StreamExt;
     use std::io::Write as _;
 
@@ -547,8 +520,11 @@ mod follower_tests {
             .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
             .collect();
         let digest = Digest::of(Algorithm::Sha256, &data);
-        let downloads = Downloads::default();
-        let Joined::New(dl, handle) = downloads.join_or_start(&digest, dir.path().join("final")) else {
+        let root = dir.path().join("cache");
+        let fin = LocalStore::new(root.clone()).content_path(&digest);
+        std::fs::create_dir_all(fin.parent().unwrap()).unwrap();
+        let (store, downloads) = (Store::local(root), Downloads::new(Arc::new(Metrics::new())));
+        let Joined::New(dl, handle) = downloads.join_or_start(&digest, &store) else {
             panic!()
         };
         let mut file = std::fs::File::create(&temp).unwrap();
@@ -577,7 +553,7 @@ mod follower_tests {
         append(data.len() / batch - first, &mut offset);
         assert_eq!(offset, data.len());
         handle.done(data.len() as u64);
-        std::fs::rename(&temp, dir.path().join("final")).unwrap();
+        std::fs::rename(&temp, &fin).unwrap();
         while let Some(chunk) = reader.next().await {
             got.extend_from_slice(&chunk.unwrap());
         }

@@ -3,25 +3,27 @@
 //! to a low watermark (90 % of the limit), so that eviction runs now and then rather than on
 //! every download.
 //!
-//! - Last use is the content file's access time. Hits do not write it: they are noted in memory
-//!   and flushed every [`FLUSH_EVERY`] with one `utimensat` per file used (nothing per request).
-//! - Content being read is never evicted (readers hold a [`ReadGuard`]; they also open the file
+//! - Last use is what the store records (the local store: a content file's access time). Hits
+//!   do not write it: they are noted in memory and flushed every [`FLUSH_EVERY`] in one
+//!   [`touch`](crate::store::BlobStore::touch) of the blobs used (nothing per request).
+//! - Content being read is never evicted (readers hold a [`ReadGuard`]; they also open the blob
 //!   before answering, so even an eviction by another process cannot cut a response short), and
-//!   content being downloaded lives in `tmp/` until it is complete, outside eviction's reach.
+//!   content being downloaded lives in the spool until it is complete, outside eviction's reach.
 //! - Bytes of downloads in flight count against the budget, so that eviction makes room before
 //!   they land instead of after the disk overshot.
 //! - Temporary files nobody is writing (left by a crash, or abandoned) are removed too.
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use crate::config::settings::CacheBudget;
-use crate::store::local::ContentStore;
+use crate::config::CacheBudget;
+use crate::registry::Digest;
+use crate::store::{Store, StoreError};
+use crate::telemetry::Metrics;
 
-/// How often noted accesses are written to the files' access times.
+/// How often noted accesses are written to the store's last-use order.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(30);
 /// Eviction frees down to this fraction of `max_size`.
 const LOW_WATERMARK: f64 = 0.9;
@@ -49,40 +51,34 @@ pub struct GcReport {
     pub bytes_after: u64,
 }
 
-/// One content file.
-#[derive(Debug, Clone)]
-struct Entry {
-    path: PathBuf,
-    len: u64,
-    last_used: SystemTime,
-}
-
 /// Keeps the store within its budget.
 pub struct Evictor {
-    store: ContentStore,
+    store: Store,
     budget: Mutex<CacheBudget>,
-    in_use: Mutex<HashMap<PathBuf, usize>>,
-    touched: Mutex<HashSet<PathBuf>>,
+    in_use: Mutex<HashMap<Digest, usize>>,
+    touched: Mutex<HashSet<Digest>>,
     in_flight: AtomicU64,
     wake: tokio::sync::Notify,
     /// Content newer than this is never evicted by a pass that cannot see the readers (the
     /// `cache gc` command run beside a server).
     recent_guard: Duration,
+    /// Evictions are counted here (the cache size gauge goes down with them).
+    metrics: Arc<Metrics>,
 }
 
-/// Held while a content file is read; the file is not evicted meanwhile.
+/// Held while a blob is read; it is not evicted meanwhile.
 pub struct ReadGuard {
     evictor: Arc<Evictor>,
-    path: PathBuf,
+    digest: Digest,
 }
 
 impl Drop for ReadGuard {
     fn drop(&mut self) {
         let mut in_use = self.evictor.in_use.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = in_use.get_mut(&self.path) {
+        if let Some(n) = in_use.get_mut(&self.digest) {
             *n -= 1;
             if *n == 0 {
-                in_use.remove(&self.path);
+                in_use.remove(&self.digest);
             }
         }
     }
@@ -102,14 +98,15 @@ impl Drop for InFlight {
 
 impl Evictor {
     /// An evictor for `store` under `budget`, for the server (which sees its readers).
-    pub fn new(store: ContentStore, budget: CacheBudget) -> Arc<Self> {
-        Self::with_guard(store, budget, Duration::ZERO)
+    pub fn new(store: Store, budget: CacheBudget, metrics: Arc<Metrics>) -> Arc<Self> {
+        Self::with_guard(store, budget, Duration::ZERO, metrics)
     }
 
     /// For a process that cannot see the server's readers: content used within `recent_guard`
     /// is kept.
-    pub fn with_guard(store: ContentStore, budget: CacheBudget, recent_guard: Duration) -> Arc<Self> {
+    pub fn with_guard(store: Store, budget: CacheBudget, recent_guard: Duration, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Self {
+            metrics,
             store,
             budget: Mutex::new(budget),
             in_use: Mutex::new(HashMap::new()),
@@ -130,21 +127,21 @@ impl Evictor {
         *self.budget.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A hit on `path`: noted for the next flush, and protected while the guard lives.
-    pub fn reading(self: &Arc<Self>, path: &Path) -> ReadGuard {
+    /// A hit on `digest`: noted for the next flush, and protected while the guard lives.
+    pub fn reading(self: &Arc<Self>, digest: &Digest) -> ReadGuard {
         self.touched
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(path.to_path_buf());
+            .insert(digest.clone());
         *self
             .in_use
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .entry(path.to_path_buf())
+            .entry(digest.clone())
             .or_insert(0) += 1;
         ReadGuard {
             evictor: self.clone(),
-            path: path.to_path_buf(),
+            digest: digest.clone(),
         }
     }
 
@@ -177,8 +174,7 @@ impl Evictor {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
-            let me = self.clone();
-            match tokio::task::spawn_blocking(move || me.pass(false)).await {
+            match self.pass(false).await {
                 Ok(r) if r.evicted_files > 0 => tracing::info!(
                     evicted_files = r.evicted_files,
                     evicted_bytes = r.evicted_bytes,
@@ -199,18 +195,25 @@ impl Evictor {
 
     /// Flushes noted accesses, removes stale temporary files, and evicts down to the low
     /// watermark if a limit is crossed (or, with `force`, whenever a limit is set: `cache gc`).
-    /// Blocking: file system walks.
-    pub fn pass(&self, force: bool) -> GcReport {
-        self.flush_access_times();
+    ///
+    /// # Errors
+    /// If the store cannot be listed.
+    pub async fn pass(&self, force: bool) -> Result<GcReport, StoreError> {
+        self.flush_access_times().await;
         let mut report = GcReport::default();
-        self.remove_stale_temp_files(&mut report);
+        let spools = self.store.spool_files();
+        let (files, bytes) = tokio::task::spawn_blocking(move || spools.sweep_idle(STALE_TEMP))
+            .await
+            .unwrap_or((0, 0));
+        report.temp_files = files;
+        report.temp_bytes = bytes;
         let budget = self.budget();
         let unlimited = budget.max_size.is_none() && budget.min_free.is_none() && budget.inactive.is_none();
         if unlimited && !force {
             // Nothing can be evicted: no need to walk the store every 30 s.
-            return report;
+            return Ok(report);
         }
-        let mut entries = self.content_entries();
+        let mut entries = self.store.blobs().list().await?.blobs;
         report.files_before = entries.len() as u64;
         report.bytes_before = entries.iter().map(|e| e.len).sum();
         let mut total = report.bytes_before;
@@ -226,7 +229,7 @@ impl Evictor {
             evict_until = ((max as f64 * LOW_WATERMARK) as u64).saturating_sub(in_flight);
         }
         if let Some(min_free) = budget.min_free
-            && let Some(free) = free_bytes(self.store.root())
+            && let Some(free) = self.store.blobs().free_space().await
         {
             let wanted = min_free.saturating_add(in_flight);
             if free < wanted {
@@ -243,89 +246,50 @@ impl Evictor {
             if total <= evict_until && !inactive {
                 continue;
             }
-            if in_use.contains_key(&e.path) || idle < self.recent_guard {
+            if in_use.contains_key(&e.digest) || idle < self.recent_guard {
                 report.kept_in_use += 1;
                 continue;
             }
-            if std::fs::remove_file(&e.path).is_ok() {
+            if self.store.blobs().delete(&e.digest, None).await.unwrap_or(false) {
                 total = total.saturating_sub(e.len);
                 report.evicted_files += 1;
                 report.evicted_bytes += e.len;
-                crate::telemetry::metrics::global().evicted(e.len);
+                self.metrics.evicted(e.len);
             }
         }
         report.bytes_after = total;
-        report
+        Ok(report)
     }
 
-    fn flush_access_times(&self) {
-        let touched: Vec<PathBuf> = std::mem::take(&mut *self.touched.lock().unwrap_or_else(|p| p.into_inner()))
+    async fn flush_access_times(&self) {
+        let touched: Vec<Digest> = std::mem::take(&mut *self.touched.lock().unwrap_or_else(|p| p.into_inner()))
             .into_iter()
             .collect();
-        let now = SystemTime::now();
-        for path in touched {
-            if let Ok(f) = std::fs::File::options().write(true).open(&path) {
-                let _ = f.set_times(std::fs::FileTimes::new().set_accessed(now));
-            }
+        if !touched.is_empty() {
+            self.store.blobs().touch(touched).await;
         }
     }
-
-    fn remove_stale_temp_files(&self, report: &mut GcReport) {
-        let Ok(list) = std::fs::read_dir(self.store.root().join("tmp")) else {
-            return;
-        };
-        let now = SystemTime::now();
-        for entry in list.flatten() {
-            let Ok(meta) = entry.metadata() else { continue };
-            let age = meta
-                .modified()
-                .ok()
-                .and_then(|m| now.duration_since(m).ok())
-                .unwrap_or_default();
-            // A download in progress writes at least every few seconds.
-            if meta.is_file() && age > STALE_TEMP && std::fs::remove_file(entry.path()).is_ok() {
-                report.temp_files += 1;
-                report.temp_bytes += meta.len();
-            }
-        }
-    }
-
-    fn content_entries(&self) -> Vec<Entry> {
-        self.store
-            .content_files()
-            .into_iter()
-            .map(|(path, meta)| Entry {
-                len: meta.len(),
-                last_used: meta
-                    .accessed()
-                    .ok()
-                    .max(meta.modified().ok())
-                    .unwrap_or(SystemTime::UNIX_EPOCH),
-                path,
-            })
-            .collect()
-    }
-}
-
-/// Free bytes for unprivileged users on the filesystem holding `path` (its nearest existing
-/// ancestor).
-pub fn free_bytes(path: &Path) -> Option<u64> {
-    let mut p = Some(path);
-    while let Some(dir) = p {
-        if let Ok(s) = rustix::fs::statvfs(dir) {
-            return Some(s.f_bavail.saturating_mul(s.f_frsize));
-        }
-        p = dir.parent();
-    }
-    None
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::registry::digest::{Algorithm, Digest};
+    use std::path::PathBuf;
 
-    fn put(store: &ContentStore, data: &[u8], age: Duration) -> PathBuf {
+    use super::*;
+    use crate::registry::Algorithm;
+    use crate::store::LocalStore;
+
+    /// A local store in `dir`, and the same directory as the local backend sees it.
+    fn stores(dir: &tempfile::TempDir) -> (Store, LocalStore) {
+        let root = dir.path().join("cache");
+        (Store::local(root.clone()), LocalStore::new(root))
+    }
+
+    fn evictor(store: &Store, budget: CacheBudget) -> Arc<Evictor> {
+        Evictor::new(store.clone(), budget, Arc::new(Metrics::new()))
+    }
+
+    fn put(store: &LocalStore, data: &[u8], age: Duration) -> (Digest, PathBuf) {
         let d = Digest::of(Algorithm::Sha256, data);
         let path = store.content_path(&d);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -334,48 +298,48 @@ mod tests {
         let f = std::fs::File::options().write(true).open(&path).unwrap();
         f.set_times(std::fs::FileTimes::new().set_accessed(t).set_modified(t))
             .unwrap();
-        path
+        (d, path)
     }
 
-    #[test]
-    fn least_recently_used_goes_first_down_to_the_watermark() {
+    #[tokio::test]
+    async fn least_recently_used_goes_first_down_to_the_watermark() {
         let dir = tempfile::tempdir().unwrap();
-        let store = ContentStore::new(dir.path().join("cache"));
-        let old = put(&store, &[1u8; 400], Duration::from_secs(3000));
-        let mid = put(&store, &[2u8; 400], Duration::from_secs(2000));
-        let new = put(&store, &[3u8; 400], Duration::from_secs(1000));
-        let ev = Evictor::new(
-            store.clone(),
+        let (store, local) = stores(&dir);
+        let (_, old) = put(&local, &[1u8; 400], Duration::from_secs(3000));
+        let (_, mid) = put(&local, &[2u8; 400], Duration::from_secs(2000));
+        let (_, new) = put(&local, &[3u8; 400], Duration::from_secs(1000));
+        let ev = evictor(
+            &store,
             CacheBudget {
                 max_size: Some(1000),
                 ..CacheBudget::default()
             },
         );
-        let r = ev.pass(false);
+        let r = ev.pass(false).await.unwrap();
         // 1200 > 1000: down to 900 → one file goes, the oldest.
         assert_eq!(r.evicted_files, 1);
         assert!(!old.exists() && mid.exists() && new.exists());
         assert_eq!(r.bytes_after, 800);
         // Under the limit: nothing more.
-        assert_eq!(ev.pass(false).evicted_files, 0);
+        assert_eq!(ev.pass(false).await.unwrap().evicted_files, 0);
     }
 
-    #[test]
-    fn content_being_read_is_kept_and_a_hit_refreshes_last_use() {
+    #[tokio::test]
+    async fn content_being_read_is_kept_and_a_hit_refreshes_last_use() {
         let dir = tempfile::tempdir().unwrap();
-        let store = ContentStore::new(dir.path().join("cache"));
-        let old = put(&store, &[1u8; 600], Duration::from_secs(3000));
-        let mid = put(&store, &[2u8; 600], Duration::from_secs(2000));
+        let (store, local) = stores(&dir);
+        let (old_digest, old) = put(&local, &[1u8; 600], Duration::from_secs(3000));
+        let (_, mid) = put(&local, &[2u8; 600], Duration::from_secs(2000));
         // A budget that both files exceed on their own: everything not in use must go.
-        let ev = Evictor::new(
-            store.clone(),
+        let ev = evictor(
+            &store,
             CacheBudget {
                 max_size: Some(500),
                 ..CacheBudget::default()
             },
         );
-        let guard = ev.reading(&old);
-        let r = ev.pass(false);
+        let guard = ev.reading(&old_digest);
+        let r = ev.pass(false).await.unwrap();
         assert!(old.exists(), "being read");
         assert!(!mid.exists(), "the other one went");
         assert_eq!(r.kept_in_use, 1);
@@ -385,39 +349,39 @@ mod tests {
         assert!(SystemTime::now().duration_since(used).unwrap() < Duration::from_secs(60));
     }
 
-    #[test]
-    fn in_flight_downloads_count_and_inactive_content_goes() {
+    #[tokio::test]
+    async fn in_flight_downloads_count_and_inactive_content_goes() {
         let dir = tempfile::tempdir().unwrap();
-        let store = ContentStore::new(dir.path().join("cache"));
-        let a = put(&store, &[1u8; 300], Duration::from_secs(3000));
-        let b = put(&store, &[2u8; 300], Duration::from_secs(10));
-        let ev = Evictor::new(
-            store.clone(),
+        let (store, local) = stores(&dir);
+        let (_, a) = put(&local, &[1u8; 300], Duration::from_secs(3000));
+        let (_, b) = put(&local, &[2u8; 300], Duration::from_secs(10));
+        let ev = evictor(
+            &store,
             CacheBudget {
                 max_size: Some(1000),
                 ..CacheBudget::default()
             },
         );
         let flight = ev.download_started(Some(600));
-        ev.pass(false);
+        ev.pass(false).await.unwrap();
         assert!(!a.exists() && b.exists(), "room made for the download");
         drop(flight);
-        let ev = Evictor::new(
-            store.clone(),
+        let ev = evictor(
+            &store,
             CacheBudget {
                 inactive: Some(Duration::from_secs(5)),
                 ..CacheBudget::default()
             },
         );
-        ev.pass(false);
+        ev.pass(false).await.unwrap();
         assert!(!b.exists(), "unused longer than `inactive`");
     }
 
-    #[test]
-    fn stale_temporary_files_are_removed() {
+    #[tokio::test]
+    async fn stale_temporary_files_are_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let store = ContentStore::new(dir.path().join("cache"));
-        let tmp = store.root().join("tmp");
+        let (store, _) = stores(&dir);
+        let tmp = dir.path().join("cache").join("tmp");
         std::fs::create_dir_all(&tmp).unwrap();
         let stale = tmp.join("x.partial");
         std::fs::write(&stale, b"abc").unwrap();
@@ -430,9 +394,9 @@ mod tests {
             .unwrap();
         let fresh = tmp.join("y.partial");
         std::fs::write(&fresh, b"abc").unwrap();
-        let r = Evictor::new(store, CacheBudget::default()).pass(false);
+        let r = evictor(&store, CacheBudget::default()).pass(false).await.unwrap();
         assert_eq!(r.temp_files, 1);
         assert!(!stale.exists() && fresh.exists());
-        assert!(free_bytes(dir.path()).is_some_and(|f| f > 0));
+        assert!(store.blobs().free_space().await.is_some_and(|f| f > 0));
     }
 }

@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-use crate::registry::digest::Digest;
+use crate::registry::Digest;
 
 /// How long an upstream's acceptance of a credential for a repository is trusted.
 pub const VERIFIED_FOR: Duration = Duration::from_secs(300);
@@ -64,7 +64,7 @@ impl RepoAccess {
     pub fn verified_within(&self, credential: &str, repo: &str, within_ms: u64) -> bool {
         self.verified
             .get(&format!("{credential}|{repo}"))
-            .is_some_and(|at| crate::store::local::now_ms().saturating_sub(at) <= within_ms)
+            .is_some_and(|at| crate::clock::now_ms().saturating_sub(at) <= within_ms)
     }
 
     /// Whether upstream accepted `credential` for `repo` recently enough to skip asking.
@@ -81,7 +81,7 @@ impl RepoAccess {
     /// Upstream accepted `credential` for `repo` just now.
     pub fn set_verified(&self, credential: &str, repo: &str) {
         self.verified
-            .insert(format!("{credential}|{repo}"), crate::store::local::now_ms());
+            .insert(format!("{credential}|{repo}"), crate::clock::now_ms());
     }
 
     /// Whether `digest` is known to be in `repo`.

@@ -59,11 +59,13 @@ where
     }
 
     /// How many keys are in flight.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.flights.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Whether nothing is in flight.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

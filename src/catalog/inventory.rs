@@ -1,37 +1,32 @@
 //! What the store holds, read from disk while `serve` may be running on it: the data behind
 //! `regcache cache ls` / `stats`, `GET /_regcache/cache`, purges and verification.
 //!
-//! Reading is safe next to a running server without any lock: cacache's index is append-only
-//! (a bucket line is written whole, and a torn line fails its checksum and is skipped), and a
-//! content file is renamed into place only once complete and verified. A snapshot may miss an
-//! entry written while it was being taken; nothing here ever writes.
+//! Reading is safe next to a running server without any lock: the store's records are written
+//! whole (the local index is append-only, and a torn line fails its checksum and is skipped),
+//! and a blob is committed only once complete and verified. A snapshot may miss an entry
+//! written while it was being taken; nothing here ever writes.
 //!
-//! Layout read (see [`crate::store::local`]): content files under `content-v2/<algorithm>/…` named by
-//! digest (blobs have no index entry of their own); index entries `tag/<registry>/<repo>:<tag>#
-//! <accept set>` (a [`TagRecord`] in metadata), `manifest/<registry>/<repo>@<digest>`,
-//! `member/<registry>/<repo>@<digest>` and `public/<registry>/<repo>`.
+//! What is read: every blob with its size and last use ([`crate::store::BlobStore::list`]),
+//! and every record (the keys of [`crate::cache::RecordKey`]: tags, manifests, repository
+//! membership and public status).
 //!
 //! **Last used** of an image is the most recent of: when regcache last wrote its tag or
 //! manifest entries (first pull, tag moved, revalidation — a tag is rewritten at most every
-//! 10 minutes), and the access or modification time of its content files. Blobs are read from
-//! disk on every hit, so their access time moves as the filesystem keeps it (Linux's default
-//! `relatime`: at least once a day; never under `noatime`). A base layer shared by two images
+//! 10 minutes), and the last use the store records for its content (the local store: the
+//! files' access or modification time, which hits move). A base layer shared by two images
 //! counts as a use of both. Manifests served from the server's memory touch nothing on disk.
 
-pub use crate::registry::manifest::{References, parse_references};
 use std::collections::{HashMap, HashSet};
-use std::io::{self, Read as _};
 use std::path::{Path, PathBuf};
-use std::time::UNIX_EPOCH;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::config::settings::HostPort;
-use crate::registry::digest::{Algorithm, Digest};
-use crate::store::local::TagRecord;
-
-/// Manifests larger than this are not parsed (the distribution registry refuses them too).
-const MAX_MANIFEST: u64 = 4 * 1024 * 1024;
+use crate::cache::{RecordKey, TagRecord, manifest_media_type};
+use crate::config::HostPort;
+use crate::registry::Digest;
+pub use crate::registry::manifest::{MAX_MANIFEST, References, parse_references};
+use crate::store::{Access, Store, StoreError};
 
 /// Failures reading the store.
 #[derive(Debug, thiserror::Error)]
@@ -39,17 +34,9 @@ pub enum InventoryError {
     /// The data directory does not exist (a typo, or not the `--data-dir` of `serve`).
     #[error("{0}: no such data directory (give the --data-dir that serve uses)")]
     NoDataDir(PathBuf),
-    /// A directory or file could not be read.
-    #[error("{path}: {source}")]
-    Io {
-        /// The path.
-        path: PathBuf,
-        /// The cause.
-        source: io::Error,
-    },
-    /// cacache could not list its index.
-    #[error("cache index: {0}")]
-    Index(String),
+    /// The store could not be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// One content file (a blob or a manifest's bytes).
@@ -57,8 +44,11 @@ pub enum InventoryError {
 pub struct ContentFile {
     /// Its length.
     pub size: u64,
-    /// Unix ms of its last access or modification, whichever is later.
+    /// Unix ms of its last use as the store records it (for the local store, the later of
+    /// the file's access and modification times).
     pub touched_ms: u64,
+    /// When it was last written (a conditional delete checks it is unchanged).
+    pub modified: SystemTime,
 }
 
 /// A tag entry: one `Accept` set's resolution of `registry/repository:tag`.
@@ -111,8 +101,8 @@ pub struct RepoEntry {
 /// A snapshot of the store.
 #[derive(Debug, Default)]
 pub struct Inventory {
-    /// The cache directory (`<data-dir>/cache`).
-    pub root: PathBuf,
+    /// Where the store is (the cache directory, `<data-dir>/cache`, for the local store).
+    pub location: String,
     /// Content files by digest.
     pub content: HashMap<Digest, ContentFile>,
     /// Tag entries.
@@ -125,8 +115,8 @@ pub struct Inventory {
     pub publics: Vec<RepoEntry>,
     /// What each stored manifest references (parsed from its content).
     pub references: HashMap<Digest, References>,
-    /// Files in `content-v2` whose path is not a digest.
-    pub stray: Vec<PathBuf>,
+    /// Things in the content area whose name is not a digest.
+    pub stray: Vec<String>,
     /// Partial downloads in `tmp/`: count and bytes.
     pub temporary: (u64, u64),
     /// Bytes of the index on disk.
@@ -134,37 +124,48 @@ pub struct Inventory {
 }
 
 impl Inventory {
-    /// Reads the store under `data_dir` (`<data_dir>/cache`). Blocking.
+    /// Reads the store of the data directory `data_dir` (`<data_dir>/cache`, the local store).
     ///
     /// # Errors
     /// If `data_dir` does not exist, or the store cannot be read.
-    pub fn read(data_dir: &Path) -> Result<Self, InventoryError> {
+    pub async fn read(data_dir: &Path) -> Result<Self, InventoryError> {
         if !data_dir.is_dir() {
             return Err(InventoryError::NoDataDir(data_dir.to_path_buf()));
         }
-        Self::read_store(&data_dir.join("cache"))
+        Self::read_store(&Store::local(data_dir.join("cache"))).await
     }
 
-    /// Reads the cache directory itself (empty when it does not exist yet). Blocking.
+    /// Reads `store` (empty when nothing was ever written to it).
     ///
     /// # Errors
     /// If the store cannot be read.
-    pub fn read_store(root: &Path) -> Result<Self, InventoryError> {
+    pub async fn read_store(store: &Store) -> Result<Self, InventoryError> {
         let mut inv = Inventory {
-            root: root.to_path_buf(),
+            location: store.blobs().describe(),
             ..Inventory::default()
         };
-        if !root.exists() {
-            return Ok(inv);
+        let listing = store.blobs().list().await?;
+        inv.stray = listing.stray;
+        for b in listing.blobs {
+            inv.content.insert(
+                b.digest,
+                ContentFile {
+                    size: b.len,
+                    touched_ms: unix_ms(b.last_used),
+                    modified: b.modified,
+                },
+            );
         }
-        inv.scan_content()?;
-        inv.scan_index()?;
-        inv.temporary = dir_usage(&root.join("tmp"), |name| name.ends_with(".partial"));
-        inv.index_bytes = dir_usage(&root.join("index-v5"), |_| true).1;
+        inv.scan_index(store).await?;
+        let spools = store.spool_files();
+        inv.temporary = tokio::task::spawn_blocking(move || spools.usage())
+            .await
+            .unwrap_or((0, 0));
+        inv.index_bytes = store.index().footprint().await;
         let digests: HashSet<Digest> = inv.manifests.iter().map(|m| m.digest.clone()).collect();
         for d in digests {
             if inv.content.contains_key(&d)
-                && let Ok(bytes) = read_noatime(&content_path(root, &d), MAX_MANIFEST)
+                && let Ok(Some(bytes)) = store.blobs().read(&d, MAX_MANIFEST as u64, Access::Inspect).await
             {
                 inv.references.insert(d, parse_references(&bytes));
             }
@@ -172,113 +173,60 @@ impl Inventory {
         Ok(inv)
     }
 
-    fn scan_content(&mut self) -> Result<(), InventoryError> {
-        for algorithm in [Algorithm::Sha256, Algorithm::Sha512] {
-            let base = self.root.join("content-v2").join(algorithm.as_str());
-            let mut dirs = vec![base.clone()];
-            while let Some(dir) = dirs.pop() {
-                let list = match std::fs::read_dir(&dir) {
-                    Ok(l) => l,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(source) => return Err(InventoryError::Io { path: dir, source }),
-                };
-                for entry in list.flatten() {
-                    let path = entry.path();
-                    // Gone in between (a purge or eviction elsewhere): skip it.
-                    let Ok(meta) = entry.metadata() else { continue };
-                    if meta.is_dir() {
-                        dirs.push(path);
-                        continue;
-                    }
-                    match digest_of_content_path(&base, algorithm, &path) {
-                        Some(d) => {
-                            self.content.insert(
-                                d,
-                                ContentFile {
-                                    size: meta.len(),
-                                    touched_ms: touched_ms(&meta),
-                                },
-                            );
-                        }
-                        None => self.stray.push(path),
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn scan_index(&mut self) -> Result<(), InventoryError> {
-        if !self.root.join("index-v5").exists() {
-            return Ok(());
-        }
-        for entry in cacache::index::ls(&self.root) {
-            // A bucket that vanished or cannot be read is skipped, not fatal: it may have been
-            // removed while we walked.
-            let Ok(entry) = entry else { continue };
-            let written_ms = u64::try_from(entry.time).unwrap_or(u64::MAX);
+    async fn scan_index(&mut self, store: &Store) -> Result<(), InventoryError> {
+        for entry in store.index().list("").await? {
+            let written_ms = entry.written_ms;
             let key = entry.key;
-            if let Some(rest) = key.strip_prefix("tag/") {
-                let Some((registry, repository, tag)) = parse_tag_key(rest) else {
-                    continue;
-                };
-                let Ok(record) = serde_json::from_value::<TagRecord>(entry.metadata) else {
-                    continue;
-                };
-                self.tags.push(TagEntry {
+            match RecordKey::parse(&key) {
+                Some(RecordKey::Tag {
                     registry,
                     repository,
                     tag,
-                    record,
-                    written_ms,
-                    key,
-                });
-            } else if let Some(rest) = key.strip_prefix("manifest/") {
-                let Some((registry, repository, digest)) = parse_digest_key(rest) else {
-                    continue;
-                };
-                let media_type = entry
-                    .metadata
-                    .get("media_type")
-                    .and_then(|v| v.as_str())
-                    .unwrap_or_default()
-                    .to_string();
-                self.manifests.push(ManifestEntry {
+                }) => {
+                    let Ok(record) = serde_json::from_value::<TagRecord>(entry.metadata) else {
+                        continue;
+                    };
+                    self.tags.push(TagEntry {
+                        registry,
+                        repository,
+                        tag,
+                        record,
+                        written_ms,
+                        key,
+                    });
+                }
+                Some(RecordKey::Manifest {
                     registry,
                     repository,
                     digest,
-                    media_type,
+                }) => self.manifests.push(ManifestEntry {
+                    registry,
+                    repository,
+                    digest,
+                    media_type: manifest_media_type(&entry.metadata),
                     written_ms,
                     key,
-                });
-            } else if let Some(rest) = key.strip_prefix("member/") {
-                let Some((registry, repository, digest)) = parse_digest_key(rest) else {
-                    continue;
-                };
-                self.members.push(RepoEntry {
+                }),
+                Some(RecordKey::Member {
+                    registry,
+                    repository,
+                    digest,
+                }) => self.members.push(RepoEntry {
                     registry,
                     repository,
                     digest: Some(digest),
                     key,
-                });
-            } else if let Some(rest) = key.strip_prefix("public/") {
-                let Some((registry, repository)) = rest.split_once('/') else {
-                    continue;
-                };
-                self.publics.push(RepoEntry {
-                    registry: registry.to_string(),
-                    repository: repository.to_string(),
+                }),
+                Some(RecordKey::Public { registry, repository }) => self.publics.push(RepoEntry {
+                    registry,
+                    repository,
                     digest: None,
                     key,
-                });
+                }),
+                None => {}
             }
         }
         Ok(())
-    }
-
-    /// Where the content with `digest` lives.
-    pub fn content_path(&self, digest: &Digest) -> PathBuf {
-        content_path(&self.root, digest)
     }
 
     /// Digests that some manifest entry names (their content files are manifests).
@@ -517,90 +465,11 @@ impl ImageFilter {
 /// If it is not `HOST[:PORT]`.
 pub fn canonical_registry_name(registry: &str) -> Result<String, String> {
     let hp = HostPort::parse(registry, 443).map_err(|e| format!("registry {e}"))?;
-    Ok(crate::registry::request::canonical_registry(&hp))
+    Ok(crate::config::canonical_registry(&hp))
 }
 
-/// Where the content with `digest` lives under the cache directory `root` (as
-/// [`crate::store::local::ContentStore::content_path`]).
-pub fn content_path(root: &Path, digest: &Digest) -> PathBuf {
-    crate::store::local::ContentStore::new(root.to_path_buf()).content_path(digest)
-}
-
-/// The digest a content path names, if it is one.
-fn digest_of_content_path(base: &Path, algorithm: Algorithm, path: &Path) -> Option<Digest> {
-    let rel = path.strip_prefix(base).ok()?;
-    let hex: String = rel
-        .components()
-        .map(|c| c.as_os_str().to_str())
-        .collect::<Option<Vec<_>>>()?
-        .concat();
-    format!("{}:{hex}", algorithm.as_str()).parse().ok()
-}
-
-/// `<registry>/<repo>:<tag>#<accept>` → parts.
-fn parse_tag_key(rest: &str) -> Option<(String, String, String)> {
-    let (name, _accept) = rest.split_once('#')?;
-    let (registry, path) = name.split_once('/')?;
-    let (repository, tag) = path.rsplit_once(':')?;
-    (!repository.is_empty() && !tag.is_empty()).then(|| (registry.to_string(), repository.to_string(), tag.to_string()))
-}
-
-/// `<registry>/<repo>@<digest>` → parts.
-fn parse_digest_key(rest: &str) -> Option<(String, String, Digest)> {
-    let (name, digest) = rest.rsplit_once('@')?;
-    let (registry, repository) = name.split_once('/')?;
-    Some((registry.to_string(), repository.to_string(), digest.parse().ok()?))
-}
-
-/// Opens a file for reading without updating its access time (`O_NOATIME`), so that reading
-/// for `ls` or `verify` is not mistaken for a use. Falls back to a plain open where the kernel
-/// refuses it (files owned by another user).
-pub fn open_noatime(path: &Path) -> io::Result<std::fs::File> {
-    use rustix::fs::{Mode, OFlags};
-    match rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOATIME, Mode::empty()) {
-        Ok(fd) => Ok(std::fs::File::from(fd)),
-        Err(rustix::io::Errno::PERM) => std::fs::File::open(path),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Reads a whole (small) file with [`open_noatime`]; refuses files over `limit` bytes.
-fn read_noatime(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
-    let mut buf = Vec::new();
-    open_noatime(path)?.take(limit + 1).read_to_end(&mut buf)?;
-    if buf.len() as u64 > limit {
-        return Err(io::Error::other("too large for a manifest"));
-    }
-    Ok(buf)
-}
-
-/// Unix ms of the later of a file's access and modification times.
-fn touched_ms(meta: &std::fs::Metadata) -> u64 {
-    let ms = |t: io::Result<std::time::SystemTime>| {
-        t.ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_millis() as u64)
-    };
-    ms(meta.accessed()).max(ms(meta.modified()))
-}
-
-/// Files (whose name passes `wanted`) under `dir`, recursively: count and bytes.
-fn dir_usage(dir: &Path, wanted: impl Fn(&str) -> bool) -> (u64, u64) {
-    let (mut count, mut bytes) = (0, 0);
-    let mut dirs = vec![dir.to_path_buf()];
-    while let Some(d) = dirs.pop() {
-        let Ok(list) = std::fs::read_dir(&d) else { continue };
-        for entry in list.flatten() {
-            let Ok(meta) = entry.metadata() else { continue };
-            if meta.is_dir() {
-                dirs.push(entry.path());
-            } else if wanted(&entry.file_name().to_string_lossy()) {
-                count += 1;
-                bytes += meta.len();
-            }
-        }
-    }
-    (count, bytes)
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Unix ms as RFC 3339 UTC to the second (`1970-01-01T00:00:00Z` for 0).
@@ -617,25 +486,11 @@ mod tests {
     use super::*;
     use bytes::Bytes;
 
-    use crate::store::local::{ContentStore, tag_key};
+    use crate::cache::{Records, tag_key};
+    use crate::registry::Algorithm;
 
     fn d(c: char) -> Digest {
         format!("sha256:{}", c.to_string().repeat(64)).parse().unwrap()
-    }
-
-    #[test]
-    fn keys_parse_with_ports_and_nested_repositories() {
-        assert_eq!(
-            parse_tag_key("localhost:5000/org/team/app:1.2#application/json,*/*"),
-            Some(("localhost:5000".into(), "org/team/app".into(), "1.2".into()))
-        );
-        assert_eq!(parse_tag_key("ghcr.io/app#x"), None);
-        let key = format!("ghcr.io/org/app@{}", d('a'));
-        assert_eq!(
-            parse_digest_key(&key),
-            Some(("ghcr.io".into(), "org/app".into(), d('a')))
-        );
-        assert_eq!(parse_digest_key("ghcr.io/org/app@sha256:nothex"), None);
     }
 
     #[test]
@@ -673,11 +528,11 @@ mod tests {
     }
 
     /// Stores an image (config + one layer + manifest) under a tag, as the cache does.
-    async fn put_image(store: &ContentStore, repo: &str, tag: &str, layer: &[u8]) -> (Digest, Vec<Digest>) {
+    async fn put_image(store: &Records, repo: &str, tag: &str, layer: &[u8]) -> (Digest, Vec<Digest>) {
         let mut blobs = Vec::new();
         for data in [format!("config of {repo}:{tag}").into_bytes(), layer.to_vec()] {
             let digest = Digest::of(Algorithm::Sha256, &data);
-            let mut w = store.blob_writer(&digest, None).await.unwrap();
+            let mut w = store.store().create_blob(&digest, None).await.unwrap();
             w.write(Bytes::from(data)).await.unwrap();
             w.commit().await.unwrap();
             blobs.push(digest);
@@ -710,11 +565,11 @@ mod tests {
     #[tokio::test]
     async fn images_are_listed_once_per_tag_with_their_size() {
         let dir = tempfile::tempdir().unwrap();
-        let store = ContentStore::new(dir.path().join("cache"));
+        let store = Records::new(Store::local(dir.path().join("cache")));
         let shared = vec![9u8; 1000];
         let (m1, b1) = put_image(&store, "org/app", "1.0", &shared).await;
         let (m2, _) = put_image(&store, "org/other", "latest", &shared).await;
-        let inv = Inventory::read(dir.path()).unwrap();
+        let inv = Inventory::read(dir.path()).await.unwrap();
         assert_eq!(inv.content.len(), 5, "two manifests, two configs, one shared layer");
 
         let all = inv.images(&ImageFilter::default());
@@ -737,7 +592,7 @@ mod tests {
             .put_manifest("ghcr.io", "org/app", &loose, "t", &body)
             .await
             .unwrap();
-        let inv = Inventory::read(dir.path()).unwrap();
+        let inv = Inventory::read(dir.path()).await.unwrap();
         let all = inv.images(&ImageFilter::default());
         assert_eq!(all.len(), 3);
         assert!(
@@ -746,14 +601,14 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_missing_data_dir_is_an_error_and_an_empty_one_is_empty() {
+    #[tokio::test]
+    async fn a_missing_data_dir_is_an_error_and_an_empty_one_is_empty() {
         let dir = tempfile::tempdir().unwrap();
         assert!(matches!(
-            Inventory::read(&dir.path().join("nope")),
+            Inventory::read(&dir.path().join("nope")).await,
             Err(InventoryError::NoDataDir(_))
         ));
-        let inv = Inventory::read(dir.path()).unwrap();
+        let inv = Inventory::read(dir.path()).await.unwrap();
         assert!(inv.content.is_empty() && inv.tags.is_empty());
     }
 }

@@ -2,25 +2,23 @@
 //! [`crate::catalog::reference`]) names from the store, keeping content that other cached images still
 //! use.
 //!
-//! Index entries are removed with cacache's tombstones (an appended line: safe next to a running
-//! server, which may be appending to the same bucket), then content files are unlinked (a client
-//! streaming one keeps its open file). A blob or manifest is kept while a remaining manifest,
+//! Records are removed first (for the local store, with cacache's tombstones: an appended line,
+//! safe next to a running server that may be appending to the same bucket), then content (a
+//! client streaming a blob keeps the blob it opened). A blob or manifest is kept while a remaining manifest,
 //! tag or repository membership of another image still names it, unless the digest itself was
 //! given.
 //!
-//! Every purge is announced with [`crate::cache::purge_notice`], so that a running server drops its
-//! in-memory manifests and tags on its next request.
+//! Every purge is announced through the store ([`crate::store::EntryIndex::announce_purge`]),
+//! so that a running server drops its in-memory manifests and tags on its next request.
 
 use std::collections::HashSet;
-use std::io;
-use std::path::Path;
 
 use serde::Serialize;
 
-use crate::cache::purge_notice::announce;
 use crate::catalog::inventory::{Inventory, InventoryError};
 pub use crate::catalog::reference::{Pattern, PurgeRef};
-use crate::registry::digest::Digest;
+use crate::registry::Digest;
+use crate::store::Store;
 
 /// Why a purge did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -34,9 +32,9 @@ pub enum PurgeError {
     /// The store could not be read.
     #[error(transparent)]
     Inventory(#[from] InventoryError),
-    /// An index entry could not be removed.
-    #[error("cache index: {0}")]
-    Index(String),
+    /// A record could not be removed.
+    #[error(transparent)]
+    Index(#[from] crate::store::StoreError),
 }
 
 /// A removed tag.
@@ -364,14 +362,13 @@ impl PurgePlan {
     ///
     /// # Errors
     /// If an index entry cannot be removed (nothing after it is attempted).
-    pub fn execute(mut self, root: &Path) -> Result<PurgeReport, PurgeError> {
+    pub async fn execute(mut self, store: &Store) -> Result<PurgeReport, PurgeError> {
         for key in &self.keys {
-            cacache::index::delete(root, key).map_err(|e| PurgeError::Index(e.to_string()))?;
+            store.index().remove(key).await?;
         }
         for (digest, size, kind) in std::mem::take(&mut self.content) {
-            let path = crate::catalog::inventory::content_path(root, &digest);
-            match std::fs::remove_file(&path) {
-                Ok(()) => {
+            match store.blobs().delete(&digest, None).await {
+                Ok(true) => {
                     self.report.bytes_freed += size;
                     self.report.content.push(RemovedContent {
                         digest: digest.to_string(),
@@ -379,14 +376,14 @@ impl PurgePlan {
                         size,
                     });
                 }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Ok(false) => {}
                 Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot remove cached content");
-                    self.report.failed.push(format!("{}: {e}", path.display()));
+                    tracing::warn!(digest = %digest, error = %e, "cannot remove cached content");
+                    self.report.failed.push(e.to_string());
                 }
             }
         }
-        if let Err(e) = announce(root, &self.report.reference) {
+        if let Err(e) = store.index().announce_purge(&self.report.reference) {
             self.report.failed.push(e);
         }
         Ok(self.report)
@@ -440,56 +437,52 @@ fn referenced_in_repo(
     })
 }
 
-/// Purges `reference` from the store under the cache directory `root`. Blocking.
+/// Purges `reference` from `store`.
 ///
 /// # Errors
 /// A malformed reference, nothing matching, or a store failure.
-pub fn purge(root: &Path, reference: &str) -> Result<PurgeReport, PurgeError> {
+pub async fn purge(store: &Store, reference: &str) -> Result<PurgeReport, PurgeError> {
     let what: PurgeRef = reference.parse().map_err(PurgeError::BadRef)?;
-    let inv = Inventory::read_store(root)?;
+    let inv = Inventory::read_store(store).await?;
     let plan = PurgePlan::new(&inv, &what, reference);
     if plan.is_empty() {
         return Err(PurgeError::NothingMatched(reference.to_string()));
     }
-    plan.execute(root)
+    plan.execute(store).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
 
     use bytes::Bytes;
 
-    use crate::registry::digest::Algorithm;
-    use crate::store::local::{ContentStore, TagRecord, tag_key};
+    use crate::cache::{Records, TagRecord, tag_key};
+    use crate::registry::Algorithm;
 
     struct Fixture {
         _dir: tempfile::TempDir,
-        root: PathBuf,
-        store: ContentStore,
+        store: Records,
     }
 
     fn fixture() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("cache");
         Fixture {
-            store: ContentStore::new(root.clone()),
-            root,
+            store: Records::new(Store::local(dir.path().join("cache"))),
             _dir: dir,
         }
     }
 
-    async fn blob(store: &ContentStore, data: &[u8]) -> Digest {
+    async fn blob(store: &Records, data: &[u8]) -> Digest {
         let d = Digest::of(Algorithm::Sha256, data);
-        let mut w = store.blob_writer(&d, None).await.unwrap();
+        let mut w = store.store().create_blob(&d, None).await.unwrap();
         w.write(Bytes::copy_from_slice(data)).await.unwrap();
         w.commit().await.unwrap();
         d
     }
 
     /// An image `repo:tag` of a config unique to it and `layers`.
-    async fn image(store: &ContentStore, registry: &str, repo: &str, tag: &str, layers: &[Digest]) -> (Digest, Digest) {
+    async fn image(store: &Records, registry: &str, repo: &str, tag: &str, layers: &[Digest]) -> (Digest, Digest) {
         let config = blob(store, format!("config {registry}/{repo}:{tag}").as_bytes()).await;
         let layers: Vec<String> = layers.iter().map(|l| format!(r#"{{"digest":"{l}"}}"#)).collect();
         let manifest = format!(
@@ -515,8 +508,9 @@ mod tests {
         (md, config)
     }
 
-    fn listed(root: &Path) -> Vec<String> {
-        Inventory::read_store(root)
+    async fn listed(store: &Store) -> Vec<String> {
+        Inventory::read_store(store)
+            .await
             .unwrap()
             .images(&Default::default())
             .into_iter()
@@ -533,7 +527,7 @@ mod tests {
         let (_, c2) = image(&f.store, "ghcr.io", "org/web", "2.0", std::slice::from_ref(&base)).await;
         f.store.put_member("ghcr.io", "org/app", &own).await.unwrap();
 
-        let report = purge(&f.root, "ghcr.io/org/app:1.0").unwrap();
+        let report = purge(f.store.store(), "ghcr.io/org/app:1.0").await.unwrap();
         assert_eq!(report.tags.len(), 1);
         assert_eq!(report.manifests.len(), 1);
         let removed: HashSet<String> = report.content.iter().map(|c| c.digest.clone()).collect();
@@ -545,16 +539,21 @@ mod tests {
             report.repository_records >= 2,
             "membership of removed content forgotten"
         );
-        assert!(f.store.blob(&base).await.is_some() && f.store.blob(&c2).await.is_some());
-        assert!(f.store.blob(&own).await.is_none());
-        assert_eq!(listed(&f.root), vec!["ghcr.io/org/web:2.0".to_string()]);
+        assert!(
+            f.store.store().blobs().stat(&base).await.is_some() && f.store.store().blobs().stat(&c2).await.is_some()
+        );
+        assert!(f.store.store().blobs().stat(&own).await.is_none());
+        assert_eq!(listed(f.store.store()).await, vec!["ghcr.io/org/web:2.0".to_string()]);
         assert!(!f.store.is_member("ghcr.io", "org/app", &own).await);
 
         assert!(matches!(
-            purge(&f.root, "ghcr.io/org/app:1.0"),
+            purge(f.store.store(), "ghcr.io/org/app:1.0").await,
             Err(PurgeError::NothingMatched(_))
         ));
-        assert!(matches!(purge(&f.root, "ghcr.io/Bad"), Err(PurgeError::BadRef(_))));
+        assert!(matches!(
+            purge(f.store.store(), "ghcr.io/Bad").await,
+            Err(PurgeError::BadRef(_))
+        ));
     }
 
     #[tokio::test]
@@ -567,20 +566,23 @@ mod tests {
             .put_tag(&tag_key("ghcr.io", "org/app", "latest", "x"), &record)
             .await
             .unwrap();
-        let report = purge(&f.root, "ghcr.io/org/app:1.0").unwrap();
+        let report = purge(f.store.store(), "ghcr.io/org/app:1.0").await.unwrap();
         assert_eq!(report.tags.len(), 1);
         assert!(report.manifests.is_empty() && report.content.is_empty(), "{report:?}");
         assert!(f.store.manifest("ghcr.io", "org/app", &md).await.is_some());
-        assert_eq!(listed(&f.root), vec!["ghcr.io/org/app:latest".to_string()]);
+        assert_eq!(
+            listed(f.store.store()).await,
+            vec!["ghcr.io/org/app:latest".to_string()]
+        );
 
         // A manifest's digest: its entries, the tags on it and its file; its blobs stay.
-        let report = purge(&f.root, &md.to_string()).unwrap();
+        let report = purge(f.store.store(), &md.to_string()).await.unwrap();
         assert_eq!(report.tags.len(), 1);
         assert_eq!(report.manifests.len(), 1);
         assert_eq!(report.content.len(), 1);
         assert_eq!(report.content[0].kind, "manifest");
-        assert!(listed(&f.root).is_empty());
-        assert!(f.store.blob(&layer).await.is_some());
+        assert!(listed(f.store.store()).await.is_empty());
+        assert!(f.store.store().blobs().stat(&layer).await.is_some());
     }
 
     #[tokio::test]
@@ -593,33 +595,35 @@ mod tests {
         let (qm, _) = image(&f.store, "quay.io", "org/a", "1", std::slice::from_ref(&shared)).await;
         f.store.put_public("ghcr.io", "org/a").await.unwrap();
 
-        let report = purge(&f.root, "ghcr.io/org/*").unwrap();
+        let report = purge(f.store.store(), "ghcr.io/org/*").await.unwrap();
         assert_eq!(report.tags.len(), 2);
         assert_eq!(report.kept, 1, "quay.io still uses the shared layer");
         assert!(f.store.public_since("ghcr.io", "org/a").await.is_none());
-        assert_eq!(listed(&f.root).len(), 2);
+        assert_eq!(listed(f.store.store()).await.len(), 2);
 
         // A named digest goes even though a manifest still references it.
-        let report = purge(&f.root, &shared.to_string()).unwrap();
+        let report = purge(f.store.store(), &shared.to_string()).await.unwrap();
         assert_eq!(report.content.len(), 1);
         assert_eq!(report.content[0].kind, "blob");
-        assert!(f.store.blob(&shared).await.is_none());
-        assert_eq!(listed(&f.root).len(), 2, "the images stay, missing a layer");
+        assert!(f.store.store().blobs().stat(&shared).await.is_none());
+        assert_eq!(
+            listed(f.store.store()).await.len(),
+            2,
+            "the images stay, missing a layer"
+        );
 
-        let report = purge(&f.root, "quay.io").unwrap();
+        let report = purge(f.store.store(), "quay.io").await.unwrap();
         assert_eq!(report.manifests[0].digest, qm.to_string());
-        assert_eq!(listed(&f.root), vec!["ghcr.io/other/c:1".to_string()]);
-        let report = purge(
-            &f.root,
-            &format!(
-                "ghcr.io/other/c@{}",
-                Inventory::read_store(&f.root).unwrap().manifests[0].digest
-            ),
-        )
-        .unwrap();
+        assert_eq!(listed(f.store.store()).await, vec!["ghcr.io/other/c:1".to_string()]);
+        let only = Inventory::read_store(f.store.store()).await.unwrap().manifests[0]
+            .digest
+            .clone();
+        let report = purge(f.store.store(), &format!("ghcr.io/other/c@{only}"))
+            .await
+            .unwrap();
         assert_eq!(report.tags.len(), 1);
-        assert!(listed(&f.root).is_empty());
-        let inv = Inventory::read_store(&f.root).unwrap();
+        assert!(listed(f.store.store()).await.is_empty());
+        let inv = Inventory::read_store(f.store.store()).await.unwrap();
         assert!(inv.content.is_empty(), "everything went: {:?}", inv.content.keys());
     }
 
@@ -654,9 +658,9 @@ mod tests {
             .await
             .unwrap();
         // Drop the per-platform tag the helper made: the index is what was pulled.
-        purge(&f.root, "ghcr.io/org/multi:amd64-only").unwrap();
+        purge(f.store.store(), "ghcr.io/org/multi:amd64-only").await.unwrap();
 
-        let inv = Inventory::read_store(&f.root).unwrap();
+        let inv = Inventory::read_store(f.store.store()).await.unwrap();
         let images = inv.images(&Default::default());
         assert_eq!(
             images.len(),
@@ -672,13 +676,13 @@ mod tests {
             .sum();
         assert_eq!(i.size, size);
 
-        let report = purge(&f.root, "ghcr.io/org/multi:1").unwrap();
+        let report = purge(f.store.store(), "ghcr.io/org/multi:1").await.unwrap();
         assert_eq!(
             report.manifests.len(),
             2,
             "the index and its cached platform: {report:?}"
         );
         assert_eq!(report.content.len(), 4);
-        assert!(Inventory::read_store(&f.root).unwrap().content.is_empty());
+        assert!(Inventory::read_store(f.store.store()).await.unwrap().content.is_empty());
     }
 }

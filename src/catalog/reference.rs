@@ -8,7 +8,7 @@
 use std::str::FromStr;
 
 use crate::catalog::inventory::canonical_registry_name;
-use crate::registry::digest::Digest;
+use crate::registry::Digest;
 
 /// A name or a glob.
 #[derive(Debug, Clone)]
@@ -101,9 +101,7 @@ impl FromStr for PurgeRef {
             return Err(usage());
         }
         let repo = match &registry {
-            Pattern::Exact(r) if !repo.contains(['*', '?', '[', '{']) => {
-                crate::registry::request::canonical_repository(r, repo)
-            }
+            Pattern::Exact(r) if !repo.contains(['*', '?', '[', '{']) => crate::registry::canonical_repository(r, repo),
             _ => repo.to_string(),
         };
         let repo = Pattern::new(&repo)?;

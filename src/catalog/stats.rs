@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::catalog::inventory::Inventory;
-use crate::registry::digest::Digest;
+use crate::registry::Digest;
 
 /// Hit and miss counts live in the server's memory only (its `/metrics`); the store has none.
 pub const HIT_MISS_NOTE: &str =
@@ -186,7 +186,7 @@ impl CacheStats {
             .collect::<HashSet<_>>()
             .len() as u64;
         Self {
-            cache_dir: inv.root.display().to_string(),
+            cache_dir: inv.location.clone(),
             content,
             blobs,
             manifests,
@@ -234,21 +234,22 @@ mod tests {
     use super::*;
     use bytes::Bytes;
 
-    use crate::registry::digest::Algorithm;
-    use crate::store::local::ContentStore;
+    use crate::cache::Records;
+    use crate::registry::Algorithm;
+    use crate::store::Store;
 
     #[tokio::test]
     async fn blobs_manifests_and_registries_are_counted() {
         let dir = tempfile::tempdir().unwrap();
-        let store = ContentStore::new(dir.path().join("cache"));
+        let store = Records::new(Store::local(dir.path().join("cache")));
         let layer = vec![1u8; 4096];
         let ld = Digest::of(Algorithm::Sha256, &layer);
-        let mut w = store.blob_writer(&ld, None).await.unwrap();
+        let mut w = store.store().create_blob(&ld, None).await.unwrap();
         w.write(Bytes::from(layer)).await.unwrap();
         w.commit().await.unwrap();
         let stray = b"pulled by digest only".to_vec();
         let sd = Digest::of(Algorithm::Sha256, &stray);
-        let mut w = store.blob_writer(&sd, None).await.unwrap();
+        let mut w = store.store().create_blob(&sd, None).await.unwrap();
         w.write(Bytes::from(stray.clone())).await.unwrap();
         w.commit().await.unwrap();
         let manifest = format!(r#"{{"layers":[{{"digest":"{ld}"}}]}}"#);
@@ -259,7 +260,7 @@ mod tests {
         }
         store.put_member("quay.io", "org/app", &sd).await.unwrap();
 
-        let inv = Inventory::read(dir.path()).unwrap();
+        let inv = Inventory::read(dir.path()).await.unwrap();
         let s = CacheStats::of(&inv, disk_space(dir.path()));
         let m = manifest.len() as u64;
         assert_eq!(

@@ -2,21 +2,21 @@
 //! the digest it is stored under, and with `--repair` remove the corrupt ones with the index
 //! entries that lead to them, so that the next pull fetches them again.
 //!
-//! Content files are read with `O_NOATIME` (a check is not a use). A running server is
-//! unaffected: files are only read, and a file renamed into place while the scan runs is either
-//! seen whole or not at all. Before removing a corrupt file, its size and modification time are
-//! compared with what was hashed, so a file replaced in between is left alone.
+//! Content is read as an inspection (`O_NOATIME` for the local store: a check is not a use). A
+//! running server is unaffected: content is only read, and a blob committed while the scan
+//! runs is either seen whole or not at all. A corrupt blob is removed only if its size and
+//! modification time are still those it was listed with, so one replaced in between is left
+//! alone.
 
-use std::io::{self, Read as _};
-use std::path::Path;
-use std::time::SystemTime;
+use std::time::UNIX_EPOCH;
 
+use futures_util::StreamExt as _;
 use serde::Serialize;
 
-use crate::cache::purge_notice::announce;
-use crate::catalog::inventory::{Inventory, open_noatime};
+use crate::catalog::inventory::Inventory;
 use crate::catalog::purge::{PurgeError, PurgePlan, PurgeRef};
-use crate::registry::digest::Digest;
+use crate::registry::Digest;
+use crate::store::{Access, BlobInfo, Store};
 
 /// A content file whose bytes do not hash to its name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -63,41 +63,52 @@ impl VerifyReport {
     }
 }
 
-/// Re-hashes everything under the cache directory `root`; removes what is corrupt when
-/// `repair`. `found` is called for each corrupt file as it is found. Blocking.
+/// Re-hashes everything in `store`; removes what is corrupt when `repair`. `found` is called
+/// for each corrupt blob as it is found.
 ///
 /// # Errors
-/// If the store cannot be read, or an index entry cannot be removed.
-pub fn verify(root: &Path, repair: bool, mut found: impl FnMut(&CorruptContent)) -> Result<VerifyReport, PurgeError> {
-    let inv = Inventory::read_store(root)?;
+/// If the store cannot be read, or a record cannot be removed.
+pub async fn verify(
+    store: &Store,
+    repair: bool,
+    mut found: impl FnMut(&CorruptContent),
+) -> Result<VerifyReport, PurgeError> {
+    let inv = Inventory::read_store(store).await?;
     let manifests = inv.manifest_digests();
     let mut report = VerifyReport {
-        stray: inv.stray.iter().map(|p| p.display().to_string()).collect(),
+        stray: inv.stray.clone(),
         ..VerifyReport::default()
     };
     let mut digests: Vec<&Digest> = inv.content.keys().collect();
     digests.sort_by_key(|d| d.to_string());
-    let mut bad: Vec<(Digest, Option<(u64, SystemTime)>)> = Vec::new();
+    // The corrupt ones, with the stamp to remove them by (none when unreadable).
+    let mut bad: Vec<(Digest, Option<BlobInfo>)> = Vec::new();
     for d in digests {
-        let path = inv.content_path(d);
-        let (actual, stamp) = match hash_file(&path, d) {
+        let listed = &inv.content[d];
+        let (actual, stamp) = match hash_blob(store, d).await {
             Ok(None) => continue, // removed meanwhile
-            Ok(Some((actual, len, stamp))) => {
+            Ok(Some((actual, len))) => {
                 report.checked += 1;
                 report.bytes += len;
                 if actual == *d {
                     continue;
                 }
-                (actual.to_string(), Some((len, stamp)))
+                let stamp = BlobInfo {
+                    digest: d.clone(),
+                    len,
+                    last_used: UNIX_EPOCH,
+                    modified: listed.modified,
+                };
+                (actual.to_string(), Some(stamp))
             }
             Err(e) => (format!("unreadable: {e}"), None),
         };
         let c = CorruptContent {
-            path: path.display().to_string(),
+            path: store.blobs().location(d),
             expected: d.to_string(),
             actual,
             kind: if manifests.contains(d) { "manifest" } else { "blob" },
-            size: inv.content.get(d).map_or(0, |c| c.size),
+            size: listed.size,
             removed: false,
         };
         found(&c);
@@ -114,59 +125,59 @@ pub fn verify(root: &Path, repair: bool, mut found: impl FnMut(&CorruptContent))
         return Ok(report);
     }
     for (i, (d, stamp)) in bad.iter().enumerate() {
-        let path = inv.content_path(d);
-        let unchanged = match (stamp, std::fs::metadata(&path)) {
-            (Some((len, mtime)), Ok(m)) => m.len() == *len && m.modified().ok() == Some(*mtime),
-            // Unreadable: nothing better will come of keeping it.
-            (None, Ok(_)) => true,
-            (_, Err(_)) => false,
+        // Unreadable: nothing better will come of keeping it.
+        let still_there = store.blobs().stat(d).await.is_some();
+        let unchanged = match stamp {
+            Some(s) => store.blobs().delete(d, Some(s)).await.unwrap_or(false),
+            None => still_there,
         };
         if !unchanged {
-            tracing::warn!(path = %path.display(), "content changed while being verified; left alone");
+            if still_there {
+                tracing::warn!(location = %store.blobs().location(d), "content changed while being verified; left alone");
+            }
             continue;
         }
         let plan = PurgePlan::new(&inv, &PurgeRef::Digest(d.clone()), &format!("verify --repair {d}"));
-        let removed = plan.execute(root)?;
+        let removed = plan.execute(store).await?;
         report.entries_removed += (removed.tags.len() + removed.manifests.len()) as u64 + removed.repository_records;
-        report.bytes_freed += removed.bytes_freed;
+        // The corrupt blob itself was removed above (if unchanged), before the plan ran.
+        report.bytes_freed += removed.bytes_freed + stamp.as_ref().map_or(0, |s| s.len);
         report.failed.extend(removed.failed);
-        report.corrupt[i].removed = !path.exists();
+        report.corrupt[i].removed = store.blobs().stat(d).await.is_none();
     }
     for m in &dangling {
-        cacache::index::delete(root, &m.key).map_err(|e| PurgeError::Index(e.to_string()))?;
+        store.index().remove(&m.key).await?;
         report.entries_removed += 1;
     }
     if !dangling.is_empty()
-        && let Err(e) = announce(root, "verify --repair: dangling manifest entries")
+        && let Err(e) = store
+            .index()
+            .announce_purge("verify --repair: dangling manifest entries")
     {
         report.failed.push(e);
     }
     Ok(report)
 }
 
-/// The digest of a file's bytes (same algorithm as `expected`), its length and modification
-/// time; `None` when it no longer exists.
-fn hash_file(path: &Path, expected: &Digest) -> io::Result<Option<(Digest, u64, SystemTime)>> {
-    let mut file = match open_noatime(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
+/// The digest of a blob's bytes (same algorithm as `expected`) and its length; `None` when it
+/// no longer exists.
+async fn hash_blob(store: &Store, expected: &Digest) -> Result<Option<(Digest, u64)>, String> {
+    let Some(mut reader) = store
+        .blobs()
+        .open(expected, 0, None, Access::Inspect)
+        .await
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(None);
     };
-    let meta = file.metadata()?;
     let mut hasher = expected.hasher();
-    let mut buf = vec![0u8; 1 << 20];
     let mut len = 0u64;
-    loop {
-        let n = match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        hasher.update(&buf[..n]);
-        len += n as u64;
+    while let Some(chunk) = reader.stream.next().await {
+        let chunk = chunk.map_err(|e| e.to_string())?;
+        hasher.update(&chunk);
+        len += chunk.len() as u64;
     }
-    Ok(Some((hasher.finish(), len, meta.modified()?)))
+    Ok(Some((hasher.finish(), len)))
 }
 
 #[cfg(test)]
@@ -174,18 +185,20 @@ mod tests {
     use super::*;
     use bytes::Bytes;
 
-    use crate::registry::digest::Algorithm;
-    use crate::store::local::{ContentStore, TagRecord, tag_key};
+    use crate::cache::{Records, TagRecord, tag_key};
+    use crate::registry::Algorithm;
+    use crate::store::LocalStore;
 
     #[tokio::test]
     async fn corrupt_content_is_reported_then_removed_with_what_leads_to_it() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("cache");
-        let store = ContentStore::new(root.clone());
+        let local = LocalStore::new(root.clone());
+        let store = Records::new(Store::local(root));
         let mut digests = Vec::new();
         for data in [vec![5u8; 2 << 20], vec![6u8; 1000]] {
             let d = Digest::of(Algorithm::Sha256, &data);
-            let mut w = store.blob_writer(&d, None).await.unwrap();
+            let mut w = store.store().create_blob(&d, None).await.unwrap();
             w.write(Bytes::from(data)).await.unwrap();
             w.commit().await.unwrap();
             digests.push(d);
@@ -207,19 +220,23 @@ mod tests {
             .await
             .unwrap();
 
-        let clean = verify(&root, false, |_| panic!("nothing is corrupt")).unwrap();
+        let clean = verify(store.store(), false, |_| panic!("nothing is corrupt"))
+            .await
+            .unwrap();
         assert_eq!(clean.checked, 3);
         assert!(clean.corrupt.is_empty() && !clean.corruption_remains());
 
         // Flip one byte of the big blob and of the manifest.
         for d in [&digests[0], &md] {
-            let path = store.content_path(d);
+            let path = local.content_path(d);
             let mut bytes = std::fs::read(&path).unwrap();
             bytes[7] ^= 0xff;
             std::fs::write(&path, bytes).unwrap();
         }
         let mut seen = Vec::new();
-        let report = verify(&root, false, |c| seen.push(c.expected.clone())).unwrap();
+        let report = verify(store.store(), false, |c| seen.push(c.expected.clone()))
+            .await
+            .unwrap();
         assert_eq!(seen.len(), 2);
         assert!(report.corruption_remains());
         let blob = report.corrupt.iter().find(|c| c.kind == "blob").unwrap();
@@ -228,13 +245,16 @@ mod tests {
         assert!(blob.path.ends_with(&digests[0].hex()[4..]));
         assert!(report.corrupt.iter().any(|c| c.kind == "manifest"));
 
-        let repaired = verify(&root, true, |_| {}).unwrap();
+        let repaired = verify(store.store(), true, |_| {}).await.unwrap();
         assert!(!repaired.corruption_remains(), "{repaired:?}");
         assert!(repaired.bytes_freed >= 2 << 20);
-        assert!(store.blob(&digests[0]).await.is_none());
-        assert!(store.blob(&digests[1]).await.is_some(), "intact content stays");
+        assert!(store.store().blobs().stat(&digests[0]).await.is_none());
+        assert!(
+            store.store().blobs().stat(&digests[1]).await.is_some(),
+            "intact content stays"
+        );
         assert!(store.tag(&tag_key("ghcr.io", "org/app", "1", "x")).await.is_none());
-        let again = verify(&root, false, |_| {}).unwrap();
+        let again = verify(store.store(), false, |_| {}).await.unwrap();
         assert_eq!((again.checked, again.corrupt.len()), (1, 0));
     }
 }

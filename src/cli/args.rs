@@ -9,14 +9,12 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::file::{
+use crate::config::{
     self as config_file, CacheLayer, ConfigSource, DurationValue, Layer, LimitsLayer, Parsed, RegistrySection,
     SizeValue, TimeoutsLayer,
 };
-use crate::config::settings::{
-    self as config, Config, ConnectTo, HostPattern, LogFormat, NonRegistryPolicy, TagTtlRule,
-};
-use crate::registry::image_ref::ImageRef;
+use crate::config::{self, Config, ConnectTo, HostPattern, LogFormat, NonRegistryPolicy, TagTtlRule};
+use crate::registry::ImageRef;
 use crate::registry::manifest::PlatformArg;
 
 /// regcache: a caching HTTPS proxy for container registries.

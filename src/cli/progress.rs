@@ -105,6 +105,24 @@ impl ImageProgress {
     }
 }
 
+impl crate::images::Progress for ImageProgress {
+    fn stage(&self, what: &str) {
+        ImageProgress::stage(self, what);
+    }
+
+    fn add_total(&self, bytes: u64) {
+        ImageProgress::add_total(self, bytes);
+    }
+
+    fn advance(&self, bytes: u64) {
+        ImageProgress::advance(self, bytes);
+    }
+
+    fn blob_done(&self, digest: &str, bytes: u64) {
+        ImageProgress::blob_done(self, digest, bytes);
+    }
+}
+
 /// Log lines of one-shot commands: warnings and errors on standard error (`RUST_LOG` to see
 /// more), so that they do not drown the progress.
 pub fn init_tracing() {

@@ -1,5 +1,31 @@
-//! TODO
+//! Configuration: the plain data `serve` runs with, and where it comes from.
+//!
+//! Owns: [`Config`] and its parts (plain data, validated when parsed, no I/O), host names and
+//! patterns as configuration spells them, the TOML file's schema ([`Layer`]), the layering of
+//! sources (flags > `REGCACHE_*` > rpardini/docker-registry-proxy variables > file > defaults)
+//! and the rendering of `regcache config check`.
+//!
+//! Must not: open sockets, touch the store, or know how a setting is used.
+//!
+//! May import: nothing else of the crate (it is the bottom layer).
 
-pub mod file;
-pub mod rpardini;
-pub mod settings;
+mod host;
+mod layer;
+mod limits;
+mod render;
+mod rpardini;
+mod settings;
+mod source;
+
+pub use host::{ConnectTo, HostPattern, HostPort, canonical_ip, canonical_registry};
+pub use layer::{
+    CacheLayer, ConfigError, CredentialSection, DEFAULT_FILE, DurationValue, HostPortValue, Layer, LimitsLayer, Parsed,
+    RegistrySection, SizeValue, TimeoutsLayer,
+};
+pub use limits::{HYPER_DEFAULT_MAX_HEADERS, Limits};
+pub use render::{format_duration, render};
+pub use settings::{
+    AccessPolicy, CacheBudget, CachePolicy, Config, Credential, DEFAULT_REGISTRIES, GlobText, LogFormat,
+    NonRegistryPolicy, RegistryPolicy, TagTtlRule, Timeouts, UpstreamTls, parse_duration, parse_size,
+};
+pub use source::{ConfigSource, Loaded};

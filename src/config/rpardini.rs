@@ -6,28 +6,10 @@
 
 use std::time::Duration;
 
-use crate::config::file::{
+use crate::config::{self, HostPattern, TagTtlRule};
+use crate::config::{
     ConfigError, CredentialSection, DurationValue, HostPortValue, Layer, Parsed, RegistrySection, SizeValue,
 };
-use crate::config::settings::{self as config, HostPattern, TagTtlRule};
-
-/// The variables understood, for documentation and `config check`.
-pub const VARIABLES: &[&str] = &[
-    "REGISTRIES",
-    "AUTH_REGISTRIES",
-    "AUTH_REGISTRIES_DELIMITER",
-    "AUTH_REGISTRY_DELIMITER",
-    "ENABLE_MANIFEST_CACHE",
-    "MANIFEST_CACHE_PRIMARY_REGEX",
-    "MANIFEST_CACHE_PRIMARY_TIME",
-    "MANIFEST_CACHE_SECONDARY_REGEX",
-    "MANIFEST_CACHE_SECONDARY_TIME",
-    "MANIFEST_CACHE_DEFAULT_TIME",
-    "CACHE_MAX_SIZE",
-    "CACHE_INACTIVE",
-    "ALLOW_PUSH",
-    "VERIFY_SSL",
-];
 
 // rpardini's own defaults, used when ENABLE_MANIFEST_CACHE=true leaves one of them unset.
 const PRIMARY_REGEX: &str = "(stable|nightly|production|test)";
@@ -119,10 +101,10 @@ pub fn layer(var: impl Fn(&str) -> Option<String>) -> Result<(Layer, Vec<String>
                     .cache
                     .path_rules
                     .iter()
-                    .map(|r| format!("[{r} → {}]", crate::config::file::format_duration(r.ttl)))
+                    .map(|r| format!("[{r} → {}]", crate::config::format_duration(r.ttl)))
                     .collect::<Vec<_>>()
                     .join(" "),
-                crate::config::file::format_duration(default)
+                crate::config::format_duration(default)
             ));
         }
         Some(v) if v == "false" => {
@@ -145,7 +127,7 @@ pub fn layer(var: impl Fn(&str) -> Option<String>) -> Result<(Layer, Vec<String>
         layer.cache.inactive = Some(Parsed(DurationValue(d)));
         mapped.push(format!(
             "CACHE_INACTIVE → cache.inactive {}",
-            crate::config::file::format_duration(d)
+            crate::config::format_duration(d)
         ));
     }
     if let Some(v) = var("ALLOW_PUSH") {
@@ -196,10 +178,10 @@ fn nginx_time(v: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::settings::HostPort;
+    use crate::config::HostPort;
     use std::collections::HashMap;
 
-    fn run(vars: &[(&str, &str)]) -> Result<(crate::config::settings::Config, Vec<String>), ConfigError> {
+    fn run(vars: &[(&str, &str)]) -> Result<(crate::config::Config, Vec<String>), ConfigError> {
         let env: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let (layer, lines) = layer(|k| env.get(k).cloned())?;
         Ok((layer.resolve("environment")?, lines))

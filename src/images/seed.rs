@@ -5,16 +5,16 @@
 //! Order matters, because `serve` may be reading the same store meanwhile: blobs are already
 //! committed (verified) by the caller; then manifests (children before their index), then
 //! repository membership and public status (what access control asks, see
-//! [`crate::cache::repo_access`]), and the tag record last. A tag is thus never visible before
+//! the cache's repository access), and the tag record last. A tag is thus never visible before
 //! everything it leads to is, and an interrupted seeding leaves no entry that points at missing
 //! content.
 
 use bytes::Bytes;
 
-use crate::registry::digest::Digest;
-use crate::registry::image_ref::ImageRef;
-use crate::registry::request::Reference;
-use crate::store::local::{self as store, ContentStore, StoreError, TagRecord};
+use crate::cache::{Records, TagRecord, seeded_tag_key};
+use crate::clock::now_ms;
+use crate::registry::{Digest, ImageRef, Reference};
+use crate::store::StoreError;
 
 /// A manifest with its digest and media type.
 #[derive(Debug, Clone)]
@@ -47,7 +47,7 @@ pub struct SeedImage<'a> {
 ///
 /// # Errors
 /// The first store failure (what was written before it stays: it points at present content).
-pub async fn record(store: &ContentStore, seed: &SeedImage<'_>) -> Result<(), StoreError> {
+pub async fn record(store: &Records, seed: &SeedImage<'_>) -> Result<(), StoreError> {
     let (registry, repository) = (&seed.image.registry, &seed.image.repository);
     for m in seed.children.iter().chain(std::iter::once(&seed.top)) {
         if store.manifest(registry, repository, &m.digest).await.is_none() {
@@ -74,10 +74,10 @@ pub async fn record(store: &ContentStore, seed: &SeedImage<'_>) -> Result<(), St
             digest: seed.top.digest.to_string(),
             media_type: seed.top.media_type.clone(),
             size: seed.top.bytes.len() as u64,
-            validated_at_ms: store::now_ms(),
+            validated_at_ms: now_ms(),
         };
         store
-            .put_tag(&store::seeded_tag_key(registry, repository, tag), &record)
+            .put_tag(&seeded_tag_key(registry, repository, tag), &record)
             .await?;
     }
     Ok(())

@@ -3,18 +3,15 @@
 //! It goes through the code `serve` uses upstream ([`UpstreamClient`] with the same
 //! configuration: `--connect-to`, upstream CAs, timeouts; [`Requester`] with regcache's
 //! `[[credentials]]` and token flow, anonymous tokens otherwise), and leaves the store as a pull
-//! through the proxy would: blobs verified by [`BlobWriter`](crate::store::local::BlobWriter) (temporary
-//! file, then rename), manifests, membership and public status, then the tag (see
-//! [`crate::images::seed`]). cacache's index is safe for several processes and blob commits are
-//! atomic renames, so a running `serve` on the same data directory sees each object appear
-//! whole, and a blob both fetch at once is simply committed twice with the same bytes.
+//! through the proxy would: blobs verified by [`BlobWriter`](crate::store::BlobWriter) (spooled,
+//! then committed), manifests, membership and public status, then the tag (see
+//! [`super::seed`]). The store's records are safe for several processes and blob commits are
+//! atomic, so a running `serve` on the same data directory sees each object appear whole, and
+//! a blob both fetch at once is simply committed twice with the same bytes.
 //!
 //! Like the cache, a tag is resolved with a `HEAD` first (free on Docker Hub); the manifest is
 //! fetched only when its digest is not cached yet.
 
-use std::collections::HashSet;
-use std::io::Write;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,27 +23,24 @@ use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use indicatif::HumanBytes;
 
-use crate::cli::args::{CommandError, WarmArgs};
-use crate::cli::progress::{ImageProgress, Reporter};
-use crate::config::file::ConfigError;
-use crate::config::settings::Config;
+use super::seed::{self, SeedImage, SeedManifest};
+use crate::cache::Records;
+use crate::config::Config;
 use crate::error::ProxyError;
-use crate::images::seed::{self, SeedImage, SeedManifest};
-use crate::registry::digest::{Algorithm, Digest};
+use crate::images::Progress;
 use crate::registry::headers::{self as hdr, DOCKER_CONTENT_DIGEST};
-use crate::registry::image_ref::ImageRef;
 use crate::registry::manifest::{
     self, Descriptor, MANIFEST_ACCEPT, MAX_MANIFEST, Manifest, ManifestError, PlatformFilter,
 };
-use crate::registry::request::Reference;
-use crate::store::local::{ContentStore, StoreError};
-use crate::upstream::auth::{Requester, UpstreamAuth};
-use crate::upstream::client::{UpstreamClient, UpstreamSetupError};
+use crate::registry::{Algorithm, Digest, ImageRef, Reference};
+use crate::store::{Store, StoreError};
+use crate::telemetry::Metrics;
+use crate::upstream::{Requester, UpstreamAuth, UpstreamClient, UpstreamSetupError};
 
 /// Blobs of one image fetched at once.
 const BLOB_JOBS: usize = 4;
-/// Images warmed at once.
-const IMAGE_JOBS: usize = 3;
+/// Images warmed at once (by the command that drives a [`Warmer`]).
+pub const IMAGE_JOBS: usize = 3;
 /// Indexes nested deeper than this are refused (real ones have one level).
 const MAX_DEPTH: usize = 2;
 
@@ -122,7 +116,7 @@ struct Got {
 
 /// Fetches images into a store through regcache's upstream client.
 pub struct Warmer {
-    store: ContentStore,
+    store: Records,
     upstream: UpstreamClient,
     auth: Arc<UpstreamAuth>,
     idle: Duration,
@@ -135,8 +129,9 @@ impl Warmer {
     /// If an upstream CA bundle is unusable.
     pub fn new(config: &Config) -> Result<Self, UpstreamSetupError> {
         Ok(Self {
-            store: ContentStore::new(config.data_dir.join("cache")),
-            upstream: UpstreamClient::new(config)?,
+            store: Records::new(Store::local(config.data_dir.join("cache"))),
+            // A one-shot command: its upstream requests are counted nowhere.
+            upstream: UpstreamClient::new(config, Arc::new(Metrics::new()))?,
             auth: Arc::new(UpstreamAuth::new(config.credentials.clone())),
             idle: config.timeouts.upstream_response,
         })
@@ -151,7 +146,7 @@ impl Warmer {
         &self,
         image: &ImageRef,
         platforms: &PlatformFilter,
-        progress: &ImageProgress,
+        progress: &dyn Progress,
     ) -> Result<WarmReport, WarmError> {
         let req = Requester::new(
             self.upstream.clone(),
@@ -227,7 +222,7 @@ impl Warmer {
         let mut missing = Vec::new();
         for b in &blobs {
             let d = b.parsed_digest()?;
-            if self.store.blob(&d).await.is_none() {
+            if self.store.store().blobs().stat(&d).await.is_none() {
                 missing.push(b);
             }
             digests.push(d);
@@ -404,10 +399,10 @@ impl Warmer {
         req: &Requester,
         image: &ImageRef,
         desc: &Descriptor,
-        progress: &ImageProgress,
+        progress: &dyn Progress,
     ) -> Result<Option<u64>, WarmError> {
         let digest = desc.parsed_digest()?;
-        if self.store.blob(&digest).await.is_some() {
+        if self.store.store().blobs().stat(&digest).await.is_some() {
             return Ok(None);
         }
         let what = format!("blob {digest}");
@@ -424,7 +419,7 @@ impl Warmer {
                 reason: format!("upstream announced {announced} bytes, the manifest says {e}"),
             });
         }
-        let mut writer = self.store.blob_writer(&digest, expected).await?;
+        let mut writer = self.store.store().create_blob(&digest, expected).await?;
         let mut body = res.into_body();
         let failure = loop {
             match tokio::time::timeout(self.idle, body.frame()).await {
@@ -485,163 +480,4 @@ fn refused(status: StatusCode, what: String) -> WarmError {
         _ => "",
     };
     WarmError::Refused { status, what, hint }
-}
-
-/// `regcache warm`: loads the configuration as `serve` does, warms every image, prints a line
-/// per image and a summary on standard output.
-///
-/// # Errors
-/// [`CommandError::Usage`] for a bad configuration or reference; [`CommandError::Failed`] when
-/// any image failed (after the summary).
-pub fn command(args: &WarmArgs) -> Result<(), CommandError> {
-    let config = args.serve.source().load()?.config;
-    let mut refs = args.refs.clone();
-    if let Some(file) = &args.from_file {
-        refs.extend(refs_from_file(file)?);
-    }
-    let mut seen = HashSet::new();
-    refs.retain(|r| seen.insert(r.to_string()));
-    if refs.is_empty() {
-        return Err(ConfigError::new(
-            "command line",
-            "REF",
-            "no image given: name one or more, or use --from-file FILE",
-        )
-        .into());
-    }
-    crate::cli::progress::init_tracing();
-    let platforms = PlatformFilter::from_args(&args.platforms);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| CommandError::Failed(format!("cannot start the async runtime: {e}")))?;
-    let mut out = std::io::stdout().lock();
-    runtime.block_on(run(&config, &refs, &platforms, &Reporter::new(), &mut out))
-}
-
-/// Warms `refs` and writes one line per image and a summary to `out`.
-///
-/// # Errors
-/// [`CommandError::Failed`] when the upstream client cannot be built or any image failed.
-pub async fn run(
-    config: &Config,
-    refs: &[ImageRef],
-    platforms: &PlatformFilter,
-    reporter: &Reporter,
-    out: &mut dyn Write,
-) -> Result<(), CommandError> {
-    let warmer = Warmer::new(config).map_err(|e| CommandError::Failed(e.to_string()))?;
-    for host in refs.iter().map(|r| &r.host).collect::<HashSet<_>>() {
-        if !config.is_registry(host) {
-            eprintln!(
-                "regcache: note: {host} is not an intercepted registry: pulls through regcache tunnel it and \
-                 do not use the cache (add --registry {})",
-                host.authority(443)
-            );
-        }
-    }
-    let mut results: Vec<(usize, Result<WarmReport, WarmError>)> = futures_util::stream::iter(refs.iter().enumerate())
-        .map(|(i, image)| {
-            let warmer = &warmer;
-            async move {
-                let progress = reporter.image(&image.to_string());
-                let result = warmer.warm(image, platforms, &progress).await;
-                match &result {
-                    Ok(r) if r.already_cached() => progress.finish("already cached"),
-                    Ok(r) => progress.finish(&format!(
-                        "pulled {} blobs, {}",
-                        r.blobs_fetched,
-                        HumanBytes(r.bytes_fetched)
-                    )),
-                    Err(e) => progress.fail(&format!("failed: {e}")),
-                }
-                (i, result)
-            }
-        })
-        .buffer_unordered(IMAGE_JOBS)
-        .collect()
-        .await;
-    results.sort_by_key(|(i, _)| *i);
-
-    let (mut pulled, mut cached, mut failed) = (0, 0, 0);
-    for (i, result) in &results {
-        let image = &refs[*i];
-        let line = match result {
-            Ok(r) => {
-                let platforms = if r.platforms.is_empty() {
-                    String::new()
-                } else {
-                    format!(", {}", r.platforms.join(" "))
-                };
-                if r.already_cached() {
-                    cached += 1;
-                    format!(
-                        "already cached  {image} {} ({} blobs{platforms})",
-                        r.digest, r.blobs_total
-                    )
-                } else {
-                    pulled += 1;
-                    format!(
-                        "pulled          {image} {} ({} of {} blobs, {}{platforms})",
-                        r.digest,
-                        r.blobs_fetched,
-                        r.blobs_total,
-                        HumanBytes(r.bytes_fetched)
-                    )
-                }
-            }
-            Err(e) => {
-                failed += 1;
-                format!("failed          {image}: {e}")
-            }
-        };
-        let _ = writeln!(out, "{line}");
-    }
-    let _ = writeln!(out, "warm: {pulled} pulled, {cached} already cached, {failed} failed");
-    let _ = out.flush();
-    if failed > 0 {
-        return Err(CommandError::Failed(format!(
-            "warm: {failed} of {} images failed",
-            refs.len()
-        )));
-    }
-    Ok(())
-}
-
-/// References from a file: one per line; blank lines and `#` comments are skipped.
-fn refs_from_file(path: &Path) -> Result<Vec<ImageRef>, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::new(path.display().to_string(), "--from-file", format!("cannot read: {e}")))?;
-    let mut refs = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.split('#').next().unwrap_or("").trim();
-        if line.is_empty() {
-            continue;
-        }
-        let r =
-            ImageRef::parse(line).map_err(|e| ConfigError::new(format!("{}:{}", path.display(), n + 1), "REF", e))?;
-        refs.push(r);
-    }
-    Ok(refs)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reference_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("images.txt");
-        std::fs::write(&file, "# CI images\nalpine\n\n  ghcr.io/org/app:1.2   # pinned\n").unwrap();
-        let refs: Vec<String> = refs_from_file(&file).unwrap().iter().map(ToString::to_string).collect();
-        assert_eq!(refs, vec!["docker.io/library/alpine:latest", "ghcr.io/org/app:1.2"]);
-
-        std::fs::write(&file, "alpine\nNot/Valid\n").unwrap();
-        let e = refs_from_file(&file).unwrap_err();
-        assert_eq!(e.origin, format!("{}:2", file.display()));
-        assert_eq!(e.key, "REF");
-        assert!(refs_from_file(&dir.path().join("missing")).is_err());
-    }
 }

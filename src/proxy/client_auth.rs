@@ -6,7 +6,7 @@
 //! credentials (never the password itself); checks run on the blocking pool.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -163,7 +163,7 @@ impl ClientGate {
     ///
     /// # Errors
     /// As [`Htpasswd::load`].
-    pub fn build(policy: &crate::config::settings::AccessPolicy) -> Result<Self, HtpasswdError> {
+    pub fn build(policy: &crate::config::AccessPolicy) -> Result<Self, HtpasswdError> {
         let htpasswd = match &policy.htpasswd {
             Some(path) => {
                 let h = Htpasswd::load(path)?;
@@ -196,16 +196,8 @@ fn parse_basic(value: &HeaderValue) -> Option<(String, String)> {
 
 /// Whether `client` may use the proxy under `allow` (empty = anyone who reaches the port).
 pub fn client_allowed(allow: &[ipnet::IpNet], client: SocketAddr) -> bool {
-    let ip = canonical_ip(client.ip());
+    let ip = crate::config::canonical_ip(client.ip());
     allow.is_empty() || allow.iter().any(|net| net.contains(&ip))
-}
-
-/// IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) as the IPv4 address they are.
-pub fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
-    }
 }
 
 #[cfg(test)]

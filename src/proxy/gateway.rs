@@ -9,10 +9,10 @@ use arc_swap::ArcSwap;
 use http::{Request, Response, StatusCode};
 
 use crate::body::{self, Body};
-use crate::cache::serve::RegistryCache;
-use crate::config::settings::Config;
-use crate::telemetry::access_log::{AccessRecord, LoggedBody, Outcome};
-use crate::upstream::client::{Origin, UpstreamClient};
+use crate::cache::RegistryCache;
+use crate::config::Config;
+use crate::telemetry::{AccessRecord, LoggedBody, Metrics, Outcome};
+use crate::upstream::{Origin, UpstreamClient};
 
 /// Answers requests for origins.
 #[derive(Clone)]
@@ -20,16 +20,23 @@ pub struct Gateway {
     upstream: UpstreamClient,
     cache: Arc<RegistryCache>,
     config: Arc<ArcSwap<Config>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Gateway {
     /// A gateway caching registry traffic in `cache` and forwarding the rest through `upstream`,
     /// under the running `config` (push policy).
-    pub fn new(upstream: UpstreamClient, cache: Arc<RegistryCache>, config: Arc<ArcSwap<Config>>) -> Self {
+    pub fn new(
+        upstream: UpstreamClient,
+        cache: Arc<RegistryCache>,
+        config: Arc<ArcSwap<Config>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             upstream,
             cache,
             config,
+            metrics,
         }
     }
 
@@ -42,8 +49,14 @@ impl Gateway {
         registry: bool,
         req: Request<Body>,
     ) -> Response<Body> {
-        let record = AccessRecord::new(client, origin.host.to_string(), req.method().clone(), req.uri().path())
-            .with_registry(registry.then(|| crate::registry::request::canonical_registry(&origin.host)));
+        let record = AccessRecord::new(
+            &self.metrics,
+            client,
+            origin.host.to_string(),
+            req.method().clone(),
+            req.uri().path(),
+        )
+        .with_registry(registry.then(|| crate::config::canonical_registry(&origin.host)));
         let head = req.method() == http::Method::HEAD;
         let (res, outcome) = if registry && is_push(&req) && !self.config.load().allow_push {
             let mut res = body::text(

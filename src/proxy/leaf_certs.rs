@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use rustls::ServerConfig;
 
-use crate::ca::authority::{CaError, CertificateAuthority};
+use crate::ca::{CaError, CertificateAuthority};
 
 /// Leaves live 30 days; drop them from the cache well before so a served leaf always has
 /// weeks of validity left.
@@ -111,7 +111,7 @@ mod tests {
     use rustls::client::danger::ServerCertVerifier;
     use rustls::pki_types::{ServerName, UnixTime};
 
-    fn verify(ca: &CertificateAuthority, leaf: &crate::ca::authority::Leaf, name: &str) -> Result<(), rustls::Error> {
+    fn verify(ca: &CertificateAuthority, leaf: &crate::ca::Leaf, name: &str) -> Result<(), rustls::Error> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(ca.cert_der().clone()).unwrap();
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());

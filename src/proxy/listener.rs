@@ -1,11 +1,11 @@
-//! The proxy's front door: one HTTP/1.1 connection per client, where each request is a
-//! CONNECT (intercept, tunnel or refuse), an absolute-form `http://` request to forward, or a
-//! request for regcache itself.
+//! The proxy's front door: the accept loop under the connection limit, then one HTTP/1.1
+//! connection per client, where each request is a CONNECT (see [`super::connect`]), an
+//! absolute-form `http://` request to forward (see [`super::forward`]), or a request for
+//! regcache itself (handed to the [`LocalService`](super::LocalService)).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
@@ -14,32 +14,125 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use crate::app::Shared;
+use std::future::Future;
+
+use tokio::net::TcpListener;
+
 use crate::body::{self, Body};
-use crate::config::settings::{HostPort, NonRegistryPolicy};
+use crate::config::Config;
 use crate::error::ProxyError;
+use crate::proxy::Proxy;
 use crate::proxy::client_auth::{self, AuthCheck};
-use crate::proxy::limits::{self, ConnectionSlot};
-use crate::proxy::{mitm, tunnel};
-use crate::telemetry::access_log::{AccessRecord, Outcome};
-use crate::upstream::client::Origin;
+use crate::proxy::connect::connect;
+use crate::proxy::forward::absolute_form;
+use crate::proxy::limits::{self, ConnectionLimiter, ConnectionSlot};
+use crate::telemetry::{AccessRecord, Outcome};
+
+/// The bound proxy listener: the socket, its TLS (when `--tls-cert` is given) and the
+/// connection limit.
+pub struct ProxyListener {
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    limiter: ConnectionLimiter,
+    addr: SocketAddr,
+}
+
+impl ProxyListener {
+    /// Binds `config.listen` (and loads the listener's certificate, if any).
+    ///
+    /// # Errors
+    /// One line naming the address that cannot be bound, or the certificate file that is
+    /// unusable.
+    pub async fn bind(config: &Config) -> Result<Self, ListenError> {
+        let tls = match &config.listener_tls {
+            Some((cert, key)) => Some(tls_acceptor(cert, key).map_err(ListenError::Tls)?),
+            None => None,
+        };
+        let bind_err = |source| ListenError::Bind {
+            addr: config.listen,
+            source,
+        };
+        let listener = TcpListener::bind(config.listen).await.map_err(bind_err)?;
+        let addr = listener.local_addr().map_err(bind_err)?;
+        Ok(Self {
+            listener,
+            tls,
+            limiter: ConnectionLimiter::new(config.limits.max_connections),
+            addr,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Accepts connections until `shutdown` resolves, then stops accepting (the socket is
+    /// closed); connections under way go on in `proxy.tasks`.
+    pub async fn run(self, proxy: Arc<Proxy>, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        let Some(slot) = self.limiter.try_admit() else {
+                            self.limiter.refuse(stream, peer, self.tls.is_some());
+                            continue;
+                        };
+                        match &self.tls {
+                            None => {
+                                proxy.tasks.spawn(serve_connection(stream, peer, proxy.clone(), slot));
+                            }
+                            Some(tls) => {
+                                proxy.tasks.spawn(serve_tls_connection(tls.clone(), stream, peer, proxy.clone(), slot));
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Why the proxy listener could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The listener's TLS certificate or key is unusable.
+    #[error("{0}")]
+    Tls(String),
+}
 
 /// Serves one accepted client connection until it closes. `slot` is its place under the
 /// connection limit; tunnels opened on it keep a copy until they close.
 ///
 /// On a graceful shutdown the connection finishes the response under way, then closes.
-pub async fn serve_connection<IO>(stream: IO, client: SocketAddr, shared: Arc<Shared>, slot: ConnectionSlot)
+async fn serve_connection<IO>(stream: IO, client: SocketAddr, proxy: Arc<Proxy>, slot: ConnectionSlot)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let config = shared.config();
+    let config = proxy.config();
     let idle = config.timeouts.client_idle;
     let limits = config.limits;
-    let shutdown = shared.shutdown.clone();
+    let shutdown = proxy.shutdown.clone();
     let service = service_fn(move |req| {
-        let shared = shared.clone();
+        let proxy = proxy.clone();
         let slot = slot.clone();
-        async move { Ok::<_, Infallible>(route(req, client, shared, slot).await) }
+        async move { Ok::<_, Infallible>(route(req, client, proxy, slot).await) }
     });
     let mut builder = http1::Builder::new();
     builder
@@ -68,15 +161,15 @@ where
 const LISTENER_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Serves one client connection that speaks TLS to the proxy itself (`HTTPS_PROXY=https://…`).
-pub async fn serve_tls_connection(
+async fn serve_tls_connection(
     acceptor: tokio_rustls::TlsAcceptor,
     stream: TcpStream,
     client: SocketAddr,
-    shared: Arc<Shared>,
+    proxy: Arc<Proxy>,
     slot: ConnectionSlot,
 ) {
     match tokio::time::timeout(LISTENER_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => serve_connection(tls, client, shared, slot).await,
+        Ok(Ok(tls)) => serve_connection(tls, client, proxy, slot).await,
         Ok(Err(e)) => tracing::debug!(%client, error = %e, "TLS handshake with the proxy listener failed"),
         Err(_) => tracing::debug!(%client, "TLS handshake with the proxy listener timed out"),
     }
@@ -110,15 +203,16 @@ pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<tok
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
-async fn route(
-    req: Request<Incoming>,
-    client: SocketAddr,
-    shared: Arc<Shared>,
-    slot: ConnectionSlot,
-) -> Response<Body> {
-    let gate = shared.gate.load_full();
+async fn route(req: Request<Incoming>, client: SocketAddr, proxy: Arc<Proxy>, slot: ConnectionSlot) -> Response<Body> {
+    let gate = proxy.gate.load_full();
     if !client_auth::client_allowed(&gate.allow, client) {
-        let record = AccessRecord::new(client, shared.listen_addr.to_string(), req.method().clone(), "");
+        let record = AccessRecord::new(
+            &proxy.metrics,
+            client,
+            proxy.listen_addr.to_string(),
+            req.method().clone(),
+            "",
+        );
         tracing::warn!(%client, "client address not in --allow-client; refused");
         return refuse(
             record,
@@ -126,8 +220,14 @@ async fn route(
             ProxyError::Forbidden(format!("{} may not use this proxy", client.ip())),
         );
     }
-    if let Some(res) = limits::request_line_refusal(&req, shared.config().limits.max_request_line) {
-        let record = AccessRecord::new(client, shared.listen_addr.to_string(), req.method().clone(), "");
+    if let Some(res) = limits::request_line_refusal(&req, proxy.config().limits.max_request_line) {
+        let record = AccessRecord::new(
+            &proxy.metrics,
+            client,
+            proxy.listen_addr.to_string(),
+            req.method().clone(),
+            "",
+        );
         record.emit(Outcome::Error, res.status().as_u16(), 0, true);
         return res;
     }
@@ -142,7 +242,7 @@ async fn route(
                     .authority()
                     .map(|a| a.as_str().to_string())
                     .unwrap_or_default();
-                let record = AccessRecord::new(client, target, req.method().clone(), "");
+                let record = AccessRecord::new(&proxy.metrics, client, target, req.method().clone(), "");
                 if let AuthCheck::Refused(user) = check {
                     tracing::warn!(%client, user = user.as_deref().unwrap_or(""), "proxy authentication failed");
                 }
@@ -160,274 +260,35 @@ async fn route(
         }
     }
     if req.method() == Method::CONNECT {
-        return connect(req, client, shared, slot).await;
+        return connect(req, client, proxy, slot).await;
     }
     match (req.uri().scheme_str(), req.uri().authority()) {
-        (Some(_), Some(_)) => absolute_form(req, client, shared).await,
-        _ => local(&req, client, &shared).await,
+        (Some(_), Some(_)) => absolute_form(req, client, proxy).await,
+        _ => local(&req, client, &proxy).await,
     }
 }
 
-async fn local<B>(req: &Request<B>, client: SocketAddr, shared: &Shared) -> Response<Body> {
+/// A request for regcache itself: answered by the local service, logged as `local`.
+pub(super) async fn local<B>(req: &Request<B>, client: SocketAddr, proxy: &Proxy) -> Response<Body> {
     let record = AccessRecord::new(
+        &proxy.metrics,
         client,
-        shared.listen_addr.to_string(),
+        proxy.listen_addr.to_string(),
         req.method().clone(),
         req.uri().path(),
     );
-    let res = if req.uri().path() == RELOAD_PATH {
-        reload(req, client, shared).await
-    } else if crate::admin::cache_api::is_cache_path(req.uri().path()) {
-        crate::admin::cache_api::respond(req, client, shared.cache()).await
-    } else {
-        shared.local.respond(req)
-    };
+    let mut head = Request::new(());
+    *head.method_mut() = req.method().clone();
+    *head.uri_mut() = req.uri().clone();
+    *head.headers_mut() = req.headers().clone();
+    let res = proxy.local.respond(head, client).await;
     record.emit(Outcome::Local, res.status().as_u16(), 0, true);
     res
 }
 
-/// `POST /_regcache/reload`: re-read the configuration, as SIGHUP does.
-pub const RELOAD_PATH: &str = "/_regcache/reload";
-
-async fn reload<B>(req: &Request<B>, client: SocketAddr, shared: &Shared) -> Response<Body> {
-    use http::StatusCode;
-    if !client.ip().is_loopback() {
-        return body::text(StatusCode::FORBIDDEN, "regcache: reload is only accepted from loopback");
-    }
-    if req.method() != Method::POST {
-        let mut res = body::text(StatusCode::METHOD_NOT_ALLOWED, "regcache: reload needs POST");
-        res.headers_mut()
-            .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
-        return res;
-    }
-    match shared.reload().await {
-        Ok(changes) => {
-            tracing::info!(changes = ?changes, via = "admin endpoint", "configuration reloaded");
-            let mut text = String::from("reloaded\n");
-            for c in changes {
-                text.push_str(&c);
-                text.push('\n');
-            }
-            body::text(StatusCode::OK, text)
-        }
-        Err(e) => {
-            tracing::error!(error = %e, via = "admin endpoint", "configuration reload refused; keeping the running one");
-            body::text(StatusCode::UNPROCESSABLE_ENTITY, format!("reload refused: {e}"))
-        }
-    }
-}
-
 /// Answers a request refused before it reached any upstream, and logs it.
-fn refuse(record: AccessRecord, outcome: Outcome, err: ProxyError) -> Response<Body> {
+pub(super) fn refuse(record: AccessRecord, outcome: Outcome, err: ProxyError) -> Response<Body> {
     let res = err.into_response();
     record.emit(outcome, res.status().as_u16(), 0, true);
     res
-}
-
-async fn connect(
-    req: Request<Incoming>,
-    client: SocketAddr,
-    shared: Arc<Shared>,
-    slot: ConnectionSlot,
-) -> Response<Body> {
-    let raw = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .unwrap_or_default();
-    let record = AccessRecord::new(client, raw.clone(), Method::CONNECT, "");
-    let target = match req.uri().authority() {
-        Some(a) if a.port().is_some() => HostPort::parse(a.as_str(), 443),
-        _ => Err(format!("{raw:?}: CONNECT needs a HOST:PORT target")),
-    };
-    let target = match target {
-        Ok(t) => t,
-        Err(e) => return refuse(record, Outcome::Error, ProxyError::BadRequest(e)),
-    };
-    if is_self(&target, shared.listen_addr) {
-        return refuse(
-            record,
-            Outcome::Deny,
-            ProxyError::Forbidden(format!("CONNECT to {target} refused: that is regcache itself")),
-        );
-    }
-
-    let config = shared.config();
-    if config.is_registry(&target) {
-        let origin = Origin {
-            tls: true,
-            host: target,
-        };
-        let tasks = shared.tasks.clone();
-        tasks.spawn(async move {
-            let _slot = slot;
-            match hyper::upgrade::on(req).await {
-                Ok(upgraded) => {
-                    let config = shared.config();
-                    mitm::serve(
-                        upgraded,
-                        client,
-                        origin,
-                        &shared.leaf_certs,
-                        shared.gateway.clone(),
-                        (config.timeouts.client_idle, config.limits),
-                        shared.shutdown.clone(),
-                    )
-                    .await;
-                }
-                Err(e) => tracing::debug!(%client, error = %e, "CONNECT upgrade failed"),
-            }
-        });
-        return Response::new(body::empty());
-    }
-
-    if let Some(why) = tunnel_refusal(&config, &target) {
-        return refuse(
-            record,
-            Outcome::Deny,
-            ProxyError::Forbidden(format!("CONNECT to {target} refused: {why}")),
-        );
-    }
-
-    // Dial before answering, so an unreachable target is a 502 rather than a dead tunnel.
-    let upstream = match shared.upstream.dial(&target).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(%client, host = %target, error = %e, "tunnel target unreachable");
-            return refuse(record, Outcome::Error, e);
-        }
-    };
-    let idle = config.timeouts.client_idle;
-    shared.tasks.spawn(async move {
-        let _slot = slot;
-        let start = Instant::now();
-        let upgraded = match hyper::upgrade::on(req).await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::debug!(%client, error = %e, "CONNECT upgrade failed");
-                return;
-            }
-        };
-        let result = tunnel::relay(TokioIo::new(upgraded), upstream, idle).await;
-        let (up, down, idled_out, error) = match &result {
-            Ok(r) => (r.up, r.down, r.idled_out, None),
-            Err(e) => (0, 0, false, Some(e.to_string())),
-        };
-        tracing::info!(
-            target: "regcache::access",
-            %client,
-            host = %target,
-            method = "CONNECT",
-            cache = "tunnel",
-            status = 200u16,
-            bytes_up = up,
-            bytes = down,
-            ms = start.elapsed().as_millis() as u64,
-            idled_out,
-            error = error.as_deref().unwrap_or(""),
-            "tunnel closed"
-        );
-        crate::telemetry::metrics::global().tunnel_closed();
-    });
-    Response::new(body::empty())
-}
-
-async fn absolute_form(req: Request<Incoming>, client: SocketAddr, shared: Arc<Shared>) -> Response<Body> {
-    let uri = req.uri();
-    let record = AccessRecord::new(
-        client,
-        uri.authority().map(|a| a.as_str()).unwrap_or(""),
-        req.method().clone(),
-        uri.path(),
-    );
-    let tls = match uri.scheme_str() {
-        Some("http") => false,
-        Some("https") => true,
-        other => {
-            let msg = format!(
-                "unsupported scheme {:?}: only http:// is proxied in plain form",
-                other.unwrap_or("")
-            );
-            return refuse(record, Outcome::Error, ProxyError::BadRequest(msg));
-        }
-    };
-    let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
-    let host = match HostPort::parse(authority, if tls { 443 } else { 80 }) {
-        Ok(h) => h,
-        Err(e) => return refuse(record, Outcome::Error, ProxyError::BadRequest(e)),
-    };
-    if is_self(&host, shared.listen_addr) {
-        return local(&req, client, &shared).await;
-    }
-    let config = shared.config();
-    let registry = config.is_registry(&host);
-    let access = &config.access;
-    let refused = match config.non_registry {
-        _ if registry => None,
-        NonRegistryPolicy::Deny => Some("not a configured registry (--non-registry deny)"),
-        NonRegistryPolicy::Allowlist if !access.tunnel_allow.iter().any(|p| p.matches(&host)) => {
-            Some("not a configured registry nor in --tunnel-allow")
-        }
-        // Plain requests reach the same ports as tunnels, plus 80: an open proxy's classic
-        // abuse is a POST to port 25 of somebody's mail server.
-        NonRegistryPolicy::Tunnel if host.port != 80 && !access.tunnel_ports.contains(&host.port) => {
-            Some("its port is neither 80 nor a tunnel port (--tunnel-port)")
-        }
-        _ => None,
-    };
-    if let Some(why) = refused {
-        return refuse(
-            record,
-            Outcome::Deny,
-            ProxyError::Forbidden(format!("request to {host} refused: {why}")),
-        );
-    }
-    let origin = Origin { tls, host };
-    shared
-        .gateway
-        .handle(client, &origin, registry, req.map(body::boxed))
-        .await
-}
-
-/// Why a CONNECT to a non-registry `target` is refused, if it is.
-fn tunnel_refusal(config: &crate::config::settings::Config, target: &HostPort) -> Option<String> {
-    let access = &config.access;
-    match config.non_registry {
-        NonRegistryPolicy::Deny => Some("not a configured registry (--non-registry deny)".into()),
-        NonRegistryPolicy::Tunnel if !access.tunnel_ports.contains(&target.port) => Some(format!(
-            "port {} is not a tunnel port (--tunnel-port; allowed: {:?})",
-            target.port, access.tunnel_ports
-        )),
-        NonRegistryPolicy::Tunnel => None,
-        NonRegistryPolicy::Allowlist if access.tunnel_allow.iter().any(|p| p.matches(target)) => None,
-        NonRegistryPolicy::Allowlist => Some("not a configured registry nor in --tunnel-allow".into()),
-    }
-}
-
-/// Whether `target` names the proxy's own listener (a request loop).
-fn is_self(target: &HostPort, listen: SocketAddr) -> bool {
-    if target.port != listen.port() {
-        return false;
-    }
-    match target.host.parse::<std::net::IpAddr>() {
-        Ok(ip) => ip == listen.ip() || (listen.ip().is_unspecified() && ip.is_loopback()),
-        Err(_) => target.host == "localhost" && (listen.ip().is_loopback() || listen.ip().is_unspecified()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn self_detection() {
-        let listen: SocketAddr = "127.0.0.1:3128".parse().unwrap();
-        let hp = |s: &str| HostPort::parse(s, 443).unwrap();
-        assert!(is_self(&hp("127.0.0.1:3128"), listen));
-        assert!(is_self(&hp("localhost:3128"), listen));
-        assert!(!is_self(&hp("127.0.0.1:3129"), listen));
-        assert!(!is_self(&hp("ghcr.io:3128"), listen));
-        let any: SocketAddr = "0.0.0.0:3128".parse().unwrap();
-        assert!(is_self(&hp("127.0.0.2:3128"), any));
-    }
 }

@@ -1,5 +1,5 @@
 //! Intercepted tunnels: TLS terminated with a leaf minted for the CONNECT host, then the
-//! decrypted HTTP/1.1 or HTTP/2 requests handed to the [`Gateway`].
+//! decrypted HTTP/1.1 or HTTP/2 requests handed to the [`Gateway`](super::Gateway).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -14,11 +14,10 @@ use hyper_util::server::conn::auto;
 use tokio_rustls::TlsAcceptor;
 
 use crate::body;
-use crate::proxy::gateway::Gateway;
-use crate::proxy::leaf_certs::LeafCertCache;
-use crate::proxy::limits::{self, Limits};
-use crate::telemetry::metrics::{self, TlsFailure};
-use crate::upstream::client::Origin;
+use crate::proxy::Proxy;
+use crate::proxy::limits;
+use crate::telemetry::TlsFailure;
+use crate::upstream::Origin;
 
 /// The smallest buffer hyper's HTTP/1.1 server accepts.
 const MIN_BUF: usize = 8192;
@@ -26,29 +25,26 @@ const MIN_BUF: usize = 8192;
 /// A client that has not finished its TLS handshake in this time is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Serves one intercepted tunnel to completion; `(idle, limits)` bound its client's requests.
-pub async fn serve(
-    upgraded: Upgraded,
-    client: SocketAddr,
-    origin: Origin,
-    leaf_certs: &LeafCertCache,
-    gateway: Gateway,
-    (idle, limits): (Duration, Limits),
-    shutdown: tokio_util::sync::CancellationToken,
-) {
+/// Serves one intercepted tunnel to completion, its requests bounded by the running
+/// configuration's idle timeout and limits.
+pub async fn serve(upgraded: Upgraded, client: SocketAddr, origin: Origin, proxy: &Proxy) {
     let start = Instant::now();
-    let config = match leaf_certs.server_config(&origin.host.host).await {
+    let running = proxy.config();
+    let (idle, limits) = (running.timeouts.client_idle, running.limits);
+    let metrics = &proxy.metrics;
+    let gateway = proxy.gateway.clone();
+    let config = match proxy.leaf_certs.server_config(&origin.host.host).await {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(host = %origin.host, error = %e, "cannot mint a certificate for intercepted host");
-            metrics::global().tls_handshake_failed(TlsFailure::Certificate);
+            metrics.tls_handshake_failed(TlsFailure::Certificate);
             return;
         }
     };
     let accept = TlsAcceptor::from(config).accept(TokioIo::new(upgraded));
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
         Ok(Ok(tls)) => {
-            metrics::global().tls_handshake_ok();
+            metrics.tls_handshake_ok();
             tls
         }
         Ok(Err(e)) => {
@@ -63,7 +59,7 @@ pub async fn serve(
             } else {
                 TlsFailure::Aborted
             };
-            metrics::global().tls_handshake_failed(reason);
+            metrics.tls_handshake_failed(reason);
             if alert {
                 tracing::warn!(%client, host = %origin.host, error = %e, "client rejected regcache's certificate (does it trust the regcache CA?)");
             } else {
@@ -73,7 +69,7 @@ pub async fn serve(
         }
         Err(_) => {
             tracing::warn!(%client, host = %origin.host, "TLS handshake with client timed out");
-            metrics::global().tls_handshake_failed(TlsFailure::Timeout);
+            metrics.tls_handshake_failed(TlsFailure::Timeout);
             return;
         }
     };
@@ -121,7 +117,7 @@ pub async fn serve(
     tokio::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,
-        _ = shutdown.cancelled() => {
+        _ = proxy.shutdown.cancelled() => {
             conn.as_mut().graceful_shutdown();
             conn.await
         }

@@ -1,9 +1,81 @@
-//! TODO
+//! The forward proxy that clients reach through `HTTPS_PROXY`: accepting connections, deciding
+//! per CONNECT whether to intercept, tunnel or refuse, terminating TLS for intercepted registry
+//! hosts with a leaf signed by regcache's CA, and handing the decrypted requests to the cache.
+//!
+//! Owns: the listener and its accept loop, who may use the proxy (htpasswd, allowlist), input
+//! limits, the CONNECT decision, byte-for-byte tunnels, TLS termination and leaf certificates,
+//! plain `http://` forwarding, and the [`Gateway`] between an origin's requests and the cache.
+//!
+//! Must not: read or write the store, or speak the registry protocol itself (the cache does);
+//! answer regcache's own endpoints (it hands them to a [`LocalService`] that `app` wires in).
+//!
+//! May import: `cache`, `upstream`, `ca`, `registry`, `telemetry`, `config`, `body`, `error`.
 
-pub mod client_auth;
-pub mod gateway;
-pub mod leaf_certs;
-pub mod limits;
-pub mod listener;
-pub mod mitm;
-pub mod tunnel;
+mod client_auth;
+mod connect;
+mod forward;
+mod gateway;
+mod leaf_certs;
+mod limits;
+mod listener;
+mod mitm;
+mod tunnel;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::{Request, Response};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::body::Body;
+use crate::config::Config;
+use crate::telemetry::Metrics;
+use crate::upstream::UpstreamClient;
+
+pub use client_auth::{ClientGate, HtpasswdError};
+pub use gateway::Gateway;
+pub use leaf_certs::LeafCertCache;
+pub use limits::ConnectionLimiter;
+pub use listener::{ListenError, ProxyListener};
+
+/// Requests addressed to regcache itself (`/`, `/healthz`, `/metrics`, `/ca.crt`, the admin
+/// API), whether sent to the listener directly or as `http://` requests for its own address.
+/// The proxy logs them; what they answer is the admin layer's business.
+#[async_trait::async_trait]
+pub trait LocalService: Send + Sync {
+    /// The answer to `req` from `client`.
+    async fn respond(&self, req: Request<()>, client: SocketAddr) -> Response<Body>;
+}
+
+/// What every client connection shares.
+pub struct Proxy {
+    /// The running configuration; replaced whole on a reload.
+    pub config: Arc<ArcSwap<Config>>,
+    /// Who may use the proxy; replaced on a reload.
+    pub gate: Arc<ArcSwap<ClientGate>>,
+    /// Cancelled when a graceful shutdown begins.
+    pub shutdown: CancellationToken,
+    /// Connection and download tasks, awaited by a graceful shutdown.
+    pub tasks: TaskTracker,
+    /// Per-host server certificates.
+    pub leaf_certs: LeafCertCache,
+    /// Request handling for origins.
+    pub gateway: Gateway,
+    /// Dialling for tunnels.
+    pub upstream: UpstreamClient,
+    /// Regcache's own endpoints.
+    pub local: Arc<dyn LocalService>,
+    /// The bound address (to recognise requests for regcache itself).
+    pub listen_addr: SocketAddr,
+    /// Request, tunnel and TLS handshake counters.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Proxy {
+    /// The running configuration (a snapshot: a reload does not change it under the caller).
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+}

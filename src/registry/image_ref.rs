@@ -12,9 +12,8 @@ use std::str::FromStr;
 
 use http::Method;
 
-use crate::config::settings::HostPort;
-use crate::registry::digest::Digest;
-use crate::registry::request::{self as registry, Reference, RegistryRequest};
+use crate::config::HostPort;
+use crate::registry::{Digest, Reference, RegistryRequest, canonical_repository, classify};
 
 /// The host Docker Hub's registry API is served from (what clients dial for `docker.io`).
 pub const DOCKER_HUB_HOST: &str = "registry-1.docker.io";
@@ -136,7 +135,7 @@ fn parse(input: &str, qualified: bool) -> Result<ImageRef, String> {
         None => "docker.io",
     };
     let host = HostPort::parse(domain, 443).map_err(|e| bad(&e))?;
-    let registry = registry::canonical_registry(&host);
+    let registry = crate::config::canonical_registry(&host);
     let host = if registry == "docker.io" {
         HostPort {
             host: DOCKER_HUB_HOST.into(),
@@ -145,7 +144,7 @@ fn parse(input: &str, qualified: bool) -> Result<ImageRef, String> {
     } else {
         host
     };
-    let repository = registry::canonical_repository(&registry, path);
+    let repository = canonical_repository(&registry, path);
     let reference = match (digest, tag) {
         (Some(d), _) => Reference::Digest(d),
         (None, Some(t)) => Reference::Tag(t.to_string()),
@@ -156,7 +155,7 @@ fn parse(input: &str, qualified: bool) -> Result<ImageRef, String> {
         Reference::Tag(t) => format!("/v2/{repository}/manifests/{t}"),
         Reference::Digest(d) => format!("/v2/{repository}/manifests/{d}"),
     };
-    match registry::classify(&Method::GET, &probe) {
+    match classify(&Method::GET, &probe) {
         RegistryRequest::Manifest { name, .. } if name == repository => {}
         _ if tag.is_some_and(|t| !valid_tag(t)) => {
             return Err(bad("invalid tag (letters, digits, '_', '.', '-'; at most 128)"));

@@ -8,8 +8,7 @@
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 
 use crate::body::{self, Body};
-use crate::config::settings::HostPort;
-use crate::registry::digest::Digest;
+use crate::registry::Digest;
 
 /// One classified request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -283,17 +282,6 @@ fn valid_tag(tag: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
 }
 
-/// The registry name cache keys use: Docker Hub's aliases are one registry, `docker.io`;
-/// other hosts keep their port when it is not 443.
-pub fn canonical_registry(host: &HostPort) -> String {
-    match host.host.as_str() {
-        "registry-1.docker.io" | "index.docker.io" | "docker.io" | "registry.hub.docker.com" if host.port == 443 => {
-            "docker.io".to_string()
-        }
-        _ => host.authority(443),
-    }
-}
-
 /// The repository name cache keys use: one-component Docker Hub names mean `library/<name>`.
 pub fn canonical_repository(registry: &str, name: &str) -> String {
     if registry == "docker.io" && !name.contains('/') {
@@ -439,6 +427,7 @@ mod tests {
 
     #[test]
     fn canonical_names() {
+        use crate::config::{HostPort, canonical_registry};
         let hp = |s: &str| HostPort::parse(s, 443).unwrap();
         assert_eq!(canonical_registry(&hp("registry-1.docker.io")), "docker.io");
         assert_eq!(canonical_registry(&hp("index.docker.io")), "docker.io");

@@ -6,6 +6,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -14,6 +15,7 @@ use http::Method;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
 use crate::body::{Body, BoxError};
+use crate::telemetry::Metrics;
 
 /// What regcache did with a request, as written in logs (and later in `X-Cache`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,12 +94,21 @@ pub struct AccessRecord {
     pub start: Instant,
     /// Canonical registry name when the host is a configured registry (a metrics label).
     pub registry: Option<String>,
+    /// Where the request is counted when its line is written.
+    metrics: Arc<Metrics>,
 }
 
 impl AccessRecord {
-    /// Starts a record now.
-    pub fn new(client: SocketAddr, host: impl Into<String>, method: Method, path: &str) -> Self {
+    /// Starts a record now; it is counted in `metrics` when written.
+    pub fn new(
+        metrics: &Arc<Metrics>,
+        client: SocketAddr,
+        host: impl Into<String>,
+        method: Method,
+        path: &str,
+    ) -> Self {
         Self {
+            metrics: metrics.clone(),
             client,
             host: host.into(),
             method,
@@ -129,13 +140,8 @@ impl AccessRecord {
             complete,
             "request"
         );
-        crate::telemetry::metrics::global().request_done(
-            self.registry.as_deref(),
-            outcome,
-            &self.method,
-            &self.path,
-            bytes,
-        );
+        self.metrics
+            .request_done(self.registry.as_deref(), outcome, &self.method, &self.path, bytes);
     }
 }
 

@@ -1,17 +1,15 @@
 //! What regcache counts, exposed at `GET /metrics` (Prometheus text format 0.0.4) and summed up
 //! on the status page.
 //!
-//! One process-wide [`Metrics`] ([`global`]): the places that count are spread over the
-//! request path (access log, cache, upstream client, TLS termination, store), and threading a
-//! handle through each of them would touch every constructor for no gain, since a process
-//! serves one proxy. Counting is cheap: atomics, and for labelled series a read-locked hash
-//! lookup. No lock is ever held across I/O.
+//! One [`Metrics`] per server, made by `app` and handed to each component that counts (access
+//! log, cache, downloads, eviction, upstream client, TLS termination): nothing reaches a global,
+//! so a test or a one-shot command gets its own set. Counting is cheap: atomics, and for
+//! labelled series a read-locked hash lookup. No lock is ever held across I/O.
 //!
 //! Label values stay bounded: `registry` is a canonical registry name (a configured registry
 //! host, or for upstream requests the host of a `/v2/` API call) or `other`, never a CDN,
 //! token or tunnelled host; `outcome`, `kind` and `reason` are fixed words.
 
-use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -23,9 +21,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::config::settings::HostPort;
-use crate::registry::request::{self as registry, RegistryRequest};
-use crate::telemetry::access_log::Outcome;
+use crate::config::HostPort;
+use crate::config::canonical_registry;
+use crate::registry::{RegistryRequest, classify};
+use crate::telemetry::Outcome;
 use crate::telemetry::top_images::{ImageCount, TopImages};
 
 /// `Content-Type` of `GET /metrics`.
@@ -54,23 +53,6 @@ pub const OUTCOMES: [Outcome; 10] = [
     Outcome::Local,
     Outcome::Error,
 ];
-
-/// The process-wide metrics, created on first use.
-pub fn global() -> &'static Metrics {
-    static GLOBAL: LazyLock<Metrics> = LazyLock::new(Metrics::new);
-    &GLOBAL
-}
-
-/// Starts the scan that initialises the cache size and entry gauges from what an earlier run
-/// stored. It runs on the blocking pool while requests are served: content committed during
-/// the scan may be counted twice, so the gauges are approximate until it ends (logged).
-pub fn spawn_store_scan(store: crate::store::local::ContentStore) {
-    tokio::task::spawn_blocking(move || {
-        let (entries, bytes) = store.content_usage();
-        global().content_scanned(entries, bytes);
-        tracing::debug!(entries, bytes, "cache content scanned");
-    });
-}
 
 /// What a response body was, for byte counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,6 +151,12 @@ pub struct Metrics {
     tls_handshakes: Counter,
     tls_errors: Family<ReasonLabels, Counter>,
     top_images: TopImages,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
 }
 
 impl Default for Metrics {
@@ -378,7 +366,7 @@ impl Metrics {
     /// A request is about to be sent upstream to `host`; the returned handle records what the
     /// response says about rate limits.
     pub fn upstream_request(&self, method: &Method, path: &str, host: Option<&HostPort>) -> UpstreamCall {
-        let class = registry::classify(method, path);
+        let class = classify(method, path);
         let kind = match (&class, method) {
             (RegistryRequest::Manifest { .. }, &Method::GET) => "manifest_get",
             (RegistryRequest::Manifest { .. }, &Method::HEAD) => "manifest_head",
@@ -387,7 +375,7 @@ impl Metrics {
         };
         // Only registry API paths name a registry; a CDN or token host stays `other`.
         let registry = match host {
-            Some(h) if path == "/v2" || path.starts_with("/v2/") => registry::canonical_registry(h),
+            Some(h) if path == "/v2" || path.starts_with("/v2/") => canonical_registry(h),
             _ => OTHER.to_string(),
         };
         self.upstream_requests
@@ -568,7 +556,7 @@ pub fn parse_ratelimit(value: &str) -> Option<i64> {
 }
 
 fn body_kind(method: &Method, path: &str) -> Option<BodyKind> {
-    match registry::classify(method, path) {
+    match classify(method, path) {
         RegistryRequest::Blob { .. } => Some(BodyKind::Blob),
         RegistryRequest::Manifest { .. } => Some(BodyKind::Manifest),
         _ => None,

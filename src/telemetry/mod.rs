@@ -1,5 +1,18 @@
-//! TODO
+//! What regcache tells its operator about the traffic: one access-log line per request and the
+//! Prometheus counters, with the most requested repositories for the status page.
+//!
+//! Owns: [`Metrics`] (made once by `app` and handed in, never a global), [`AccessRecord`] and
+//! [`LoggedBody`] (the line is written when a response body ends), [`Outcome`] (the cache
+//! outcome every layer reports in).
+//!
+//! Must not: decide anything about a request, or do I/O beyond writing log lines.
+//!
+//! May import: `registry` (to classify paths for labels), `config`, `body`.
 
-pub mod access_log;
-pub mod metrics;
-pub mod top_images;
+mod access_log;
+mod metrics;
+mod top_images;
+
+pub use access_log::{AccessRecord, LoggedBody, Outcome};
+pub use metrics::{BodyKind, CONTENT_TYPE, Metrics, OUTCOMES, Snapshot, TlsFailure, UpstreamCall, parse_ratelimit};
+pub use top_images::ImageCount;

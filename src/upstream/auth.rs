@@ -18,9 +18,9 @@ use http::{Method, StatusCode, Uri};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
-use crate::config::settings::{Credential, HostPort};
+use crate::config::{Credential, HostPort};
 use crate::error::ProxyError;
-use crate::upstream::client::UpstreamClient;
+use crate::upstream::UpstreamClient;
 
 /// Token responses larger than this are refused (they are a few KiB).
 const MAX_TOKEN_RESPONSE: usize = 64 * 1024;

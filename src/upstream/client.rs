@@ -24,9 +24,10 @@ use rustls::pki_types::pem::PemObject;
 use tokio::net::TcpStream;
 
 use crate::body::{self, Body};
-use crate::config::settings::{Config, ConnectTo, HostPattern, HostPort, Timeouts};
+use crate::config::{Config, ConnectTo, HostPattern, HostPort, Timeouts};
 use crate::error::{ProxyError, chain_line};
 use crate::registry::headers::strip_hop_by_hop;
+use crate::telemetry::Metrics;
 use crate::upstream::egress;
 
 /// Errors building the upstream client (bad `--upstream-ca` files).
@@ -81,6 +82,8 @@ impl Origin {
 #[derive(Clone)]
 pub struct UpstreamClient {
     current: Arc<arc_swap::ArcSwap<Inner>>,
+    /// Upstream requests by registry and kind, and announced rate limits.
+    metrics: Arc<Metrics>,
 }
 
 struct Inner {
@@ -96,9 +99,10 @@ impl UpstreamClient {
     ///
     /// # Errors
     /// If an `--upstream-ca` file is unreadable or holds no certificate.
-    pub fn new(config: &Config) -> Result<Self, UpstreamSetupError> {
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Self, UpstreamSetupError> {
         Ok(Self {
             current: Arc::new(arc_swap::ArcSwap::from_pointee(Inner::build(config)?)),
+            metrics,
         })
     }
 
@@ -281,17 +285,15 @@ impl UpstreamClient {
     /// otherwise.
     pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
         let target = target_of(req.uri());
-        let call = crate::telemetry::metrics::global().upstream_request(
-            req.method(),
-            req.uri().path(),
-            host_port_of(req.uri()).as_ref(),
-        );
+        let call = self
+            .metrics
+            .upstream_request(req.method(), req.uri().path(), host_port_of(req.uri()).as_ref());
         let inner = self.inner();
         let after = inner.timeouts.upstream_response;
         match tokio::time::timeout(after, inner.client.request(req)).await {
             Err(_) => Err(ProxyError::Timeout { target, after }),
             Ok(Ok(res)) => {
-                crate::telemetry::metrics::global().upstream_answered(&call, res.headers());
+                self.metrics.upstream_answered(&call, res.headers());
                 Ok(res)
             }
             Ok(Err(e)) => Err(classify(target, &e)),

@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use crate::proxy::client_auth::canonical_ip;
+use crate::config::canonical_ip;
 
 /// A dial refused by this guard. Carried inside the connector's `io::Error`, so that the
 /// client is told 403 (policy) rather than 502 (upstream trouble).

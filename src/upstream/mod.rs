@@ -1,5 +1,18 @@
-//! TODO
+//! Talking to upstream registries: one pooled HTTPS client for every registry (trust roots,
+//! `--connect-to` overrides, timeouts, redirects followed inside regcache), the registries'
+//! token flow with regcache's own accounts, and the egress guard that keeps client-driven
+//! connections away from loopback, link-local and the proxy itself (SSRF).
+//!
+//! Owns: [`UpstreamClient`], [`Origin`], [`UpstreamAuth`] and [`Requester`] (a request as
+//! the client or as regcache), errors mapped to [`ProxyError`](crate::error::ProxyError).
+//!
+//! Must not: cache anything beyond connections and tokens, or know about the store.
+//!
+//! May import: `registry`, `telemetry`, `config`, `body`, `error`.
 
-pub mod auth;
-pub mod client;
-pub mod egress;
+mod auth;
+mod client;
+mod egress;
+
+pub use auth::{Requester, UpstreamAuth};
+pub use client::{Origin, UpstreamClient, UpstreamSetupError};

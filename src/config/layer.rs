@@ -14,12 +14,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::settings::{
-    self as config, AccessPolicy, CacheBudget, CachePolicy, Config, ConnectTo, Credential, GlobText, HostPattern,
-    HostPort, LogFormat, NonRegistryPolicy, RegistryPolicy, TagTtlRule, Timeouts, UpstreamTls,
+use crate::config::Limits;
+use crate::config::canonical_registry;
+use crate::config::{
+    self, AccessPolicy, CacheBudget, CachePolicy, Config, ConnectTo, Credential, GlobText, HostPattern, HostPort,
+    LogFormat, NonRegistryPolicy, RegistryPolicy, TagTtlRule, Timeouts, UpstreamTls,
 };
-use crate::proxy::limits::Limits;
-use crate::registry::request::canonical_registry;
 
 /// The file read when `--config` is not given, if it exists in the working directory.
 pub const DEFAULT_FILE: &str = "regcache.toml";
@@ -532,52 +532,6 @@ impl LimitsLayer {
     }
 }
 
-/// The sources of the configuration, kept so that a reload reads them again.
-#[derive(Debug, Clone)]
-pub struct ConfigSource {
-    /// Flags and `REGCACHE_*` variables (fixed for the life of the process).
-    pub flags: Layer,
-    /// `--config FILE`, or the default file.
-    pub file: PathBuf,
-    /// Whether `file` was named explicitly (then it must exist).
-    pub explicit: bool,
-}
-
-/// A configuration and what it was made of.
-#[derive(Debug)]
-pub struct Loaded {
-    /// The effective configuration.
-    pub config: Config,
-    /// The file read, if any.
-    pub file: Option<PathBuf>,
-    /// What rpardini/docker-registry-proxy variables were mapped to, one line each.
-    pub env_mappings: Vec<String>,
-}
-
-impl ConfigSource {
-    /// Reads the file and the environment again and stacks them under the flags.
-    ///
-    /// # Errors
-    /// The first problem found, naming its file and line or its variable.
-    pub fn load(&self) -> Result<Loaded, ConfigError> {
-        let (file_layer, file) = if self.explicit || self.file.exists() {
-            (Layer::from_file(&self.file)?, Some(self.file.clone()))
-        } else {
-            (Layer::default(), None)
-        };
-        let (env_layer, env_mappings) = crate::config::rpardini::layer(|k| std::env::var(k).ok())?;
-        let origin = file
-            .as_ref()
-            .map_or_else(|| "configuration".to_string(), |f| f.display().to_string());
-        let config = self.flags.clone().over(env_layer).over(file_layer).resolve(&origin)?;
-        Ok(Loaded {
-            config,
-            file,
-            env_mappings,
-        })
-    }
-}
-
 /// One line: `FILE:LINE: KEY: MESSAGE`.
 fn toml_error(name: &str, text: &str, e: &toml::de::Error, path: Option<String>) -> ConfigError {
     let line = e
@@ -595,175 +549,10 @@ fn toml_error(name: &str, text: &str, e: &toml::de::Error, path: Option<String>)
     ConfigError::new(origin, key, message)
 }
 
-/// The effective configuration as TOML, secrets redacted (`regcache config check`).
-pub fn render(config: &Config) -> String {
-    use std::fmt::Write as _;
-    let q = |s: &str| toml::Value::String(s.to_string()).to_string();
-    let dur = |d: Duration| q(&format_duration(d));
-    let list = |items: Vec<String>| format!("[{}]", items.iter().map(|s| q(s)).collect::<Vec<_>>().join(", "));
-    let mut out = String::new();
-    let _ = writeln!(out, "listen = {}", q(&config.listen.to_string()));
-    let _ = writeln!(out, "data_dir = {}", q(&config.data_dir.display().to_string()));
-    let _ = writeln!(out, "ca_dir = {}", q(&config.ca_dir.display().to_string()));
-    let _ = writeln!(out, "non_registry = {}", q(&config.non_registry.to_string()));
-    let _ = writeln!(
-        out,
-        "upstream_ca = {}",
-        list(config.upstream_ca.iter().map(|p| p.display().to_string()).collect())
-    );
-    let _ = writeln!(
-        out,
-        "connect_to = {}",
-        list(config.connect_to.iter().map(ToString::to_string).collect())
-    );
-    let _ = writeln!(out, "allow_push = {}", config.allow_push);
-    let _ = writeln!(out, "upstream_skip_verify = {}", config.upstream_skip_verify);
-    let _ = writeln!(out, "log_format = {}", q(&config.log_format.to_string()));
-    let _ = writeln!(out, "shutdown_timeout = {}", dur(config.shutdown_grace));
-    let a = &config.access;
-    if let Some(h) = &a.htpasswd {
-        let _ = writeln!(out, "auth_htpasswd = {}", q(&h.display().to_string()));
-    }
-    let _ = writeln!(
-        out,
-        "allow_clients = {}",
-        list(a.allow_clients.iter().map(ToString::to_string).collect())
-    );
-    let _ = writeln!(out, "insecure_open_proxy = {}", a.insecure_open_proxy);
-    let _ = writeln!(
-        out,
-        "tunnel_ports = [{}]",
-        a.tunnel_ports
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    let _ = writeln!(
-        out,
-        "tunnel_allow = {}",
-        list(a.tunnel_allow.iter().map(ToString::to_string).collect())
-    );
-    if let Some((c, k)) = &config.listener_tls {
-        let _ = writeln!(
-            out,
-            "tls_cert = {}\ntls_key = {}",
-            q(&c.display().to_string()),
-            q(&k.display().to_string())
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# intercepted and cached: {}",
-        config
-            .registries
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    let t = &config.timeouts;
-    let _ = writeln!(
-        out,
-        "\n[timeouts]\nidle = {}\nconnect = {}\nresponse = {}",
-        dur(t.client_idle),
-        dur(t.upstream_connect),
-        dur(t.upstream_response)
-    );
-    let l = &config.limits;
-    let _ = writeln!(
-        out,
-        "\n[limits]\nmax_connections = {}\nmax_header_size = {}\nmax_headers = {}\nmax_request_line = {}",
-        l.max_connections,
-        q(&format_size(l.max_header_bytes as u64)),
-        l.max_headers,
-        q(&format_size(l.max_request_line as u64))
-    );
-    let c = &config.cache;
-    let _ = writeln!(
-        out,
-        "\n[cache]\ntag_ttl = {}\nmax_stale = {}\npublic_recheck = {}\nprivate_grace = {}",
-        dur(c.tag_ttl),
-        dur(c.max_stale),
-        dur(c.public_recheck),
-        dur(c.private_grace)
-    );
-    let _ = writeln!(
-        out,
-        "tag_ttl_rules = {}",
-        list(
-            c.tag_ttl_rules
-                .iter()
-                .map(|r| format!("{r} → {}", format_duration(r.ttl)))
-                .collect()
-        )
-    );
-    match config.budget.max_size {
-        Some(n) => _ = writeln!(out, "max_size = {}", q(&format!("{n}B"))),
-        None => _ = writeln!(out, "# max_size: no limit"),
-    }
-    if let Some(n) = config.budget.min_free {
-        let _ = writeln!(out, "min_free = {}", q(&format!("{n}B")));
-    }
-    if let Some(d) = config.budget.inactive {
-        let _ = writeln!(out, "inactive = {}", dur(d));
-    }
-    for p in &c.per_registry {
-        let _ = write!(out, "\n[[registry]]\nhost = {}\n", q(&p.registry));
-        if let Some(d) = p.tag_ttl {
-            let _ = writeln!(out, "tag_ttl = {}", dur(d));
-        }
-        if let Some(d) = p.max_stale {
-            let _ = writeln!(out, "max_stale = {}", dur(d));
-        }
-    }
-    for u in &config.upstream_tls {
-        let _ = write!(out, "\n[[registry]]\nhost = {}\n", q(&u.host.to_string()));
-        if let Some(ca) = &u.ca {
-            let _ = writeln!(out, "upstream_ca = {}", q(&ca.display().to_string()));
-        }
-        if u.skip_verify {
-            let _ = writeln!(out, "skip_verify = true");
-        }
-    }
-    for cr in &config.credentials {
-        let _ = write!(
-            out,
-            "\n[[credentials]]\nregistry = {}\nusername = {}\npassword = \"<redacted>\"\n",
-            q(&cr.registry.to_string()),
-            q(&cr.username)
-        );
-        if let Some(g) = &cr.repository {
-            let _ = writeln!(out, "repository = {}", q(&g.text));
-        }
-    }
-    out
-}
-
-/// `65536` → `64KiB`: the largest binary unit that divides the size.
-fn format_size(n: u64) -> String {
-    for (unit, size) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-        if n != 0 && n.is_multiple_of(size) {
-            return format!("{}{unit}", n / size);
-        }
-    }
-    format!("{n}B")
-}
-
-/// `90s` → `90s`, `300s` → `5m`: the largest unit that divides the duration.
-pub fn format_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    for (unit, size) in [("d", 86_400_000u128), ("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
-        if ms != 0 && ms.is_multiple_of(size) {
-            return format!("{}{unit}", ms / size);
-        }
-    }
-    format!("{ms}ms")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::render;
 
     fn err(text: &str) -> ConfigError {
         Layer::from_toml(text, "r.toml").unwrap_err()
