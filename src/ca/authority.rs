@@ -336,6 +336,7 @@ impl CertificateAuthority {
     }
 
     /// The CA certificate in DER.
+    #[cfg(test)]
     pub fn cert_der(&self) -> &CertificateDer<'static> {
         &self.cert_der
     }

@@ -108,6 +108,7 @@ impl KeyPassphrase {
     }
 
     /// Where the passphrase came from: a file name or the environment variable's name.
+    #[cfg(test)]
     pub fn source(&self) -> &str {
         &self.source
     }

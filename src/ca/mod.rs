@@ -11,5 +11,7 @@
 mod authority;
 mod key;
 
-pub use authority::{CERT_FILE, CaError, CaSummary, CertificateAuthority, KEY_FILE, Leaf, summarize_file};
+#[cfg(test)]
+pub use authority::Leaf;
+pub use authority::{CERT_FILE, CaError, CertificateAuthority, KEY_FILE, summarize_file};
 pub use key::KeyPassphrase;

@@ -4,19 +4,20 @@
 //! is unreachable, only what a recent check vouches for is served. See [`super::repo_access`]
 //! for what is remembered.
 
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Method, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::body;
-use crate::cache::manifests::Fetched;
-use crate::cache::registry_cache::{Ctx, RegistryCache, Served};
-use crate::cache::relay::{error, upstream_unavailable};
-use crate::cache::repo_access::repo_key;
+use crate::cache::answers::Fetched;
+use crate::cache::answers::Served;
+use crate::cache::answers::{error, upstream_unavailable};
+use crate::cache::repo_access::{auth_fingerprint, repo_key};
+use crate::cache::{Ctx, RegistryCache};
 use crate::clock::now_ms;
 use crate::error::ProxyError;
+use crate::registry::Digest;
 use crate::registry::headers::{self, DOCKER_CONTENT_DIGEST, X_CACHE};
-use crate::registry::{Algorithm, Digest};
 use crate::telemetry::Outcome;
 
 impl RegistryCache {
@@ -207,15 +208,6 @@ impl RegistryCache {
             target: ctx.origin.host.to_string(),
             reason: "registry unavailable, and access to this cached content cannot be verified".into(),
         }))
-    }
-}
-
-/// A short, non-reversible fingerprint of the client's credentials, to coalesce only requests
-/// that upstream would answer alike.
-pub(super) fn auth_fingerprint(h: &HeaderMap) -> String {
-    match h.get(header::AUTHORIZATION) {
-        None => "anonymous".into(),
-        Some(v) => Digest::of(Algorithm::Sha256, v.as_bytes()).hex()[..16].to_string(),
     }
 }
 

@@ -9,11 +9,12 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode};
 
 use crate::body::{self, Body};
+use crate::cache::answers::Served;
+use crate::cache::answers::{error, passthrough};
 use crate::cache::download::{DownloadJob, Started, download_blob};
 use crate::cache::downloads::{Download, DownloadState, Joined};
 use crate::cache::eviction::Evictor;
-use crate::cache::registry_cache::{Ctx, RegistryCache, Served};
-use crate::cache::relay::{error, passthrough};
+use crate::cache::{Ctx, RegistryCache};
 use crate::error::ProxyError;
 use crate::registry::Digest;
 use crate::registry::headers::{self, DOCKER_API_VERSION, DOCKER_CONTENT_DIGEST, X_CACHE};

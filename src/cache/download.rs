@@ -10,9 +10,9 @@ use http::{HeaderMap, Method, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use crate::cache::StoreHealth;
 use crate::cache::downloads::DownloadHandle;
 use crate::cache::eviction::Evictor;
-use crate::cache::registry_cache::StoreHealth;
 use crate::error::ProxyError;
 use crate::registry::Digest;
 use crate::registry::headers;

@@ -413,6 +413,7 @@ impl Downloads {
     }
 
     /// How many downloads are in progress.
+    #[cfg(test)]
     pub fn in_flight(&self) -> usize {
         self.table.lock().unwrap_or_else(|p| p.into_inner()).len()
     }

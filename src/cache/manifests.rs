@@ -6,35 +6,19 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, Response, StatusCode, Uri};
+use http::{HeaderMap, Method, StatusCode, Uri};
 use http_body_util::BodyExt;
 
-use crate::body::{self, Body};
-use crate::cache::access::auth_fingerprint;
+use crate::cache::answers::{Fetched, Served, content_type, error, fetched_response, manifest_response};
 use crate::cache::records::{StoredManifest, manifest_key};
-use crate::cache::registry_cache::{Ctx, RegistryCache, Served};
-use crate::cache::relay::{error, fetched_response};
-use crate::cache::repo_access::repo_key;
+use crate::cache::repo_access::{auth_fingerprint, repo_key};
+use crate::cache::{Ctx, RegistryCache};
 use crate::error::ProxyError;
-use crate::registry::headers::{self, DOCKER_API_VERSION, DOCKER_CONTENT_DIGEST, X_CACHE};
+use crate::registry::headers;
 use crate::registry::manifest::MAX_MANIFEST;
 use crate::registry::{AcceptSet, Digest};
 use crate::telemetry::{BodyKind, Metrics, Outcome};
 use crate::upstream::Requester;
-
-/// Bytes of manifests kept in memory (a typical manifest is 1–10 KiB).
-pub(super) const MANIFEST_MEMORY: u64 = 16 * 1024 * 1024;
-
-/// An upstream answer small enough to share between coalesced requests.
-#[derive(Debug, Clone)]
-pub(super) struct Fetched {
-    pub(super) status: StatusCode,
-    pub(super) headers: HeaderMap,
-    pub(super) body: Bytes,
-    /// Fingerprint of the credentials it was fetched with.
-    pub(super) auth: String,
-}
 
 impl RegistryCache {
     pub(super) async fn manifest_by_digest(&self, ctx: &Ctx<'_>, digest: &Digest) -> Served {
@@ -200,50 +184,4 @@ async fn fetch_buffered(
         body,
         auth,
     })
-}
-
-pub(super) fn content_type(h: &HeaderMap) -> String {
-    h.get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|s| s.split(';').next().unwrap_or(s).trim().to_string())
-        .unwrap_or_else(|| "application/octet-stream".to_string())
-}
-
-pub(super) fn set_manifest_headers(
-    h: &mut HeaderMap,
-    len: u64,
-    media_type: &str,
-    digest: &Digest,
-    outcome: Outcome,
-    stale: bool,
-) {
-    headers::set(h, header::CONTENT_TYPE, media_type);
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    headers::set(h, DOCKER_CONTENT_DIGEST, &digest.to_string());
-    headers::set(h, header::ETAG, &format!("\"{digest}\""));
-    h.insert(DOCKER_API_VERSION, HeaderValue::from_static("registry/2.0"));
-    h.insert(X_CACHE, HeaderValue::from_static(outcome.x_cache()));
-    if stale {
-        h.insert(header::WARNING, HeaderValue::from_static("110 - \"Response is Stale\""));
-    }
-}
-
-pub(super) fn manifest_response(
-    head: bool,
-    bytes: &Bytes,
-    media_type: &str,
-    digest: &Digest,
-    outcome: Outcome,
-    stale: bool,
-) -> Response<Body> {
-    let mut res = Response::new(if head { body::empty() } else { body::full(bytes.clone()) });
-    set_manifest_headers(
-        res.headers_mut(),
-        bytes.len() as u64,
-        media_type,
-        digest,
-        outcome,
-        stale,
-    );
-    res
 }

@@ -3,15 +3,14 @@
 //! tag lists), for clients upstream refuses, and when nothing cached can answer. Also the
 //! `/v2/` ping, answered locally while upstream is down so that cached images stay pullable.
 
-use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use http::{HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 
-use crate::body::{self, Body};
-use crate::cache::manifests::Fetched;
-use crate::cache::registry_cache::{Ctx, RegistryCache, Served};
+use crate::body::Body;
+use crate::cache::answers::{Served, error, local_ping, passthrough, upstream_unavailable};
+use crate::cache::{Ctx, RegistryCache};
 use crate::error::ProxyError;
-use crate::registry::headers::{self, DOCKER_API_VERSION, X_CACHE};
+use crate::registry::headers::{self, X_CACHE};
 use crate::telemetry::Outcome;
 use crate::upstream::{Origin, Requester};
 
@@ -74,51 +73,4 @@ impl RegistryCache {
             Err(e) => error(e),
         }
     }
-}
-
-pub(super) fn upstream_unavailable(status: StatusCode) -> bool {
-    status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
-}
-
-pub(super) fn error(e: ProxyError) -> Served {
-    tracing::warn!(error = %e, "registry request failed");
-    (e.into_response(), Outcome::Error)
-}
-
-pub(super) fn passthrough(res: Response<Incoming>, outcome: Outcome) -> Served {
-    let (mut parts, body) = res.into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers);
-    parts
-        .headers
-        .insert(X_CACHE, HeaderValue::from_static(outcome.x_cache()));
-    (Response::from_parts(parts, body::boxed(body)), outcome)
-}
-
-pub(super) fn fetched_response(f: &Fetched, outcome: Outcome) -> Served {
-    let mut res = Response::new(body::full(f.body.clone()));
-    *res.status_mut() = f.status;
-    *res.headers_mut() = f.headers.clone();
-    res.headers_mut()
-        .insert(X_CACHE, HeaderValue::from_static(outcome.x_cache()));
-    (res, outcome)
-}
-
-pub(super) fn head_only(status: StatusCode, h: &HeaderMap, outcome: Outcome) -> Served {
-    let mut res = Response::new(body::empty());
-    *res.status_mut() = status;
-    *res.headers_mut() = h.clone();
-    res.headers_mut()
-        .insert(X_CACHE, HeaderValue::from_static(outcome.x_cache()));
-    (res, outcome)
-}
-
-pub(super) fn local_ping(head: bool) -> Response<Body> {
-    let mut res = Response::new(if head { body::empty() } else { body::full("{}") });
-    let h = res.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("2"));
-    h.insert(DOCKER_API_VERSION, HeaderValue::from_static("registry/2.0"));
-    h.insert(X_CACHE, HeaderValue::from_static(Outcome::Stale.x_cache()));
-    h.insert(header::WARNING, HeaderValue::from_static("110 - \"Response is Stale\""));
-    res
 }

@@ -11,10 +11,13 @@
 //!   and to nobody through a repository it is not in.
 //!
 //! Everything is in memory (bounded); after a restart it is learnt again with upstream `HEAD`s.
+//! Credentials are known only by [`auth_fingerprint`], never kept themselves.
 
 use std::time::Duration;
 
-use crate::registry::Digest;
+use http::header::{self, HeaderMap};
+
+use crate::registry::{Algorithm, Digest};
 
 /// How long an upstream's acceptance of a credential for a repository is trusted.
 pub const VERIFIED_FOR: Duration = Duration::from_secs(300);
@@ -107,6 +110,15 @@ impl RepoAccess {
 pub fn referenced_digests(manifest: &[u8]) -> Vec<Digest> {
     let r = crate::registry::manifest::parse_references(manifest);
     r.blobs.into_iter().chain(r.children).collect()
+}
+
+/// A short, non-reversible fingerprint of the client's credentials, to coalesce only requests
+/// that upstream would answer alike.
+pub fn auth_fingerprint(h: &HeaderMap) -> String {
+    match h.get(header::AUTHORIZATION) {
+        None => "anonymous".into(),
+        Some(v) => Digest::of(Algorithm::Sha256, v.as_bytes()).hex()[..16].to_string(),
+    }
 }
 
 #[cfg(test)]

@@ -9,10 +9,11 @@ use http::header::HeaderMap;
 use http::{Method, Response, StatusCode, Uri};
 
 use crate::body;
-use crate::cache::manifests::{content_type, manifest_response, set_manifest_headers};
+use crate::cache::answers::Served;
+use crate::cache::answers::{content_type, manifest_response, set_manifest_headers};
+use crate::cache::answers::{error, fetched_response, head_only, passthrough, upstream_unavailable};
 use crate::cache::records::{TagRecord, seeded_tag_key, tag_key};
-use crate::cache::registry_cache::{Ctx, RegistryCache, Served};
-use crate::cache::relay::{error, fetched_response, head_only, passthrough, upstream_unavailable};
+use crate::cache::{Ctx, RegistryCache};
 use crate::clock::now_ms;
 use crate::error::ProxyError;
 use crate::registry::headers::{self, DOCKER_CONTENT_DIGEST};

@@ -17,8 +17,8 @@ mod reference;
 mod stats;
 mod verify;
 
-pub use inventory::{ImageFilter, ImageSummary, Inventory, InventoryError, rfc3339};
-pub use purge::{PurgeError, PurgePlan, PurgeReport, purge};
+pub use inventory::{ImageFilter, ImageSummary, Inventory, InventoryError};
+pub use purge::{PurgeError, PurgeReport, purge};
 pub use reference::PurgeRef;
-pub use stats::{CacheStats, DiskSpace, HIT_MISS_NOTE, disk_space};
-pub use verify::{CorruptContent, VerifyReport, verify};
+pub use stats::{CacheStats, disk_space};
+pub use verify::{VerifyReport, verify};

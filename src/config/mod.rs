@@ -28,4 +28,4 @@ pub use settings::{
     AccessPolicy, CacheBudget, CachePolicy, Config, Credential, DEFAULT_REGISTRIES, GlobText, LogFormat,
     NonRegistryPolicy, RegistryPolicy, TagTtlRule, Timeouts, UpstreamTls, parse_duration, parse_size,
 };
-pub use source::{ConfigSource, Loaded};
+pub use source::ConfigSource;

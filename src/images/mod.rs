@@ -16,7 +16,7 @@ mod layout;
 mod seed;
 mod warm;
 
-pub use layout::{Exported, Exporter, INDEX_FILE, Importer, LayoutError, Staged};
+pub use layout::{Exporter, INDEX_FILE, Importer, LayoutError};
 pub use warm::{IMAGE_JOBS, WarmError, WarmReport, Warmer};
 
 /// How the transfer of one image is shown (bars on a terminal, lines elsewhere: the CLI's

@@ -43,7 +43,6 @@ pub enum HtpasswdError {
 
 /// The users of an htpasswd file.
 pub struct Htpasswd {
-    path: PathBuf,
     users: HashMap<String, String>,
     verified: moka::sync::Cache<[u8; 32], String>,
 }
@@ -97,7 +96,6 @@ impl Htpasswd {
             users.insert(user.to_string(), hash.to_string());
         }
         Ok(Self {
-            path: path.to_path_buf(),
             users,
             verified: moka::sync::Cache::builder()
                 .max_capacity(10_000)
@@ -106,12 +104,8 @@ impl Htpasswd {
         })
     }
 
-    /// The file it was read from.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// How many users it holds.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.users.len()
     }

@@ -11,9 +11,8 @@ use hyper::body::Incoming;
 use crate::body::{self, Body};
 use crate::config::{HostPort, NonRegistryPolicy};
 use crate::error::ProxyError;
-use crate::proxy::Proxy;
 use crate::proxy::connect::is_self;
-use crate::proxy::listener::{local, refuse};
+use crate::proxy::{Proxy, local, refuse};
 use crate::telemetry::{AccessRecord, Outcome};
 use crate::upstream::Origin;
 

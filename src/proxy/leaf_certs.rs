@@ -89,6 +89,7 @@ impl LeafCertCache {
     }
 
     /// How many leaves have been minted since start.
+    #[cfg(test)]
     pub fn minted(&self) -> u64 {
         self.minted.load(Ordering::Relaxed)
     }

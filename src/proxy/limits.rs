@@ -91,6 +91,7 @@ impl ConnectionLimiter {
     }
 
     /// Connections open now.
+    #[cfg(test)]
     pub fn in_use(&self) -> usize {
         self.max - self.slots.available_permits()
     }

@@ -21,11 +21,11 @@ use tokio::net::TcpListener;
 use crate::body::{self, Body};
 use crate::config::Config;
 use crate::error::ProxyError;
-use crate::proxy::Proxy;
 use crate::proxy::client_auth::{self, AuthCheck};
 use crate::proxy::connect::connect;
 use crate::proxy::forward::absolute_form;
 use crate::proxy::limits::{self, ConnectionLimiter, ConnectionSlot};
+use crate::proxy::{Proxy, local, refuse};
 use crate::telemetry::{AccessRecord, Outcome};
 
 /// The bound proxy listener: the socket, its TLS (when `--tls-cert` is given) and the
@@ -266,29 +266,4 @@ async fn route(req: Request<Incoming>, client: SocketAddr, proxy: Arc<Proxy>, sl
         (Some(_), Some(_)) => absolute_form(req, client, proxy).await,
         _ => local(&req, client, &proxy).await,
     }
-}
-
-/// A request for regcache itself: answered by the local service, logged as `local`.
-pub(super) async fn local<B>(req: &Request<B>, client: SocketAddr, proxy: &Proxy) -> Response<Body> {
-    let record = AccessRecord::new(
-        &proxy.metrics,
-        client,
-        proxy.listen_addr.to_string(),
-        req.method().clone(),
-        req.uri().path(),
-    );
-    let mut head = Request::new(());
-    *head.method_mut() = req.method().clone();
-    *head.uri_mut() = req.uri().clone();
-    *head.headers_mut() = req.headers().clone();
-    let res = proxy.local.respond(head, client).await;
-    record.emit(Outcome::Local, res.status().as_u16(), 0, true);
-    res
-}
-
-/// Answers a request refused before it reached any upstream, and logs it.
-pub(super) fn refuse(record: AccessRecord, outcome: Outcome, err: ProxyError) -> Response<Body> {
-    let res = err.into_response();
-    record.emit(outcome, res.status().as_u16(), 0, true);
-    res
 }

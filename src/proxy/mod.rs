@@ -31,13 +31,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::body::Body;
 use crate::config::Config;
-use crate::telemetry::Metrics;
+use crate::error::ProxyError;
+use crate::telemetry::{AccessRecord, Metrics, Outcome};
 use crate::upstream::UpstreamClient;
 
 pub use client_auth::{ClientGate, HtpasswdError};
 pub use gateway::Gateway;
 pub use leaf_certs::LeafCertCache;
-pub use limits::ConnectionLimiter;
 pub use listener::{ListenError, ProxyListener};
 
 /// Requests addressed to regcache itself (`/`, `/healthz`, `/metrics`, `/ca.crt`, the admin
@@ -78,4 +78,29 @@ impl Proxy {
     pub fn config(&self) -> Arc<Config> {
         self.config.load_full()
     }
+}
+
+/// A request for regcache itself: answered by the local service, logged as `local`.
+async fn local<B>(req: &Request<B>, client: SocketAddr, proxy: &Proxy) -> Response<Body> {
+    let record = AccessRecord::new(
+        &proxy.metrics,
+        client,
+        proxy.listen_addr.to_string(),
+        req.method().clone(),
+        req.uri().path(),
+    );
+    let mut head = Request::new(());
+    *head.method_mut() = req.method().clone();
+    *head.uri_mut() = req.uri().clone();
+    *head.headers_mut() = req.headers().clone();
+    let res = proxy.local.respond(head, client).await;
+    record.emit(Outcome::Local, res.status().as_u16(), 0, true);
+    res
+}
+
+/// Answers a request refused before it reached any upstream, and logs it.
+fn refuse(record: AccessRecord, outcome: Outcome, err: ProxyError) -> Response<Body> {
+    let res = err.into_response();
+    record.emit(outcome, res.status().as_u16(), 0, true);
+    res
 }

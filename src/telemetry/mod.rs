@@ -14,5 +14,8 @@ mod metrics;
 mod top_images;
 
 pub use access_log::{AccessRecord, LoggedBody, Outcome};
-pub use metrics::{BodyKind, CONTENT_TYPE, Metrics, OUTCOMES, Snapshot, TlsFailure, UpstreamCall, parse_ratelimit};
+#[cfg(test)]
+pub use metrics::OUTCOMES;
+pub use metrics::{BodyKind, CONTENT_TYPE, Metrics, Snapshot, TlsFailure};
+#[cfg(test)]
 pub use top_images::ImageCount;

@@ -28,8 +28,8 @@ use crate::registry::Digest;
 use crate::registry::manifest::{Descriptor, ManifestError};
 use crate::store::StoreError;
 
-pub use export::{Exported, Exporter};
-pub use import::{Importer, Staged};
+pub use export::Exporter;
+pub use import::Importer;
 
 /// The layout marker file.
 pub const LAYOUT_FILE: &str = "oci-layout";
@@ -158,6 +158,7 @@ pub(super) fn partial_path(path: &Path) -> PathBuf {
 
 #[cfg(test)]
 mod tests {
+    use super::import::Staged;
     use super::*;
     use crate::cache::{Records, seeded_tag_key};
     use crate::images::Progress;
