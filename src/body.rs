@@ -1,4 +1,6 @@
 //! The one body type used on every hop, and small constructors for local answers.
+//!
+//! May import: nothing else of the crate.
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};

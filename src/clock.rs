@@ -1,4 +1,6 @@
 //! Wall-clock time as the store and the cache record it: Unix milliseconds.
+//!
+//! May import: nothing else of the crate.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -1,4 +1,6 @@
 //! Errors of the request path, each knowing whose fault it was and so which status it gets.
+//!
+//! May import: `body` (the answer an error becomes).
 
 use std::time::Duration;
 

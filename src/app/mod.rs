@@ -6,7 +6,8 @@
 //!
 //! Must not: hold logic of its own beyond construction, reload and shutdown order.
 //!
-//! May import: every folder but `cli`.
+//! May import: `admin`, `proxy`, `cache`, `store`, `upstream`, `ca`, `telemetry`, `config`,
+//! `body` (every folder but `cli`).
 
 use std::future::Future;
 use std::net::SocketAddr;

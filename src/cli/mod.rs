@@ -8,7 +8,8 @@
 //! Must not: hold logic the library lacks (a command is arguments in, a library call, a report
 //! out).
 //!
-//! May import: every folder (it is the top layer; only `main.rs` uses it).
+//! May import: `app`, `images`, `catalog`, `cache`, `store`, `ca`, `registry`, `telemetry`,
+//! `config`, `clock` (it is the top layer; only the binary's `main` uses it).
 
 mod args;
 mod ca;

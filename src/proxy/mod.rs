@@ -9,7 +9,8 @@
 //! Must not: read or write the store, or speak the registry protocol itself (the cache does);
 //! answer regcache's own endpoints (it hands them to a [`LocalService`] that `app` wires in).
 //!
-//! May import: `cache`, `upstream`, `ca`, `registry`, `telemetry`, `config`, `body`, `error`.
+//! May import: `cache`, `upstream`, `ca`, `registry`, `telemetry`, `config`, `body`, `error`,
+//! `clock`.
 
 mod client_auth;
 mod connect;
