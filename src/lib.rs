@@ -4,7 +4,7 @@
 //! by `tests/architecture.rs`):
 //!
 //! ```text
-//! cli → app → proxy, admin → catalog, images → cache → store, upstream → telemetry → registry → config
+//! cli → app → proxy, mirror, admin → front → catalog, images → cache → store, upstream → telemetry → registry → config
 //! ```
 //!
 //! with `ca` beside the proxy, and `body`, `error`, `clock` as leaves every layer may use.
@@ -25,7 +25,9 @@ pub mod cli;
 pub(crate) mod clock;
 pub(crate) mod config;
 pub(crate) mod error;
+pub(crate) mod front;
 pub(crate) mod images;
+pub(crate) mod mirror;
 pub(crate) mod proxy;
 pub mod registry;
 pub mod store;

@@ -543,7 +543,7 @@ async fn counters_move_across_a_miss_then_a_hit_and_the_cache_gauges_survive_a_r
     assert_eq!(x_cache, "MISS");
     assert_eq!(support::sha256_digest(&body), layer.digest);
     let after_miss = scrape_until(&proxy, "the miss to be counted", |m| {
-        m.value("regcache_requests_total", &[ghcr, ("outcome", "miss")]) == 1.0
+        m.sum("regcache_requests_total", &[ghcr, ("outcome", "miss")]) == 1.0
             && m.value("regcache_cache_entries", &[]) == 1.0
     })
     .await;
@@ -576,7 +576,7 @@ async fn counters_move_across_a_miss_then_a_hit_and_the_cache_gauges_survive_a_r
     assert_eq!(x_cache, "HIT");
     assert_eq!(body.len() as f64, n);
     let after_hit = scrape_until(&proxy, "the hit to be counted", |m| {
-        m.value("regcache_requests_total", &[ghcr, ("outcome", "hit")]) == 1.0
+        m.sum("regcache_requests_total", &[ghcr, ("outcome", "hit")]) == 1.0
     })
     .await;
     assert_eq!(
@@ -607,7 +607,7 @@ async fn counters_move_across_a_miss_then_a_hit_and_the_cache_gauges_survive_a_r
     let (x_cache, _) = get(&client, manifest_url, Some(image.media_type)).await;
     assert_eq!(x_cache, "HIT");
     let m = scrape_until(&proxy, "the manifest hit to be counted", |m| {
-        m.value("regcache_requests_total", &[ghcr, ("outcome", "hit")]) == 2.0
+        m.sum("regcache_requests_total", &[ghcr, ("outcome", "hit")]) == 2.0
     })
     .await;
     let manifest_len = manifest.len() as f64;
@@ -641,7 +641,7 @@ async fn counters_move_across_a_miss_then_a_hit_and_the_cache_gauges_survive_a_r
     })
     .await;
     assert_eq!(m.value("regcache_cache_size_bytes", &[]), n + manifest_len);
-    assert_eq!(m.value("regcache_requests_total", &[ghcr, ("outcome", "hit")]), 0.0);
+    assert_eq!(m.sum("regcache_requests_total", &[ghcr, ("outcome", "hit")]), 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -724,7 +724,7 @@ async fn the_grafana_dashboard_queries_only_metrics_that_are_exposed() {
     exercise_docker_hub(&proxy, &hub).await;
     let docker = ("registry", "docker.io");
     let m = scrape_until(&proxy, "Docker Hub traffic", |m| {
-        m.value("regcache_requests_total", &[docker, ("outcome", "hit")]) == 3.0
+        m.sum("regcache_requests_total", &[docker, ("outcome", "hit")]) == 3.0
     })
     .await;
     assert_eq!(
@@ -865,7 +865,7 @@ async fn the_status_page_renders_in_chromium_with_the_real_numbers() {
     let ghcr = ("registry", "ghcr.io");
     let blobs = image.blob_digests().len() as f64;
     scrape_until(&proxy, "the second pull's hits", |m| {
-        m.value("regcache_requests_total", &[ghcr, ("outcome", "hit")]) >= blobs + 1.0
+        m.sum("regcache_requests_total", &[ghcr, ("outcome", "hit")]) >= blobs + 1.0
     })
     .await;
     // Settled: two scrapes a moment apart agree on every cacheable request counter.

@@ -6,8 +6,8 @@
 //!
 //! Must not: hold logic of its own beyond construction, reload and shutdown order.
 //!
-//! May import: `admin`, `proxy`, `cache`, `store`, `upstream`, `ca`, `telemetry`, `config`,
-//! `body` (every folder but `cli`).
+//! May import: `admin`, `proxy`, `mirror`, `front`, `cache`, `store`, `upstream`, `ca`,
+//! `telemetry`, `config`, `body` (every folder but `cli`).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -24,7 +24,9 @@ use crate::body::Body;
 use crate::ca::CertificateAuthority;
 use crate::cache::{CacheParts, Evictor, RegistryCache};
 use crate::config::{Config, ConfigError, ConfigSource};
-use crate::proxy::{ClientGate, Gateway, HtpasswdError, LeafCertCache, LocalService, Proxy, ProxyListener};
+use crate::front::{ClientGate, Gateway, HtpasswdError, LeafCertCache};
+use crate::mirror::{Mirror, MirrorListener, MirrorSetupError};
+use crate::proxy::{LocalService, Proxy, ProxyListener};
 use crate::store::Store;
 use crate::telemetry::Metrics;
 use crate::upstream::{UpstreamAuth, UpstreamClient, UpstreamSetupError};
@@ -49,6 +51,12 @@ pub enum StartError {
     /// The htpasswd file is unusable.
     #[error(transparent)]
     Htpasswd(#[from] HtpasswdError),
+    /// The mirror's address cannot be bound.
+    #[error("{0}")]
+    MirrorListen(std::io::Error),
+    /// The mirror's login or certificate files are unusable.
+    #[error(transparent)]
+    Mirror(#[from] MirrorSetupError),
 }
 
 /// Why a reload was refused (the running configuration stays).
@@ -63,6 +71,9 @@ pub enum ReloadError {
     /// Its htpasswd file is unusable.
     #[error(transparent)]
     Htpasswd(#[from] HtpasswdError),
+    /// The mirror's new login or certificate files are unusable.
+    #[error(transparent)]
+    Mirror(#[from] MirrorSetupError),
     /// regcache was started without a configuration source (tests, embedding).
     #[error("no configuration source to reload from")]
     NoSource,
@@ -72,6 +83,7 @@ pub enum ReloadError {
 pub struct App {
     listener: ProxyListener,
     proxy: Arc<Proxy>,
+    mirror: Option<(MirrorListener, Arc<Mirror>)>,
     reloader: Reloader,
 }
 
@@ -116,11 +128,31 @@ impl App {
             config.timeouts.upstream_response,
         ));
         let listener = ProxyListener::bind(&config).await?;
+        let mirror_listener = MirrorListener::bind(&config).await.map_err(StartError::MirrorListen)?;
         let leaf_certs = LeafCertCache::new(ca.clone());
         leaf_certs
             .prewarm(config.registries.iter().filter_map(|p| p.exact_host()))
             .await;
+        if let Some(crate::config::MirrorTls::Minted(names)) = config.mirror.as_ref().map(|m| &m.tls) {
+            leaf_certs.prewarm(names.iter().map(String::as_str)).await;
+        }
         let config = Arc::new(ArcSwap::from_pointee(config));
+        let shutdown = CancellationToken::new();
+        let gateway = Gateway::new(upstream.clone(), cache.clone(), config.clone(), metrics.clone());
+        let mirror = match mirror_listener {
+            Some(l) => {
+                let m = Mirror::new(
+                    config.clone(),
+                    gateway.clone(),
+                    leaf_certs.clone(),
+                    shutdown.clone(),
+                    tasks.clone(),
+                    metrics.clone(),
+                )?;
+                Some((l, Arc::new(m)))
+            }
+            None => None,
+        };
         let reloader = Reloader(Arc::new(ReloadParts {
             config: config.clone(),
             source,
@@ -131,6 +163,7 @@ impl App {
             upstream: upstream.clone(),
             gate: gate.clone(),
             leaf_certs: leaf_certs.clone(),
+            mirror: mirror.as_ref().map(|(_, m)| m.clone()),
         }));
         let admin = AdminService::new(
             ca.cert_pem().to_string(),
@@ -139,10 +172,10 @@ impl App {
             Arc::new(reloader.clone()),
         );
         let proxy = Arc::new(Proxy {
-            gateway: Gateway::new(upstream.clone(), cache, config.clone(), metrics.clone()),
+            gateway,
             config,
             gate,
-            shutdown: CancellationToken::new(),
+            shutdown,
             tasks,
             leaf_certs,
             upstream,
@@ -153,6 +186,7 @@ impl App {
         Ok(Self {
             listener,
             proxy,
+            mirror,
             reloader,
         })
     }
@@ -160,6 +194,11 @@ impl App {
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.proxy.listen_addr
+    }
+
+    /// The mirror's bound address, when it is on.
+    pub fn mirror_addr(&self) -> Option<SocketAddr> {
+        self.mirror.as_ref().map(|(l, _)| l.local_addr())
     }
 
     /// A handle to reload the configuration while [`App::run`] runs.
@@ -173,7 +212,16 @@ impl App {
     /// verified, and their spool files are swept at the next start).
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let proxy = self.proxy;
+        let stop_mirror = CancellationToken::new();
+        let mirror = self.mirror.map(|(listener, mirror)| {
+            let stop = stop_mirror.clone();
+            tokio::spawn(async move { listener.run(mirror, stop.cancelled_owned()).await })
+        });
         self.listener.run(proxy.clone(), shutdown).await;
+        stop_mirror.cancel();
+        if let Some(accepting) = mirror {
+            let _ = accepting.await;
+        }
         let grace = proxy.config().shutdown_grace;
         proxy.shutdown.cancel();
         proxy.tasks.close();
@@ -240,6 +288,8 @@ struct ReloadParts {
     gate: Arc<ArcSwap<ClientGate>>,
     /// Leaves for newly configured registries are minted ahead of their first client.
     leaf_certs: LeafCertCache,
+    /// The mirror (its login and certificate files are re-read).
+    mirror: Option<Arc<Mirror>>,
 }
 
 /// Reloads the configuration of a running [`App`].
@@ -263,6 +313,9 @@ impl Reloader {
         let old = parts.config.load_full();
         // Build everything that can fail before changing anything.
         let gate = ClientGate::build(&new.access)?;
+        if let Some(m) = &parts.mirror {
+            m.reload(&new)?;
+        }
         parts.upstream.reconfigure(&new)?;
         parts.gate.store(Arc::new(gate));
         parts.auth.set_accounts(new.credentials.clone());
@@ -306,11 +359,18 @@ fn describe_changes(old: &Config, new: &Config) -> Vec<String> {
     if old.access != new.access {
         out.push("client access (htpasswd, allowlist, tunnel rules) reloaded".into());
     }
+    if old.mirror != new.mirror && old.mirror.is_some() && new.mirror.is_some() {
+        out.push("mirror login, certificate and default registry reloaded".into());
+    }
     if old.credentials.len() != new.credentials.len() {
         out.push(format!("upstream credentials: {} now", new.credentials.len()));
     }
     let restart = [
         ("listen", old.listen != new.listen),
+        (
+            "mirror.listen",
+            old.mirror.as_ref().map(|m| m.listen) != new.mirror.as_ref().map(|m| m.listen),
+        ),
         ("data_dir", old.data_dir != new.data_dir),
         ("ca_dir", old.ca_dir != new.ca_dir),
         ("log_format", old.log_format != new.log_format),

@@ -50,7 +50,7 @@ use crate::config::{CachePolicy, canonical_registry};
 use crate::error::ProxyError;
 use crate::registry::{Digest, Reference, RegistryRequest, canonical_repository, classify};
 use crate::store::{Store, StoreError};
-use crate::telemetry::{Metrics, Outcome};
+use crate::telemetry::{Listener, Metrics, Outcome};
 use crate::upstream::{Origin, UpstreamAuth, UpstreamClient};
 use answers::{Fetched, Served, error, local_ping};
 use downloads::Downloads;
@@ -135,6 +135,10 @@ impl StoreHealth {
 /// Everything about one registry request that the handlers need.
 struct Ctx<'a> {
     origin: &'a Origin,
+    /// A mirror's clients talk to regcache only and cannot run upstream's token flow, so
+    /// regcache runs it for them (with its account, or anonymously); a proxy's clients run it
+    /// themselves unless regcache holds an account.
+    listener: Listener,
     registry: String,
     repository: String,
     head: bool,
@@ -207,8 +211,8 @@ impl RegistryCache {
         }
     }
 
-    /// Serves one request for a registry host.
-    pub async fn handle(&self, origin: &Origin, req: Request<Body>) -> Served {
+    /// Serves one request for a registry host that came in on `listener`.
+    pub async fn handle(&self, origin: &Origin, req: Request<Body>, listener: Listener) -> Served {
         let class = classify(req.method(), req.uri().path());
         let (name, class) = match class {
             RegistryRequest::Manifest { name, reference } => (name, Some(Class::Manifest(reference))),
@@ -228,6 +232,7 @@ impl RegistryCache {
         };
         let ctx = Ctx {
             origin,
+            listener,
             repository: canonical_repository(&registry, &name),
             registry,
             head: req.method() == Method::HEAD,

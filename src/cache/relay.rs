@@ -11,7 +11,7 @@ use crate::cache::answers::{Served, error, local_ping, passthrough, upstream_una
 use crate::cache::{Ctx, RegistryCache};
 use crate::error::ProxyError;
 use crate::registry::headers::{self, X_CACHE};
-use crate::telemetry::Outcome;
+use crate::telemetry::{Listener, Outcome};
 use crate::upstream::{Origin, Requester};
 
 impl RegistryCache {
@@ -64,6 +64,7 @@ impl RegistryCache {
             ctx.origin.host.clone(),
             ctx.repository.clone(),
         )
+        .logging_in(ctx.listener == Listener::Mirror)
     }
 
     /// Streams upstream's answer to the client's request back, uncached, labelled `outcome`.

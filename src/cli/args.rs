@@ -10,8 +10,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{
-    self as config_file, CacheLayer, ConfigSource, DurationValue, Layer, LimitsLayer, Parsed, RegistrySection,
-    SizeValue, TimeoutsLayer,
+    self as config_file, CacheLayer, ConfigSource, DurationValue, Layer, LimitsLayer, MirrorLayer, Parsed,
+    RegistrySection, SizeValue, TimeoutsLayer,
 };
 use crate::config::{self, Config, ConnectTo, HostPattern, LogFormat, NonRegistryPolicy, TagTtlRule};
 use crate::registry::ImageRef;
@@ -208,6 +208,71 @@ pub struct ServeArgs {
     /// On SIGTERM, wait this long for in-flight responses and downloads [default: 30s].
     #[arg(long, env = "REGCACHE_SHUTDOWN_TIMEOUT", value_name = "DURATION", value_parser = config::parse_duration)]
     pub shutdown_timeout: Option<Duration>,
+
+    /// The registry-mirror listener.
+    #[command(flatten)]
+    pub mirror: MirrorArgs,
+}
+
+/// Flags of the registry-mirror listener (`[mirror]` in the config file).
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Registry mirror")]
+pub struct MirrorArgs {
+    /// Also serve the registry API at /v2/ on ADDR:PORT, as a mirror for dockerd
+    /// (registry-mirrors), containerd (hosts.toml), podman and k3s [default: off].
+    #[arg(long = "mirror-listen", env = "REGCACHE_MIRROR_LISTEN", value_name = "ADDR:PORT")]
+    pub mirror_listen: Option<SocketAddr>,
+
+    /// Name clients reach the mirror by; its certificate is minted from regcache's CA for
+    /// these names (repeatable).
+    #[arg(
+        long = "mirror-name",
+        env = "REGCACHE_MIRROR_NAME",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    pub mirror_names: Vec<String>,
+
+    /// Certificate chain (PEM) for the mirror instead of one from regcache's CA; re-read on
+    /// SIGHUP. With --mirror-tls-key.
+    #[arg(long = "mirror-tls-cert", env = "REGCACHE_MIRROR_TLS_CERT", value_name = "FILE")]
+    pub mirror_tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) for --mirror-tls-cert.
+    #[arg(long = "mirror-tls-key", env = "REGCACHE_MIRROR_TLS_KEY", value_name = "FILE")]
+    pub mirror_tls_key: Option<PathBuf>,
+
+    /// Serve the mirror over plain HTTP (dockerd `insecure-registries`, a lab only).
+    #[arg(long = "mirror-insecure-http", env = "REGCACHE_MIRROR_INSECURE_HTTP")]
+    pub mirror_insecure_http: bool,
+
+    /// Registry for requests that name none (dockerd's mirrors are Docker Hub's)
+    /// [default: docker.io].
+    #[arg(
+        long = "mirror-default-registry",
+        env = "REGCACHE_MIRROR_DEFAULT_REGISTRY",
+        value_name = "REGISTRY"
+    )]
+    pub mirror_default_registry: Option<String>,
+
+    /// htpasswd file (bcrypt entries, `htpasswd -B`): mirror clients log in (`docker login`).
+    /// Required when upstream accounts are configured.
+    #[arg(long = "mirror-htpasswd", env = "REGCACHE_MIRROR_HTPASSWD", value_name = "FILE")]
+    pub mirror_htpasswd: Option<PathBuf>,
+}
+
+impl MirrorArgs {
+    fn layer(&self) -> MirrorLayer {
+        MirrorLayer {
+            listen: self.mirror_listen.map(Parsed),
+            names: self.mirror_names.clone(),
+            tls_cert: self.mirror_tls_cert.clone(),
+            tls_key: self.mirror_tls_key.clone(),
+            insecure_http: self.mirror_insecure_http.then_some(true),
+            default_registry: self.mirror_default_registry.clone(),
+            auth_htpasswd: self.mirror_htpasswd.clone(),
+        }
+    }
 }
 
 /// `regcache config …`
@@ -477,6 +542,7 @@ impl ServeArgs {
                 .cloned()
                 .map(RegistrySection::host_only)
                 .collect(),
+            mirror: self.mirror.layer(),
             ..Layer::default()
         }
     }

@@ -39,7 +39,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let app = App::build(config, ca.clone(), Some(source)).await?;
         let addr = app.local_addr();
         tokio::spawn(reload_on_sighup(app.reloader()));
-        print_start_banner(&ca, created, addr, tls);
+        print_start_banner(&ca, created, addr, tls, app.mirror_addr());
         app.run(shutdown_signal()).await;
         tracing::info!("shutting down");
         Ok(())
@@ -47,7 +47,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// The lines a user needs to point a client at regcache; the last one is what scripts wait for.
-fn print_start_banner(ca: &CertificateAuthority, created: bool, addr: std::net::SocketAddr, tls: bool) {
+fn print_start_banner(
+    ca: &CertificateAuthority,
+    created: bool,
+    addr: std::net::SocketAddr,
+    tls: bool,
+    mirror: Option<std::net::SocketAddr>,
+) {
     let summary = ca.summary();
     let host = if addr.ip().is_unspecified() {
         machine_host()
@@ -57,6 +63,9 @@ fn print_start_banner(ca: &CertificateAuthority, created: bool, addr: std::net::
     let scheme = if tls { "https" } else { "http" };
     let proxy = format!("{scheme}://{}:{}", host, addr.port());
     let mut out = std::io::stdout().lock();
+    if let Some(m) = mirror {
+        let _ = writeln!(out, "regcache mirror listening on {m} (registry API at /v2/)");
+    }
     let _ = writeln!(
         out,
         "regcache {}\nCA {} ({}): {}\n  SHA-256 fingerprint {}\nUse it:\n  export HTTPS_PROXY={proxy}\n  curl -fsS {proxy}/ca.crt -o regcache-ca.crt   # then trust it (see README)\nregcache listening on {addr}",

@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::config::Limits;
+use crate::config::MirrorLayer;
 use crate::config::canonical_registry;
 use crate::config::{
     self, AccessPolicy, CacheBudget, CachePolicy, Config, ConnectTo, Credential, GlobText, HostPattern, HostPort,
@@ -147,6 +148,9 @@ pub struct Layer {
     /// `[[credentials]]`: upstream accounts.
     #[serde(default)]
     pub credentials: Vec<CredentialSection>,
+    /// `[mirror]`: the registry-mirror listener.
+    #[serde(default)]
+    pub mirror: MirrorLayer,
 }
 
 /// `[timeouts]`
@@ -161,7 +165,7 @@ pub struct TimeoutsLayer {
     pub response: Dur,
 }
 
-/// `[limits]`: bounds on client input (see [`crate::proxy::limits`]).
+/// `[limits]`: bounds on client input (see `front::limits`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsLayer {
@@ -335,6 +339,7 @@ impl Layer {
             },
             registries: cat(self.registries, lower.registries),
             credentials: cat(self.credentials, lower.credentials),
+            mirror: self.mirror.over(lower.mirror),
         }
     }
 
@@ -442,6 +447,7 @@ impl Layer {
                 ));
             }
         };
+        let mirror = self.mirror.resolve(origin, !credentials.is_empty())?;
         let tunnel_ports = self.tunnel_ports.unwrap_or_else(|| vec![443]);
         if tunnel_ports.contains(&0) {
             return Err(ConfigError::new(origin, "tunnel_ports", "0 is not a port"));
@@ -497,6 +503,7 @@ impl Layer {
             access,
             listener_tls,
             limits,
+            mirror,
         })
     }
 }

@@ -12,6 +12,7 @@
 mod host;
 mod layer;
 mod limits;
+mod mirror;
 mod render;
 mod rpardini;
 mod settings;
@@ -23,6 +24,7 @@ pub use layer::{
     RegistrySection, SizeValue, TimeoutsLayer,
 };
 pub use limits::{HYPER_DEFAULT_MAX_HEADERS, Limits};
+pub use mirror::{MirrorConfig, MirrorLayer, MirrorTls, upstream_of};
 pub use render::{format_duration, render};
 pub use settings::{
     AccessPolicy, CacheBudget, CachePolicy, Config, Credential, DEFAULT_REGISTRIES, GlobText, LogFormat,

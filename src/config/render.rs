@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::config::Config;
+use crate::config::{Config, MirrorTls};
 
 /// The effective configuration as TOML, secrets redacted (`regcache config check`).
 pub fn render(config: &Config) -> String {
@@ -144,6 +144,29 @@ pub fn render(config: &Config) -> String {
         );
         if let Some(g) = &cr.repository {
             let _ = writeln!(out, "repository = {}", q(&g.text));
+        }
+    }
+    if let Some(m) = &config.mirror {
+        let _ = writeln!(out, "\n[mirror]\nlisten = {}", q(&m.listen.to_string()));
+        match &m.tls {
+            MirrorTls::Minted(names) => {
+                let _ = writeln!(out, "names = {}", list(names.clone()));
+            }
+            MirrorTls::Files { cert, key } => {
+                let _ = writeln!(
+                    out,
+                    "tls_cert = {}\ntls_key = {}",
+                    q(&cert.display().to_string()),
+                    q(&key.display().to_string())
+                );
+            }
+            MirrorTls::Plain => {
+                let _ = writeln!(out, "insecure_http = true");
+            }
+        }
+        let _ = writeln!(out, "default_registry = {}", q(&m.default_registry.to_string()));
+        if let Some(h) = &m.htpasswd {
+            let _ = writeln!(out, "auth_htpasswd = {}", q(&h.display().to_string()));
         }
     }
     out

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::config::{ConnectTo, HostPattern, HostPort, Limits};
+use crate::config::{ConnectTo, HostPattern, HostPort, Limits, MirrorConfig};
 
 /// Registry hosts intercepted (and later cached) with no configuration at all.
 ///
@@ -70,6 +70,8 @@ pub struct Config {
     pub listener_tls: Option<(PathBuf, PathBuf)>,
     /// Bounds on client input: connections, request heads, request lines.
     pub limits: Limits,
+    /// The registry-mirror listener, if one is configured.
+    pub mirror: Option<MirrorConfig>,
 }
 
 /// Who may use the proxy, and where non-registry tunnels may go.

@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 use crate::body::{self, Body};
 use crate::config::{Config, HostPort, NonRegistryPolicy};
 use crate::error::ProxyError;
-use crate::proxy::limits::ConnectionSlot;
+use crate::front::limits::ConnectionSlot;
 use crate::proxy::{Proxy, refuse};
 use crate::proxy::{mitm, tunnel};
 use crate::telemetry::{AccessRecord, Outcome};

@@ -1,5 +1,5 @@
 //! Absolute-form requests (`GET http://host/…`): a configured registry goes through the
-//! [`Gateway`](super::Gateway) (and so the cache), any other host is forwarded as the
+//! [`Gateway`](crate::front::Gateway) (and so the cache), any other host is forwarded as the
 //! non-registry policy allows; a request for regcache's own address is answered locally.
 
 use std::net::SocketAddr;
@@ -13,7 +13,7 @@ use crate::config::{HostPort, NonRegistryPolicy};
 use crate::error::ProxyError;
 use crate::proxy::connect::is_self;
 use crate::proxy::{Proxy, local, refuse};
-use crate::telemetry::{AccessRecord, Outcome};
+use crate::telemetry::{AccessRecord, Listener, Outcome};
 use crate::upstream::Origin;
 
 pub(super) async fn absolute_form(req: Request<Incoming>, client: SocketAddr, proxy: Arc<Proxy>) -> Response<Body> {
@@ -70,6 +70,6 @@ pub(super) async fn absolute_form(req: Request<Incoming>, client: SocketAddr, pr
     let origin = Origin { tls, host };
     proxy
         .gateway
-        .handle(client, &origin, registry, req.map(body::boxed))
+        .handle(client, Listener::Proxy, &origin, registry, req.map(body::boxed))
         .await
 }

@@ -21,10 +21,10 @@ use tokio::net::TcpListener;
 use crate::body::{self, Body};
 use crate::config::Config;
 use crate::error::ProxyError;
-use crate::proxy::client_auth::{self, AuthCheck};
+use crate::front::limits::{self, ConnectionLimiter, ConnectionSlot};
+use crate::front::{AuthCheck, client_allowed, server};
 use crate::proxy::connect::connect;
 use crate::proxy::forward::absolute_form;
-use crate::proxy::limits::{self, ConnectionLimiter, ConnectionSlot};
 use crate::proxy::{Proxy, local, refuse};
 use crate::telemetry::{AccessRecord, Outcome};
 
@@ -70,34 +70,28 @@ impl ProxyListener {
     /// Accepts connections until `shutdown` resolves, then stops accepting (the socket is
     /// closed); connections under way go on in `proxy.tasks`.
     pub async fn run(self, proxy: Arc<Proxy>, shutdown: impl Future<Output = ()>) {
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => break,
-                accepted = self.listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        let _ = stream.set_nodelay(true);
-                        let Some(slot) = self.limiter.try_admit() else {
-                            self.limiter.refuse(stream, peer, self.tls.is_some());
-                            continue;
-                        };
-                        match &self.tls {
-                            None => {
-                                proxy.tasks.spawn(serve_connection(stream, peer, proxy.clone(), slot));
-                            }
-                            Some(tls) => {
-                                proxy.tasks.spawn(serve_tls_connection(tls.clone(), stream, peer, proxy.clone(), slot));
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    }
+        let tls = self.tls.clone();
+        server::accept_until(
+            &self.listener,
+            &self.limiter,
+            || tls.is_some(),
+            shutdown,
+            |stream, peer, slot| match &tls {
+                None => {
+                    proxy.tasks.spawn(serve_connection(stream, peer, proxy.clone(), slot));
                 }
-            }
-        }
+                Some(acceptor) => {
+                    proxy.tasks.spawn(serve_tls_connection(
+                        acceptor.clone(),
+                        stream,
+                        peer,
+                        proxy.clone(),
+                        slot,
+                    ));
+                }
+            },
+        )
+        .await;
     }
 }
 
@@ -175,37 +169,14 @@ async fn serve_tls_connection(
     }
 }
 
-/// The listener's own TLS configuration, from PEM files.
-///
-/// # Errors
-/// One line naming the file that is unreadable or holds no usable certificate or key.
-pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<tokio_rustls::TlsAcceptor, String> {
-    use rustls::pki_types::pem::PemObject as _;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| format!("{}: {e}", cert.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: {e}", cert.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{}: no certificate in this file", cert.display()));
-    }
-    let key_der =
-        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: no usable private key: {e}", key.display()))?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_single_cert(certs, key_der)
-        .map_err(|e| format!("{}: {e}", cert.display()))?;
-    // The proxy protocol (CONNECT) is HTTP/1.1.
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+/// The listener's own TLS, from PEM files. The proxy protocol (CONNECT) is HTTP/1.1.
+fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<tokio_rustls::TlsAcceptor, String> {
+    server::tls_from_files(cert, key, &[b"http/1.1"]).map(tokio_rustls::TlsAcceptor::from)
 }
 
 async fn route(req: Request<Incoming>, client: SocketAddr, proxy: Arc<Proxy>, slot: ConnectionSlot) -> Response<Body> {
     let gate = proxy.gate.load_full();
-    if !client_auth::client_allowed(&gate.allow, client) {
+    if !client_allowed(&gate.allow, client) {
         let record = AccessRecord::new(
             &proxy.metrics,
             client,

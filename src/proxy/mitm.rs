@@ -1,5 +1,5 @@
 //! Intercepted tunnels: TLS terminated with a leaf minted for the CONNECT host, then the
-//! decrypted HTTP/1.1 or HTTP/2 requests handed to the [`Gateway`](super::Gateway).
+//! decrypted HTTP/1.1 or HTTP/2 requests handed to the [`Gateway`](crate::front::Gateway).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -9,18 +9,14 @@ use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
 use hyper::upgrade::Upgraded;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use tokio_rustls::TlsAcceptor;
 
 use crate::body;
+use crate::front::{limits, server};
 use crate::proxy::Proxy;
-use crate::proxy::limits;
-use crate::telemetry::TlsFailure;
+use crate::telemetry::{Listener, TlsFailure};
 use crate::upstream::Origin;
-
-/// The smallest buffer hyper's HTTP/1.1 server accepts.
-const MIN_BUF: usize = 8192;
 
 /// A client that has not finished its TLS handshake in this time is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -91,27 +87,14 @@ pub async fn serve(upgraded: Upgraded, client: SocketAddr, origin: Origin, proxy
             if let Some(res) = limits::request_line_refusal(&req, limits.max_request_line) {
                 return Ok::<_, Infallible>(res);
             }
-            Ok::<_, Infallible>(gateway.handle(client, &origin, true, req.map(body::boxed)).await)
+            Ok::<_, Infallible>(
+                gateway
+                    .handle(client, Listener::Proxy, &origin, true, req.map(body::boxed))
+                    .await,
+            )
         }
     });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(idle)
-        // hyper-util's auto builder has no `max_header_size`; the read buffer holds a request
-        // head until it is parsed, so its bound is the head's (hyper refuses less than 8 KiB).
-        .max_buf_size(limits.max_header_bytes.max(MIN_BUF))
-        .keep_alive(true);
-    if limits.max_headers != limits::HYPER_DEFAULT_MAX_HEADERS {
-        builder.http1().max_headers(limits.max_headers);
-    }
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(20));
+    let builder = server::http_server(limits, idle);
     // On a graceful shutdown: finish the responses under way (h2: all streams), then close.
     let conn = builder.serve_connection(TokioIo::new(tls), service);
     tokio::pin!(conn);

@@ -2,22 +2,18 @@
 //! per CONNECT whether to intercept, tunnel or refuse, terminating TLS for intercepted registry
 //! hosts with a leaf signed by regcache's CA, and handing the decrypted requests to the cache.
 //!
-//! Owns: the listener and its accept loop, who may use the proxy (htpasswd, allowlist), input
-//! limits, the CONNECT decision, byte-for-byte tunnels, TLS termination and leaf certificates,
-//! plain `http://` forwarding, and the [`Gateway`] between an origin's requests and the cache.
+//! Owns: the listener and its accept loop, the CONNECT decision (who may use the proxy, where
+//! a tunnel may go), byte-for-byte tunnels, TLS termination for intercepted hosts, plain
+//! `http://` forwarding. What it shares with other listeners (htpasswd, leaf certificates,
+//! limits, the gateway into the cache) is `front`'s.
 //!
 //! Must not: read or write the store, or speak the registry protocol itself (the cache does);
 //! answer regcache's own endpoints (it hands them to a [`LocalService`] that `app` wires in).
 //!
-//! May import: `cache`, `upstream`, `ca`, `registry`, `telemetry`, `config`, `body`, `error`,
-//! `clock`.
+//! May import: `front`, `upstream`, `registry`, `telemetry`, `config`, `body`, `error`.
 
-mod client_auth;
 mod connect;
 mod forward;
-mod gateway;
-mod leaf_certs;
-mod limits;
 mod listener;
 mod mitm;
 mod tunnel;
@@ -33,12 +29,10 @@ use tokio_util::task::TaskTracker;
 use crate::body::Body;
 use crate::config::Config;
 use crate::error::ProxyError;
+use crate::front::{ClientGate, Gateway, LeafCertCache};
 use crate::telemetry::{AccessRecord, Metrics, Outcome};
 use crate::upstream::UpstreamClient;
 
-pub use client_auth::{ClientGate, HtpasswdError};
-pub use gateway::Gateway;
-pub use leaf_certs::LeafCertCache;
 pub use listener::{ListenError, ProxyListener};
 
 /// Requests addressed to regcache itself (`/`, `/healthz`, `/metrics`, `/ca.crt`, the admin

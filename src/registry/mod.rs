@@ -18,4 +18,6 @@ mod request;
 
 pub use digest::{Algorithm, Digest, Hasher};
 pub use image_ref::{DOCKER_HUB_HOST, ImageRef};
-pub use request::{AcceptSet, ErrorCode, InvalidRequest, Reference, RegistryRequest, canonical_repository, classify};
+pub use request::{
+    AcceptSet, ErrorCode, InvalidRequest, Reference, RegistryRequest, canonical_repository, classify, split_repository,
+};

@@ -61,6 +61,14 @@ pub enum ErrorCode {
     DigestInvalid,
     /// `MANIFEST_INVALID`: the manifest reference is neither a tag nor a digest.
     ManifestInvalid,
+    /// `NAME_UNKNOWN`: the repository is not known (or not visible to this client).
+    NameUnknown,
+    /// `UNAUTHORIZED`: authentication required.
+    Unauthorized,
+    /// `DENIED`: access to the resource is denied.
+    Denied,
+    /// `UNSUPPORTED`: the operation is not supported.
+    Unsupported,
 }
 
 impl ErrorCode {
@@ -70,6 +78,10 @@ impl ErrorCode {
             Self::NameInvalid => "NAME_INVALID",
             Self::DigestInvalid => "DIGEST_INVALID",
             Self::ManifestInvalid => "MANIFEST_INVALID",
+            Self::NameUnknown => "NAME_UNKNOWN",
+            Self::Unauthorized => "UNAUTHORIZED",
+            Self::Denied => "DENIED",
+            Self::Unsupported => "UNSUPPORTED",
         }
     }
 
@@ -78,7 +90,28 @@ impl ErrorCode {
             Self::NameInvalid => "invalid repository name",
             Self::DigestInvalid => "invalid digest",
             Self::ManifestInvalid => "invalid manifest reference",
+            Self::NameUnknown => "repository name not known to registry",
+            Self::Unauthorized => "authentication required",
+            Self::Denied => "requested access to the resource is denied",
+            Self::Unsupported => "the operation is unsupported",
         }
+    }
+
+    /// A registry-style error answer (OCI distribution-spec "Error Codes"): `status`, and a
+    /// JSON body with this code, its message and `detail`.
+    pub fn response(self, status: StatusCode, detail: &str) -> Response<Body> {
+        let doc = serde_json::json!({
+            "errors": [{ "code": self.as_str(), "message": self.message(), "detail": detail }]
+        });
+        let mut res = Response::new(body::full(doc.to_string()));
+        *res.status_mut() = status;
+        let h = res.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            crate::registry::headers::DOCKER_API_VERSION,
+            HeaderValue::from_static("registry/2.0"),
+        );
+        res
     }
 }
 
@@ -101,18 +134,7 @@ impl InvalidRequest {
 
     /// `400 Bad Request` with a distribution-spec error body.
     pub fn into_response(self) -> Response<Body> {
-        let doc = serde_json::json!({
-            "errors": [{ "code": self.code.as_str(), "message": self.code.message(), "detail": self.detail }]
-        });
-        let mut res = Response::new(body::full(doc.to_string()));
-        *res.status_mut() = StatusCode::BAD_REQUEST;
-        let h = res.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        h.insert(
-            crate::registry::headers::DOCKER_API_VERSION,
-            HeaderValue::from_static("registry/2.0"),
-        );
-        res
+        self.code.response(StatusCode::BAD_REQUEST, &self.detail)
     }
 }
 
@@ -145,6 +167,16 @@ fn endpoint(rest: &str) -> Option<(&str, Endpoint, &str)> {
         return Some((name, Endpoint::TagList, ""));
     }
     best.map(|(i, marker, kind)| (&rest[..i], kind, &rest[i + marker.len()..]))
+}
+
+/// The repository name a path after `/v2/` names, and the rest (`/manifests/…`, `/blobs/…`,
+/// `/tags/list`, `/referrers/…`, `/blobs/uploads…`); `None` for a path that names none.
+pub fn split_repository(rest: &str) -> Option<(&str, &str)> {
+    let name = match rest.rsplit_once("/blobs/uploads") {
+        Some((name, _)) => name,
+        None => endpoint(rest)?.0,
+    };
+    (!name.is_empty()).then(|| (name, &rest[name.len()..]))
 }
 
 /// Classifies a request by method and path.

@@ -17,6 +17,27 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use crate::body::{Body, BoxError};
 use crate::telemetry::Metrics;
 
+/// Which listener a request came in on: the forward proxy (`HTTPS_PROXY`) or the registry
+/// mirror. A metrics label and a field of the log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Listener {
+    /// The forward proxy.
+    #[default]
+    Proxy,
+    /// The registry-mirror endpoint.
+    Mirror,
+}
+
+impl Listener {
+    /// Lower-case word used in log lines and labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Proxy => "proxy",
+            Self::Mirror => "mirror",
+        }
+    }
+}
+
 /// What regcache did with a request, as written in logs (and later in `X-Cache`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -94,6 +115,8 @@ pub struct AccessRecord {
     pub start: Instant,
     /// Canonical registry name when the host is a configured registry (a metrics label).
     pub registry: Option<String>,
+    /// The listener it came in on.
+    pub listener: Listener,
     /// Where the request is counted when its line is written.
     metrics: Arc<Metrics>,
 }
@@ -115,6 +138,7 @@ impl AccessRecord {
             path: path.to_string(),
             start: Instant::now(),
             registry: None,
+            listener: Listener::Proxy,
         }
     }
 
@@ -124,12 +148,19 @@ impl AccessRecord {
         self
     }
 
+    /// Marks the request as one that came in on `listener`.
+    pub fn with_listener(mut self, listener: Listener) -> Self {
+        self.listener = listener;
+        self
+    }
+
     /// Writes the line.
     pub fn emit(&self, outcome: Outcome, status: u16, bytes: u64, complete: bool) {
         let ms = self.start.elapsed().as_millis() as u64;
         tracing::info!(
             target: "regcache::access",
             client = %self.client,
+            listener = self.listener.as_str(),
             host = %self.host,
             method = %self.method,
             path = %self.path,
@@ -140,8 +171,14 @@ impl AccessRecord {
             complete,
             "request"
         );
-        self.metrics
-            .request_done(self.registry.as_deref(), outcome, &self.method, &self.path, bytes);
+        self.metrics.request_done(
+            self.registry.as_deref(),
+            self.listener,
+            outcome,
+            &self.method,
+            &self.path,
+            bytes,
+        );
     }
 }
 

@@ -24,8 +24,8 @@ use prometheus_client::registry::{Registry, Unit};
 use crate::config::HostPort;
 use crate::config::canonical_registry;
 use crate::registry::{RegistryRequest, classify};
-use crate::telemetry::Outcome;
 use crate::telemetry::top_images::{ImageCount, TopImages};
+use crate::telemetry::{Listener, Outcome};
 
 /// `Content-Type` of `GET /metrics`.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -102,6 +102,7 @@ impl TlsFailure {
 struct RequestLabels {
     registry: String,
     outcome: &'static str,
+    listener: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -172,7 +173,7 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         r.register(
             "requests",
-            "Requests answered, by registry (canonical name, or `other`) and outcome (as in the access log)",
+            "Requests answered, by registry (canonical name, or `other`), outcome (as in the access log) and listener (`proxy` or `mirror`)",
             requests.clone(),
         );
         let cache_served_bytes = Family::<KindLabels, Counter>::default();
@@ -311,12 +312,21 @@ impl Metrics {
     /// A request's access-log line was written: counts it, and for blob and manifest bodies
     /// where the bytes came from (`registry` is `None` for anything that is not a configured
     /// registry).
-    pub fn request_done(&self, registry: Option<&str>, outcome: Outcome, method: &Method, path: &str, bytes: u64) {
+    pub fn request_done(
+        &self,
+        registry: Option<&str>,
+        listener: Listener,
+        outcome: Outcome,
+        method: &Method,
+        path: &str,
+        bytes: u64,
+    ) {
         let label = registry.unwrap_or(OTHER);
         self.requests
             .get_or_create(&RequestLabels {
                 registry: label.to_string(),
                 outcome: outcome.as_str(),
+                listener: listener.as_str(),
             })
             .inc();
         self.outcome_totals[outcome_index(outcome)].fetch_add(1, Ordering::Relaxed);
@@ -348,7 +358,7 @@ impl Metrics {
 
     /// A CONNECT tunnel (not intercepted) closed.
     pub fn tunnel_closed(&self) {
-        self.request_done(None, Outcome::Tunnel, &Method::CONNECT, "", 0);
+        self.request_done(None, Listener::Proxy, Outcome::Tunnel, &Method::CONNECT, "", 0);
     }
 
     /// A client asked for a manifest of `registry`/`repository` (for "top images").
@@ -600,23 +610,67 @@ mod tests {
         let m = Metrics::new();
         let blob = "/v2/library/alpine/blobs/sha256:a3ed95caeb02ffe68cdd9fd84406680ae93d633cb16422d00e8a7c22955b46d4";
         let manifest = "/v2/library/alpine/manifests/latest";
-        m.request_done(Some("docker.io"), Outcome::Hit, &Method::GET, blob, 1000);
-        m.request_done(Some("docker.io"), Outcome::Miss, &Method::GET, blob, 1000);
-        m.request_done(Some("docker.io"), Outcome::Revalidated, &Method::GET, manifest, 50);
-        m.request_done(Some("docker.io"), Outcome::Hit, &Method::HEAD, manifest, 0);
-        m.request_done(Some("docker.io"), Outcome::Bypass, &Method::GET, blob, 7);
-        m.request_done(None, Outcome::Bypass, &Method::GET, blob, 1_000_000);
+        m.request_done(
+            Some("docker.io"),
+            Listener::Proxy,
+            Outcome::Hit,
+            &Method::GET,
+            blob,
+            1000,
+        );
+        m.request_done(
+            Some("docker.io"),
+            Listener::Proxy,
+            Outcome::Miss,
+            &Method::GET,
+            blob,
+            1000,
+        );
+        m.request_done(
+            Some("docker.io"),
+            Listener::Proxy,
+            Outcome::Revalidated,
+            &Method::GET,
+            manifest,
+            50,
+        );
+        m.request_done(
+            Some("docker.io"),
+            Listener::Proxy,
+            Outcome::Hit,
+            &Method::HEAD,
+            manifest,
+            0,
+        );
+        m.request_done(
+            Some("docker.io"),
+            Listener::Proxy,
+            Outcome::Bypass,
+            &Method::GET,
+            blob,
+            7,
+        );
+        m.request_done(
+            Some("docker.io"),
+            Listener::Mirror,
+            Outcome::Hit,
+            &Method::HEAD,
+            manifest,
+            0,
+        );
+        m.request_done(None, Listener::Proxy, Outcome::Bypass, &Method::GET, blob, 1_000_000);
         m.tunnel_closed();
         let s = m.snapshot();
-        assert_eq!(s.count(Outcome::Hit), 2);
+        assert_eq!(s.count(Outcome::Hit), 3);
         assert_eq!(s.count(Outcome::Tunnel), 1);
         assert_eq!(s.cache_served_bytes, 1050, "hit and revalidated bodies");
         assert_eq!(s.upstream_fetched_bytes, 7, "only the registry's bypassed blob");
         assert_eq!(s.manifest_gets_avoided, 1, "the GET, not the HEAD");
-        assert_eq!(s.cache_answers(), (3, 4));
+        assert_eq!(s.cache_answers(), (4, 5));
         let text = m.encode();
-        assert!(text.contains("regcache_requests_total{registry=\"docker.io\",outcome=\"hit\"} 2"));
-        assert!(text.contains("regcache_requests_total{registry=\"other\",outcome=\"tunnel\"} 1"));
+        assert!(text.contains("regcache_requests_total{registry=\"docker.io\",outcome=\"hit\",listener=\"proxy\"} 2"));
+        assert!(text.contains("regcache_requests_total{registry=\"docker.io\",outcome=\"hit\",listener=\"mirror\"} 1"));
+        assert!(text.contains("regcache_requests_total{registry=\"other\",outcome=\"tunnel\",listener=\"proxy\"} 1"));
         assert!(text.contains("regcache_cache_served_bytes_total{kind=\"blob\"} 1000"));
         assert!(text.contains("regcache_upstream_manifest_gets_avoided_total{registry=\"docker.io\"} 1"));
     }

@@ -13,7 +13,7 @@ mod access_log;
 mod metrics;
 mod top_images;
 
-pub use access_log::{AccessRecord, LoggedBody, Outcome};
+pub use access_log::{AccessRecord, Listener, LoggedBody, Outcome};
 #[cfg(test)]
 pub use metrics::OUTCOMES;
 pub use metrics::{BodyKind, CONTENT_TYPE, Metrics, Snapshot, TlsFailure};

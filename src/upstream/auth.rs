@@ -239,6 +239,8 @@ pub struct Requester {
     auth: Arc<UpstreamAuth>,
     host: HostPort,
     repository: String,
+    /// Run upstream's token flow even without an account (anonymously).
+    log_in: bool,
 }
 
 impl Requester {
@@ -249,7 +251,15 @@ impl Requester {
             auth,
             host,
             repository,
+            log_in: false,
         }
+    }
+
+    /// Whether regcache runs upstream's token flow for a client that cannot (a mirror's: it
+    /// never sees the upstream's challenge), anonymously when it holds no account.
+    pub fn logging_in(mut self, log_in: bool) -> Self {
+        self.log_in = log_in;
+        self
     }
 
     /// Sends a body-less request, following redirects.
@@ -262,11 +272,15 @@ impl Requester {
         url: Uri,
         headers: HeaderMap,
     ) -> Result<hyper::Response<Incoming>, ProxyError> {
+        if headers.contains_key(header::AUTHORIZATION) {
+            return self.upstream.send_following_redirects(method, url, headers).await;
+        }
         let account = match self.auth.account(&self.host, &self.repository) {
+            Some(a) => Some(a),
+            None if self.log_in => None,
             // Without an account regcache does not log in for the client: upstream's challenge
             // goes back so that the client runs its own token flow.
-            Some(a) if !headers.contains_key(header::AUTHORIZATION) => a,
-            _ => return self.upstream.send_following_redirects(method, url, headers).await,
+            None => return self.upstream.send_following_redirects(method, url, headers).await,
         };
         self.auth
             .send(
@@ -276,7 +290,7 @@ impl Requester {
                 headers,
                 &self.host,
                 &self.repository,
-                Some(account),
+                account,
             )
             .await
     }

@@ -155,6 +155,19 @@ impl Regcache {
         self.addr.expect("regcache is not running (killed?)")
     }
 
+    /// The mirror listener's address, from its `regcache mirror listening on ADDR` line of the
+    /// latest start. Panics when the mirror is off.
+    pub fn mirror_addr(&self) -> SocketAddr {
+        let logs = self.logs();
+        let latest = logs.rsplit("=== regcache start #").next().unwrap_or("");
+        latest
+            .lines()
+            .find_map(|l| l.strip_prefix("regcache mirror listening on "))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no mirror line in the logs:\n{logs}"))
+    }
+
     /// `http://127.0.0.1:PORT`, for `HTTPS_PROXY`.
     pub fn proxy_url(&self) -> String {
         format!("http://{}", self.addr())

@@ -11,7 +11,8 @@ use http::{Request, Response, StatusCode};
 use crate::body::{self, Body};
 use crate::cache::RegistryCache;
 use crate::config::Config;
-use crate::telemetry::{AccessRecord, LoggedBody, Metrics, Outcome};
+use crate::registry::ErrorCode;
+use crate::telemetry::{AccessRecord, Listener, LoggedBody, Metrics, Outcome};
 use crate::upstream::{Origin, UpstreamClient};
 
 /// Answers requests for origins.
@@ -40,11 +41,12 @@ impl Gateway {
         }
     }
 
-    /// Handles one request for `origin` from `client`. `registry` says whether the origin is a
-    /// configured registry (cached) or any other host (forwarded as is).
+    /// Handles one request for `origin` from `client`, come in on `listener`. `registry` says
+    /// whether the origin is a configured registry (cached) or any other host (forwarded as is).
     pub async fn handle(
         &self,
         client: SocketAddr,
+        listener: Listener,
         origin: &Origin,
         registry: bool,
         req: Request<Body>,
@@ -56,9 +58,20 @@ impl Gateway {
             req.method().clone(),
             req.uri().path(),
         )
-        .with_registry(registry.then(|| crate::config::canonical_registry(&origin.host)));
+        .with_registry(registry.then(|| crate::config::canonical_registry(&origin.host)))
+        .with_listener(listener);
         let head = req.method() == http::Method::HEAD;
-        let (res, outcome) = if registry && is_push(&req) && !self.config.load().allow_push {
+        let (res, outcome) = if registry && is_push(&req) && listener == Listener::Mirror {
+            // OCI distribution-spec: a registry that does not support an operation answers
+            // `UNSUPPORTED`; a mirror is read-only whatever `allow_push` says.
+            let mut res = ErrorCode::Unsupported.response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "regcache's mirror is read-only: push to the registry itself",
+            );
+            res.headers_mut()
+                .insert(http::header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
+            (res, Outcome::Deny)
+        } else if registry && is_push(&req) && !self.config.load().allow_push {
             let mut res = body::text(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "regcache: pushes through this proxy are disabled (allow_push = false)",
@@ -66,8 +79,11 @@ impl Gateway {
             res.headers_mut()
                 .insert(http::header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
             (res, Outcome::Deny)
+        } else if registry && listener == Listener::Mirror {
+            let (res, outcome) = self.cache.handle(origin, req, listener).await;
+            (upstream_challenge_hidden(res), outcome)
         } else if registry {
-            self.cache.handle(origin, req).await
+            self.cache.handle(origin, req, listener).await
         } else {
             match self.upstream.forward(origin, req).await {
                 Ok(res) => (res, Outcome::Bypass),
@@ -85,6 +101,22 @@ impl Gateway {
         };
         res.map(|b| body::boxed(LoggedBody::new(b, record, outcome, status, expected)))
     }
+}
+
+/// A mirror's client cannot follow upstream's `WWW-Authenticate` (it would log in to the
+/// upstream's token service and send that token to the mirror). Upstream refusing regcache —
+/// anonymous, or with its account — is, for the mirror's client, a repository it cannot have:
+/// `404 NAME_UNKNOWN`, as registries answer for what a user may not see, after which dockerd
+/// and containerd try the next endpoint (the upstream itself, with the user's own login).
+fn upstream_challenge_hidden(mut res: Response<Body>) -> Response<Body> {
+    res.headers_mut().remove(http::header::WWW_AUTHENTICATE);
+    if !matches!(res.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+        return res;
+    }
+    ErrorCode::NameUnknown.response(
+        StatusCode::NOT_FOUND,
+        "not found, or not readable with regcache's upstream accounts",
+    )
 }
 
 /// Whether `req` writes to a registry (OCI distribution-spec "Pushing", "Deleting").

@@ -1,0 +1,174 @@
+//! The mirror's accept loop and connections: TLS chosen per connection (a leaf from
+//! regcache's CA for the name the client asked for, the certificate from files, or none),
+//! then HTTP/1.1 or HTTP/2 under the same limits as every listener.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::body;
+use crate::config::{Config, MirrorTls};
+use crate::front::limits::{ConnectionLimiter, ConnectionSlot};
+use crate::front::server;
+use crate::mirror::Mirror;
+use crate::telemetry::TlsFailure;
+
+/// A client that has not finished its TLS handshake in this time is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The bound mirror listener.
+pub struct MirrorListener {
+    listener: TcpListener,
+    limiter: ConnectionLimiter,
+    addr: SocketAddr,
+}
+
+impl MirrorListener {
+    /// Binds `config.mirror.listen` (`Ok(None)` when the mirror is off).
+    ///
+    /// # Errors
+    /// One line naming the address that cannot be bound.
+    pub async fn bind(config: &Config) -> Result<Option<Self>, std::io::Error> {
+        let Some(m) = &config.mirror else {
+            return Ok(None);
+        };
+        let named =
+            |e: std::io::Error| std::io::Error::new(e.kind(), format!("cannot listen on {} (mirror): {e}", m.listen));
+        let listener = TcpListener::bind(m.listen).await.map_err(named)?;
+        let addr = listener.local_addr().map_err(named)?;
+        Ok(Some(Self {
+            listener,
+            limiter: ConnectionLimiter::new(config.limits.max_connections),
+            addr,
+        }))
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Accepts connections until `shutdown` resolves; connections under way go on in
+    /// `mirror.tasks`.
+    pub async fn run(self, mirror: Arc<Mirror>, shutdown: impl Future<Output = ()>) {
+        let tls = || {
+            mirror
+                .config
+                .load()
+                .mirror
+                .as_ref()
+                .is_some_and(|m| m.tls != MirrorTls::Plain)
+        };
+        server::accept_until(&self.listener, &self.limiter, tls, shutdown, |stream, peer, slot| {
+            mirror.tasks.spawn(connection(stream, peer, mirror.clone(), slot));
+        })
+        .await;
+    }
+}
+
+/// One client connection: its TLS, then its requests.
+async fn connection(stream: TcpStream, client: SocketAddr, mirror: Arc<Mirror>, slot: ConnectionSlot) {
+    let Some(settings) = mirror.config.load().mirror.clone() else {
+        return;
+    };
+    let config = match &settings.tls {
+        MirrorTls::Plain => return serve(stream, client, mirror, slot).await,
+        MirrorTls::Files { .. } => match mirror.files_tls.load_full() {
+            Some(c) => c,
+            None => return,
+        },
+        MirrorTls::Minted(names) => {
+            let start = rustls::server::Acceptor::default();
+            let lazy = tokio_rustls::LazyConfigAcceptor::new(start, stream);
+            let handshake = match tokio::time::timeout(HANDSHAKE_TIMEOUT, lazy).await {
+                Ok(Ok(h)) => h,
+                Ok(Err(e)) => {
+                    tracing::debug!(%client, error = %e, "mirror client sent no usable TLS hello");
+                    mirror.metrics.tls_handshake_failed(TlsFailure::Aborted);
+                    return;
+                }
+                Err(_) => {
+                    mirror.metrics.tls_handshake_failed(TlsFailure::Timeout);
+                    return;
+                }
+            };
+            // The name the client asked for, if it is one of the mirror's; else the first
+            // (a client that dialled an IP sends no SNI).
+            let asked = handshake.client_hello().server_name().map(str::to_ascii_lowercase);
+            let name = asked.filter(|n| names.contains(n)).unwrap_or_else(|| names[0].clone());
+            let config = match mirror.leaf_certs.server_config(&name).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(name, error = %e, "cannot mint the mirror's certificate");
+                    mirror.metrics.tls_handshake_failed(TlsFailure::Certificate);
+                    return;
+                }
+            };
+            return match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake.into_stream(config)).await {
+                Ok(Ok(tls)) => {
+                    mirror.metrics.tls_handshake_ok();
+                    serve(tls, client, mirror, slot).await
+                }
+                Ok(Err(e)) => handshake_failed(&mirror, client, &e),
+                Err(_) => mirror.metrics.tls_handshake_failed(TlsFailure::Timeout),
+            };
+        }
+    };
+    let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
+        Ok(Ok(tls)) => {
+            mirror.metrics.tls_handshake_ok();
+            serve(tls, client, mirror, slot).await;
+        }
+        Ok(Err(e)) => handshake_failed(&mirror, client, &e),
+        Err(_) => mirror.metrics.tls_handshake_failed(TlsFailure::Timeout),
+    }
+}
+
+fn handshake_failed(mirror: &Mirror, client: SocketAddr, e: &std::io::Error) {
+    let alert = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|r| matches!(r, rustls::Error::AlertReceived(_)));
+    if alert {
+        tracing::warn!(%client, error = %e, "client rejected the mirror's certificate (does it trust its CA?)");
+        mirror.metrics.tls_handshake_failed(TlsFailure::Rejected);
+    } else {
+        tracing::debug!(%client, error = %e, "client left during the mirror's TLS handshake");
+        mirror.metrics.tls_handshake_failed(TlsFailure::Aborted);
+    }
+}
+
+/// Serves a connection's requests until it closes (or, on a graceful shutdown, until the
+/// responses under way are done).
+async fn serve<IO>(io: IO, client: SocketAddr, mirror: Arc<Mirror>, _slot: ConnectionSlot)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let running = mirror.config.load_full();
+    let builder = server::http_server(running.limits, running.timeouts.client_idle);
+    let shutdown = mirror.shutdown.clone();
+    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let mirror = mirror.clone();
+        async move { Ok::<_, Infallible>(mirror.respond(client, req.map(body::boxed)).await) }
+    });
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%client, error = %e, "mirror connection ended with an error");
+    }
+}

@@ -1,0 +1,238 @@
+//! The registry-mirror listener: a plain registry endpoint at `/v2/` that dockerd
+//! (`registry-mirrors`), containerd (`hosts.toml`), podman/CRI-O (`registries.conf`) and k3s
+//! are pointed at, served from the same cache, store and single flight as the forward proxy —
+//! a layer pulled through one is a hit through the other.
+//!
+//! A request's upstream is chosen by [`route`]: containerd's `?ns=`, else a registry name as
+//! the first path component, else the default registry (Docker Hub). Only registries regcache
+//! is configured to cache can be chosen: the mirror is never an open relay. Its clients never
+//! talk to upstream, so regcache runs upstream's token flow for them (with its account, or
+//! anonymously); with an account configured, the mirror must have a login (`serve` refuses to
+//! start otherwise), because whoever reaches it reads what the account reads.
+//!
+//! Owns: the mirror's listener, its TLS (minted from regcache's CA, or files re-read on
+//! reload, or plain HTTP), its login (htpasswd, `docker login`'s Basic challenge), routing,
+//! and its local answers (`/v2/`, refusals, pushes: `405 UNSUPPORTED`).
+//!
+//! Must not: reach into `proxy` (what listeners share is `front`'s), read the store, or decide
+//! what is cached (the cache does, through the `Gateway`).
+//!
+//! May import: `front`, `upstream`, `registry`, `telemetry`, `config`, `body`.
+
+mod listener;
+mod route;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::body::{self, Body};
+use crate::config::{Config, MirrorTls};
+use crate::front::{AuthCheck, Gateway, Htpasswd, HtpasswdError, LeafCertCache, limits, server};
+use crate::registry::ErrorCode;
+use crate::registry::headers::DOCKER_API_VERSION;
+use crate::telemetry::{AccessRecord, Listener, Metrics, Outcome};
+use crate::upstream::Origin;
+
+pub use listener::MirrorListener;
+pub use route::{RouteError, route};
+
+/// The mirror's Basic challenge (RFC 7617), which `docker login` answers with the password.
+const CHALLENGE: &str = "Basic realm=\"regcache\", charset=\"UTF-8\"";
+
+/// What every mirror connection shares.
+pub struct Mirror {
+    /// The running configuration; replaced whole on a reload.
+    pub config: Arc<ArcSwap<Config>>,
+    /// Requests into the cache.
+    pub gateway: Gateway,
+    /// Server certificates from regcache's CA (for [`MirrorTls::Minted`]).
+    pub leaf_certs: LeafCertCache,
+    /// The login, if the mirror has one; replaced on a reload.
+    login: ArcSwapOption<Htpasswd>,
+    /// The certificate from files (for [`MirrorTls::Files`]); re-read on a reload.
+    files_tls: ArcSwapOption<rustls::ServerConfig>,
+    /// Cancelled when a graceful shutdown begins.
+    pub shutdown: CancellationToken,
+    /// Connection tasks, awaited by a graceful shutdown.
+    pub tasks: TaskTracker,
+    /// Request and TLS handshake counters.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Why the mirror's login or certificate could not be (re)loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorSetupError {
+    /// The htpasswd file.
+    #[error("mirror login: {0}")]
+    Htpasswd(#[from] HtpasswdError),
+    /// The certificate or key file.
+    #[error("mirror certificate: {0}")]
+    Tls(String),
+}
+
+impl Mirror {
+    /// A mirror for `config.mirror` (which must be set), its login and certificate read now.
+    ///
+    /// # Errors
+    /// If the htpasswd file or the certificate files are unusable.
+    pub fn new(
+        config: Arc<ArcSwap<Config>>,
+        gateway: Gateway,
+        leaf_certs: LeafCertCache,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, MirrorSetupError> {
+        let mirror = Self {
+            config,
+            gateway,
+            leaf_certs,
+            login: ArcSwapOption::empty(),
+            files_tls: ArcSwapOption::empty(),
+            shutdown,
+            tasks,
+            metrics,
+        };
+        let running = mirror.config.load_full();
+        mirror.reload(&running)?;
+        Ok(mirror)
+    }
+
+    /// Re-reads the login and the certificate files of `config` (on SIGHUP). On an error the
+    /// mirror keeps what it had.
+    ///
+    /// # Errors
+    /// If the htpasswd file or the certificate files are unusable.
+    pub fn reload(&self, config: &Config) -> Result<(), MirrorSetupError> {
+        let Some(m) = &config.mirror else {
+            return Ok(());
+        };
+        let login = match &m.htpasswd {
+            Some(path) => {
+                let h = Htpasswd::load(path)?;
+                if h.is_empty() {
+                    tracing::warn!(file = %path.display(), "the mirror's htpasswd file has no user: every client gets 401");
+                }
+                Some(Arc::new(h))
+            }
+            None => None,
+        };
+        let files_tls = match &m.tls {
+            MirrorTls::Files { cert, key } => Some(
+                server::tls_from_files(cert, key, &[b"h2".as_slice(), b"http/1.1"]).map_err(MirrorSetupError::Tls)?,
+            ),
+            _ => None,
+        };
+        self.login.store(login);
+        self.files_tls.store(files_tls);
+        Ok(())
+    }
+
+    /// Answers one request from `client`.
+    async fn respond(&self, client: SocketAddr, req: Request<Body>) -> Response<Body> {
+        let config = self.config.load_full();
+        let Some(settings) = config.mirror.as_ref() else {
+            return body::text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "regcache: the mirror is not configured",
+            );
+        };
+        let (method, path) = (req.method().clone(), req.uri().path().to_string());
+        let record = || {
+            AccessRecord::new(&self.metrics, client, "mirror", method.clone(), &path).with_listener(Listener::Mirror)
+        };
+        if let Some(res) = limits::request_line_refusal(&req, config.limits.max_request_line) {
+            record().emit(Outcome::Deny, res.status().as_u16(), 0, true);
+            return res;
+        }
+        let login = self.login.load_full();
+        if let Some(h) = login.as_ref() {
+            match h.check(req.headers().get(header::AUTHORIZATION)).await {
+                AuthCheck::User(_) => {}
+                AuthCheck::Missing => return answer(record(), Outcome::Deny, challenge()),
+                AuthCheck::Refused(user) => {
+                    tracing::warn!(%client, user = user.as_deref().unwrap_or(""), "mirror login refused");
+                    return answer(record(), Outcome::Deny, challenge());
+                }
+            }
+        }
+        if path == "/v2/" || path == "/v2" {
+            return answer(record(), Outcome::Local, api_version_check());
+        }
+        let routed = match route(&path, req.uri().query(), &settings.default_registry) {
+            Ok(r) => r,
+            Err(RouteError::NotRegistryPath) => {
+                let res = ErrorCode::NameUnknown.response(StatusCode::NOT_FOUND, "not a registry API path");
+                return answer(record(), Outcome::Deny, res);
+            }
+            Err(RouteError::BadRegistry(why)) => {
+                let res = ErrorCode::NameInvalid.response(StatusCode::BAD_REQUEST, &why);
+                return answer(record(), Outcome::Deny, res);
+            }
+        };
+        if !config.is_registry(&routed.upstream) {
+            let res = ErrorCode::Denied.response(
+                StatusCode::FORBIDDEN,
+                &format!(
+                    "regcache does not cache {}: only configured registries are mirrored (--registry)",
+                    routed.upstream
+                ),
+            );
+            return answer(record(), Outcome::Deny, res);
+        }
+        let (mut parts, body) = req.into_parts();
+        parts.uri = match routed.path_and_query.parse() {
+            Ok(u) => u,
+            Err(_) => {
+                let res = ErrorCode::NameInvalid.response(StatusCode::BAD_REQUEST, "unusable path");
+                return answer(record(), Outcome::Deny, res);
+            }
+        };
+        // The mirror's login is the mirror's: it never goes upstream, and the cache must not
+        // take it for upstream credentials.
+        parts.headers.remove(header::AUTHORIZATION);
+        let origin = Origin {
+            tls: true,
+            host: routed.upstream,
+        };
+        self.gateway
+            .handle(
+                client,
+                Listener::Mirror,
+                &origin,
+                true,
+                Request::from_parts(parts, body),
+            )
+            .await
+    }
+}
+
+/// Logs a local answer and returns it.
+fn answer(record: AccessRecord, outcome: Outcome, res: Response<Body>) -> Response<Body> {
+    record.emit(outcome, res.status().as_u16(), 0, true);
+    res
+}
+
+/// `401` with the mirror's Basic challenge.
+fn challenge() -> Response<Body> {
+    let mut res = ErrorCode::Unauthorized.response(StatusCode::UNAUTHORIZED, "log in to the mirror (docker login)");
+    res.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(CHALLENGE));
+    res
+}
+
+/// OCI distribution-spec "API version check": `200` at `/v2/`, answered by the mirror itself
+/// so that clients find it up whatever the state of the upstreams.
+fn api_version_check() -> Response<Body> {
+    let mut res = Response::new(body::full("{}"));
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(DOCKER_API_VERSION, HeaderValue::from_static("registry/2.0"));
+    res
+}
