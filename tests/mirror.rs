@@ -531,3 +531,49 @@ async fn a_given_certificate_is_reread_on_sighup_and_plain_http_is_explicit() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dockerd_registry_mirrors_pull_docker_hub_through_the_mirror_then_offline() {
+    let w = PullWorld::new();
+    let ghcr = Registry::start(&w.ca, &["ghcr.io"], RegistryAuth::None);
+    let mut hub = Registry::start(&w.ca, &["registry-1.docker.io"], RegistryAuth::None);
+    let image = support::ImageSpec::new(&[512 * 1024, 64 * 1024])
+        .format(support::ImageFormat::Docker)
+        .build();
+    support::push(&hub.url(), "library/alpine", "3.20", &image, None, &w.ca.cert_pem())
+        .await
+        .unwrap();
+    let rc = regcache_with_mirror(&w, &ghcr, &hub, &[]);
+    let mirror = format!("localhost:{}", rc.mirror_addr().port());
+    // dockerd trusts regcache's CA for the mirror only; Docker Hub itself does not resolve
+    // here, so a pull that works came through the mirror.
+    let dockerd = Dockerd::builder()
+        .registry_mirror(&format!("https://{mirror}"))
+        .trust(&mirror, &rc.ca_cert_pem())
+        .start();
+    let out = dockerd.docker_ok(&["pull", "alpine:3.20"]);
+    assert!(out.contains(&format!("Digest: {}", image.manifest_digest)), "{out}");
+    let id = dockerd.docker_ok(&["image", "inspect", "--format", "{{.Id}}", "alpine:3.20"]);
+    assert_eq!(id.trim(), image.config_digest);
+    for digest in image.blob_digests() {
+        assert!(
+            mirror_lines(&rc, &format!("/blobs/{digest}"))
+                .iter()
+                .any(|l| l.contains("host=registry-1.docker.io:443")),
+            "{digest} through the mirror:\n{}",
+            rc.logs()
+        );
+    }
+
+    // Docker Hub gone, the image removed: pulled again from the mirror's cache.
+    dockerd.docker_ok(&["rmi", "alpine:3.20"]);
+    hub.stop();
+    let out = dockerd.docker_ok(&["pull", "alpine:3.20"]);
+    assert!(out.contains(&format!("Digest: {}", image.manifest_digest)), "{out}");
+    let id = dockerd.docker_ok(&["image", "inspect", "--format", "{{.Id}}", "alpine:3.20"]);
+    assert_eq!(
+        id.trim(),
+        image.config_digest,
+        "the cached pull produced the same image"
+    );
+}

@@ -38,12 +38,19 @@ exec "$@"
 pub struct DockerdBuilder {
     proxy: Option<String>,
     trusted: Vec<(String, String)>,
+    mirrors: Vec<String>,
 }
 
 impl DockerdBuilder {
     /// `HTTPS_PROXY` and `HTTP_PROXY` of the engine (`NO_PROXY` is always unset).
     pub fn proxy(mut self, url: &str) -> Self {
         self.proxy = Some(url.to_owned());
+        self
+    }
+
+    /// A Docker Hub mirror (`--registry-mirror URL`, as `registry-mirrors` in daemon.json).
+    pub fn registry_mirror(mut self, url: &str) -> Self {
+        self.mirrors.push(url.to_owned());
         self
     }
 
@@ -118,6 +125,7 @@ impl DockerdBuilder {
             "--ip-masq=false",
             "--userland-proxy=false",
         ])
+        .args(self.mirrors.iter().flat_map(|m| ["--registry-mirror", m.as_str()]))
         .arg("--data-root")
         .arg(&data_root)
         .arg("--exec-root")
