@@ -271,6 +271,16 @@ async fn mirror_login_with_htpasswd() {
     );
 }
 
+/// `regcache serve` with the mirror on and state under `dir`, plus `extra`: for a start that is
+/// refused (it would run otherwise).
+fn serve_with_mirror(dir: &Path, extra: &[&str]) -> Output {
+    let (data, ca) = (dir.join("data"), dir.join("ca"));
+    let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--mirror-listen", "127.0.0.1:0"];
+    args.extend(["--data-dir", data.to_str().unwrap(), "--ca-dir", ca.to_str().unwrap()]);
+    args.extend_from_slice(extra);
+    support::run_cli(&args)
+}
+
 #[test]
 fn upstream_accounts_without_a_mirror_login_refuse_to_start() {
     let dir = tempfile::tempdir().unwrap();
@@ -280,20 +290,10 @@ fn upstream_accounts_without_a_mirror_login_refuse_to_start() {
         "[[credentials]]\nregistry = \"ghcr.io\"\nusername = \"bot\"\npassword = \"pw\"\n",
     )
     .unwrap();
-    let out = support::run_cli(&[
-        "serve",
-        "--config",
-        config.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        dir.path().join("data").to_str().unwrap(),
-        "--ca-dir",
-        dir.path().join("ca").to_str().unwrap(),
-        "--mirror-listen",
-        "127.0.0.1:0",
-        "--mirror-insecure-http",
-    ]);
+    let out = serve_with_mirror(
+        dir.path(),
+        &["--config", config.to_str().unwrap(), "--mirror-insecure-http"],
+    );
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
@@ -513,17 +513,7 @@ async fn a_given_certificate_is_reread_on_sighup_and_plain_http_is_explicit() {
 
     // Without any TLS choice the mirror does not start, and says what to add.
     let dir = tempfile::tempdir().unwrap();
-    let out = support::run_cli(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        dir.path().join("data").to_str().unwrap(),
-        "--ca-dir",
-        dir.path().join("ca").to_str().unwrap(),
-        "--mirror-listen",
-        "127.0.0.1:0",
-    ]);
+    let out = serve_with_mirror(dir.path(), &[]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -104,6 +104,19 @@ impl Htpasswd {
         })
     }
 
+    /// As [`Htpasswd::load`], warning when the file holds no user (then nobody gets in:
+    /// `refusal` says what clients get).
+    ///
+    /// # Errors
+    /// As [`Htpasswd::load`].
+    pub fn load_warning_if_empty(path: &Path, refusal: &str) -> Result<Arc<Self>, HtpasswdError> {
+        let h = Self::load(path)?;
+        if h.is_empty() {
+            tracing::warn!(file = %path.display(), "the htpasswd file has no user: every client gets {refusal}");
+        }
+        Ok(Arc::new(h))
+    }
+
     /// How many users it holds.
     #[cfg(test)]
     pub fn len(&self) -> usize {
@@ -159,13 +172,7 @@ impl ClientGate {
     /// As [`Htpasswd::load`].
     pub fn build(policy: &crate::config::AccessPolicy) -> Result<Self, HtpasswdError> {
         let htpasswd = match &policy.htpasswd {
-            Some(path) => {
-                let h = Htpasswd::load(path)?;
-                if h.is_empty() {
-                    tracing::warn!(file = %path.display(), "the htpasswd file has no user: every client gets 407");
-                }
-                Some(Arc::new(h))
-            }
+            Some(path) => Some(Htpasswd::load_warning_if_empty(path, "407")?),
             None => None,
         };
         Ok(Self {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::front::limits::{ConnectionLimiter, ConnectionSlot};
+use crate::telemetry::TlsFailure;
 
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -100,4 +101,19 @@ pub fn tls_from_files(cert: &Path, key: &Path, alpn: &[&[u8]]) -> Result<Arc<rus
         .map_err(|e| format!("{}: {e}", cert.display()))?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
+}
+
+/// Why a client's TLS handshake failed: a client that rejects the certificate says so with an
+/// alert ([`TlsFailure::Rejected`], a trust problem); one that merely went away (EOF, reset)
+/// is [`TlsFailure::Aborted`].
+pub fn handshake_failure(e: &std::io::Error) -> TlsFailure {
+    let alert = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|r| matches!(r, rustls::Error::AlertReceived(_)));
+    if alert {
+        TlsFailure::Rejected
+    } else {
+        TlsFailure::Aborted
+    }
 }

@@ -82,7 +82,11 @@ async fn connection(stream: TcpStream, client: SocketAddr, mirror: Arc<Mirror>, 
         MirrorTls::Plain => return serve(stream, client, mirror, slot).await,
         MirrorTls::Files { .. } => match mirror.files_tls.load_full() {
             Some(c) => c,
-            None => return,
+            None => {
+                tracing::error!(%client, "the mirror's certificate files are not loaded; connection closed");
+                mirror.metrics.tls_handshake_failed(TlsFailure::Certificate);
+                return;
+            }
         },
         MirrorTls::Minted(names) => {
             let start = rustls::server::Acceptor::default();
@@ -133,16 +137,12 @@ async fn connection(stream: TcpStream, client: SocketAddr, mirror: Arc<Mirror>, 
 }
 
 fn handshake_failed(mirror: &Mirror, client: SocketAddr, e: &std::io::Error) {
-    let alert = e
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        .is_some_and(|r| matches!(r, rustls::Error::AlertReceived(_)));
-    if alert {
+    let reason = server::handshake_failure(e);
+    mirror.metrics.tls_handshake_failed(reason);
+    if reason == TlsFailure::Rejected {
         tracing::warn!(%client, error = %e, "client rejected the mirror's certificate (does it trust its CA?)");
-        mirror.metrics.tls_handshake_failed(TlsFailure::Rejected);
     } else {
         tracing::debug!(%client, error = %e, "client left during the mirror's TLS handshake");
-        mirror.metrics.tls_handshake_failed(TlsFailure::Aborted);
     }
 }
 

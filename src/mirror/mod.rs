@@ -114,13 +114,7 @@ impl Mirror {
             return Ok(());
         };
         let login = match &m.htpasswd {
-            Some(path) => {
-                let h = Htpasswd::load(path)?;
-                if h.is_empty() {
-                    tracing::warn!(file = %path.display(), "the mirror's htpasswd file has no user: every client gets 401");
-                }
-                Some(Arc::new(h))
-            }
+            Some(path) => Some(Htpasswd::load_warning_if_empty(path, "401 from the mirror")?),
             None => None,
         };
         let files_tls = match &m.tls {

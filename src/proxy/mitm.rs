@@ -44,19 +44,9 @@ pub async fn serve(upgraded: Upgraded, client: SocketAddr, origin: Origin, proxy
             tls
         }
         Ok(Err(e)) => {
-            // A client that rejects our certificate says so with an alert; one that merely
-            // went away (EOF, reset) is not a trust problem.
-            let alert = e
-                .get_ref()
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-                .is_some_and(|r| matches!(r, rustls::Error::AlertReceived(_)));
-            let reason = if alert {
-                TlsFailure::Rejected
-            } else {
-                TlsFailure::Aborted
-            };
+            let reason = server::handshake_failure(&e);
             metrics.tls_handshake_failed(reason);
-            if alert {
+            if reason == TlsFailure::Rejected {
                 tracing::warn!(%client, host = %origin.host, error = %e, "client rejected regcache's certificate (does it trust the regcache CA?)");
             } else {
                 tracing::debug!(%client, host = %origin.host, error = %e, "client left during the TLS handshake");
