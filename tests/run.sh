@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs regcache's whole test suite on a Debian machine, installing what the tests need first:
 # the distribution registry (Debian's docker-registry) as the real upstream, skopeo as the real
-# client, openssl and curl. Everything the tests start listens on 127.0.0.1 only.
+# client, pebble as the real ACME CA, openssl and curl. Everything the tests start listens on
+# 127.0.0.1 only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,7 @@ command -v docker-registry >/dev/null || need+=(docker-registry)
 command -v skopeo >/dev/null || need+=(skopeo)
 command -v openssl >/dev/null || need+=(openssl)
 command -v curl >/dev/null || need+=(curl)
+command -v pebble >/dev/null && command -v pebble-challtestsrv >/dev/null || need+=(pebble)
 command -v chromium >/dev/null || need+=(chromium)
 [ -x /usr/sbin/dockerd ] && [ -x /usr/bin/docker ] || need+=(docker.io)
 command -v docker-compose >/dev/null || need+=(docker-compose)

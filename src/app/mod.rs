@@ -365,12 +365,17 @@ fn describe_changes(old: &Config, new: &Config) -> Vec<String> {
     if old.credentials.len() != new.credentials.len() {
         out.push(format!("upstream credentials: {} now", new.credentials.len()));
     }
+    let acme = |c: &Config| match c.mirror.as_ref().map(|m| &m.tls) {
+        Some(crate::config::MirrorTls::Acme(a)) => Some(a.clone()),
+        _ => None,
+    };
     let restart = [
         ("listen", old.listen != new.listen),
         (
             "mirror.listen",
             old.mirror.as_ref().map(|m| m.listen) != new.mirror.as_ref().map(|m| m.listen),
         ),
+        ("mirror ACME settings", acme(old) != acme(new)),
         ("data_dir", old.data_dir != new.data_dir),
         ("ca_dir", old.ca_dir != new.ca_dir),
         ("log_format", old.log_format != new.log_format),

@@ -259,6 +259,30 @@ pub struct MirrorArgs {
     /// Required when upstream accounts are configured.
     #[arg(long = "mirror-htpasswd", env = "REGCACHE_MIRROR_HTPASSWD", value_name = "FILE")]
     pub mirror_htpasswd: Option<PathBuf>,
+
+    /// Obtain the mirror's certificate for its --mirror-name names from this ACME CA
+    /// (TLS-ALPN-01 on the mirror listener, so the CA must reach it on the names' port 443);
+    /// kept under the data dir and renewed with no restart.
+    #[arg(long = "acme-directory", env = "REGCACHE_ACME_DIRECTORY", value_name = "URL")]
+    pub acme_directory: Option<String>,
+
+    /// Contact address given to the ACME CA (expiry notices).
+    #[arg(long = "acme-email", env = "REGCACHE_ACME_EMAIL", value_name = "EMAIL")]
+    pub acme_email: Option<String>,
+
+    /// PEM root trusted for the ACME directory's own HTTPS (a private CA such as step-ca)
+    /// instead of the system's roots.
+    #[arg(long = "acme-ca-cert", env = "REGCACHE_ACME_CA_CERT", value_name = "FILE")]
+    pub acme_ca_cert: Option<PathBuf>,
+
+    /// Renew the ACME certificate this long before it expires (at most a third of its
+    /// lifetime) [default: 30d].
+    #[arg(
+        long = "acme-renew-before",
+        env = "REGCACHE_ACME_RENEW_BEFORE",
+        value_name = "DURATION"
+    )]
+    pub acme_renew_before: Option<DurationValue>,
 }
 
 impl MirrorArgs {
@@ -271,6 +295,10 @@ impl MirrorArgs {
             insecure_http: self.mirror_insecure_http.then_some(true),
             default_registry: self.mirror_default_registry.clone(),
             auth_htpasswd: self.mirror_htpasswd.clone(),
+            acme_directory: self.acme_directory.clone(),
+            acme_email: self.acme_email.clone(),
+            acme_ca_cert: self.acme_ca_cert.clone(),
+            acme_renew_before: self.acme_renew_before.map(Parsed),
         }
     }
 }

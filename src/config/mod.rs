@@ -24,7 +24,7 @@ pub use layer::{
     RegistrySection, SizeValue, TimeoutsLayer,
 };
 pub use limits::{HYPER_DEFAULT_MAX_HEADERS, Limits};
-pub use mirror::{MirrorConfig, MirrorLayer, MirrorTls, upstream_of};
+pub use mirror::{AcmeSettings, MirrorConfig, MirrorLayer, MirrorTls, upstream_of};
 pub use render::{format_duration, render};
 pub use settings::{
     AccessPolicy, CacheBudget, CachePolicy, Config, Credential, DEFAULT_REGISTRIES, GlobText, LogFormat,

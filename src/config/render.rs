@@ -160,6 +160,21 @@ pub fn render(config: &Config) -> String {
                     q(&key.display().to_string())
                 );
             }
+            MirrorTls::Acme(a) => {
+                let _ = writeln!(
+                    out,
+                    "names = {}\nacme_directory = {}\nacme_renew_before = {}",
+                    list(a.names.clone()),
+                    q(&a.directory),
+                    q(&format_duration(a.renew_before))
+                );
+                if let Some(e) = &a.email {
+                    let _ = writeln!(out, "acme_email = {}", q(e));
+                }
+                if let Some(c) = &a.ca_cert {
+                    let _ = writeln!(out, "acme_ca_cert = {}", q(&c.display().to_string()));
+                }
+            }
             MirrorTls::Plain => {
                 let _ = writeln!(out, "insecure_http = true");
             }

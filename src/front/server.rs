@@ -92,13 +92,25 @@ pub fn tls_from_files(cert: &Path, key: &Path, alpn: &[&[u8]]) -> Result<Arc<rus
     }
     let key_der =
         PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: no usable private key: {e}", key.display()))?;
+    tls_from_chain(certs, key_der, alpn).map_err(|e| format!("{}: {e}", cert.display()))
+}
+
+/// A server configuration presenting `chain` (leaf first) with `key`, offering `alpn`.
+///
+/// # Errors
+/// If the key is unusable or does not pair with the leaf.
+pub fn tls_from_chain(
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+    alpn: &[&[u8]],
+) -> Result<Arc<rustls::ServerConfig>, String> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_no_client_auth()
-        .with_single_cert(certs, key_der)
-        .map_err(|e| format!("{}: {e}", cert.display()))?;
+        .with_single_cert(chain, key)
+        .map_err(|e| e.to_string())?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }

@@ -1,5 +1,6 @@
 //! The mirror's accept loop and connections: TLS chosen per connection (a leaf from
-//! regcache's CA for the name the client asked for, the certificate from files, or none),
+//! regcache's CA for the name the client asked for, the certificate from files or from the
+//! ACME CA, an ACME validation's proof, or none),
 //! then HTTP/1.1 or HTTP/2 under the same limits as every listener.
 
 use std::convert::Infallible;
@@ -18,6 +19,7 @@ use crate::config::{Config, MirrorTls};
 use crate::front::limits::{ConnectionLimiter, ConnectionSlot};
 use crate::front::server;
 use crate::mirror::Mirror;
+use crate::mirror::acme::ACME_TLS_ALPN;
 use crate::telemetry::TlsFailure;
 
 /// A client that has not finished its TLS handshake in this time is dropped.
@@ -88,45 +90,96 @@ async fn connection(stream: TcpStream, client: SocketAddr, mirror: Arc<Mirror>, 
                 return;
             }
         },
-        MirrorTls::Minted(names) => {
-            let start = rustls::server::Acceptor::default();
-            let lazy = tokio_rustls::LazyConfigAcceptor::new(start, stream);
-            let handshake = match tokio::time::timeout(HANDSHAKE_TIMEOUT, lazy).await {
-                Ok(Ok(h)) => h,
-                Ok(Err(e)) => {
-                    tracing::debug!(%client, error = %e, "mirror client sent no usable TLS hello");
-                    mirror.metrics.tls_handshake_failed(TlsFailure::Aborted);
-                    return;
-                }
-                Err(_) => {
-                    mirror.metrics.tls_handshake_failed(TlsFailure::Timeout);
-                    return;
-                }
+        MirrorTls::Minted(_) | MirrorTls::Acme(_) => {
+            return by_client_hello(stream, client, mirror, slot, &settings.tls).await;
+        }
+    };
+    let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
+        Ok(Ok(tls)) => {
+            mirror.metrics.tls_handshake_ok();
+            serve(tls, client, mirror, slot).await;
+        }
+        Ok(Err(e)) => handshake_failed(&mirror, client, &e),
+        Err(_) => mirror.metrics.tls_handshake_failed(TlsFailure::Timeout),
+    }
+}
+
+/// TLS whose certificate depends on the ClientHello: the name asked for (a leaf minted for
+/// it), or an ACME validation (`acme-tls/1`, answered with the proof for that name).
+async fn by_client_hello(
+    stream: TcpStream,
+    client: SocketAddr,
+    mirror: Arc<Mirror>,
+    slot: ConnectionSlot,
+    tls: &MirrorTls,
+) {
+    let start = rustls::server::Acceptor::default();
+    let lazy = tokio_rustls::LazyConfigAcceptor::new(start, stream);
+    let handshake = match tokio::time::timeout(HANDSHAKE_TIMEOUT, lazy).await {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => {
+            tracing::debug!(%client, error = %e, "mirror client sent no usable TLS hello");
+            mirror.metrics.tls_handshake_failed(TlsFailure::Aborted);
+            return;
+        }
+        Err(_) => {
+            mirror.metrics.tls_handshake_failed(TlsFailure::Timeout);
+            return;
+        }
+    };
+    let hello = handshake.client_hello();
+    let asked = hello.server_name().map(str::to_ascii_lowercase);
+    let validation = hello
+        .alpn()
+        .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
+    let config = match tls {
+        MirrorTls::Acme(_) => {
+            let Some(acme) = mirror.acme.as_ref() else {
+                tracing::error!(
+                    "the mirror's ACME settings were added by a reload: they take effect at the next restart"
+                );
+                mirror.metrics.tls_handshake_failed(TlsFailure::Certificate);
+                return;
             };
+            if validation {
+                // RFC 8737 §3: the validator completes the handshake, checks the certificate
+                // and closes; nothing else is served on such a connection.
+                let Some(proof) = asked.as_deref().and_then(|n| acme.challenge_config(n)) else {
+                    tracing::debug!(%client, name = asked.as_deref().unwrap_or(""), "acme-tls/1 hello for no open validation");
+                    return;
+                };
+                if let Ok(Ok(mut tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake.into_stream(proof)).await {
+                    tracing::info!(%client, name = asked.as_deref().unwrap_or(""), "answered an ACME tls-alpn-01 validation");
+                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
+                }
+                return;
+            }
+            match acme.server_config() {
+                Some(c) => c,
+                None => {
+                    tracing::warn!(%client, "the mirror has no certificate from the ACME CA yet; connection closed");
+                    mirror.metrics.tls_handshake_failed(TlsFailure::Certificate);
+                    return;
+                }
+            }
+        }
+        MirrorTls::Minted(names) => {
             // The name the client asked for, if it is one of the mirror's; else the first
             // (a client that dialled an IP sends no SNI).
-            let asked = handshake.client_hello().server_name().map(str::to_ascii_lowercase);
             let name = asked.filter(|n| names.contains(n)).unwrap_or_else(|| names[0].clone());
-            let config = match mirror.leaf_certs.server_config(&name).await {
+            match mirror.leaf_certs.server_config(&name).await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!(name, error = %e, "cannot mint the mirror's certificate");
                     mirror.metrics.tls_handshake_failed(TlsFailure::Certificate);
                     return;
                 }
-            };
-            return match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake.into_stream(config)).await {
-                Ok(Ok(tls)) => {
-                    mirror.metrics.tls_handshake_ok();
-                    serve(tls, client, mirror, slot).await
-                }
-                Ok(Err(e)) => handshake_failed(&mirror, client, &e),
-                Err(_) => mirror.metrics.tls_handshake_failed(TlsFailure::Timeout),
-            };
+            }
         }
+        MirrorTls::Files { .. } | MirrorTls::Plain => return,
     };
-    let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake.into_stream(config)).await {
         Ok(Ok(tls)) => {
             mirror.metrics.tls_handshake_ok();
             serve(tls, client, mirror, slot).await;

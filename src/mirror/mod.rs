@@ -10,8 +10,8 @@
 //! anonymously); with an account configured, the mirror must have a login (`serve` refuses to
 //! start otherwise), because whoever reaches it reads what the account reads.
 //!
-//! Owns: the mirror's listener, its TLS (minted from regcache's CA, or files re-read on
-//! reload, or plain HTTP), its login (htpasswd, `docker login`'s Basic challenge), routing,
+//! Owns: the mirror's listener, its TLS (minted from regcache's CA, files re-read on reload,
+//! a certificate from an ACME CA kept under the data dir, or plain HTTP), its login (htpasswd, `docker login`'s Basic challenge), routing,
 //! and its local answers (`/v2/`, refusals, pushes: `405 UNSUPPORTED`).
 //!
 //! Must not: reach into `proxy` (what listeners share is `front`'s), read the store, or decide
@@ -19,6 +19,7 @@
 //!
 //! May import: `front`, `upstream`, `registry`, `telemetry`, `config`, `body`.
 
+mod acme;
 mod listener;
 mod route;
 
@@ -39,8 +40,12 @@ use crate::registry::headers::DOCKER_API_VERSION;
 use crate::telemetry::{AccessRecord, Listener, Metrics, Outcome};
 use crate::upstream::Origin;
 
+pub use acme::{AcmeCertificate, AcmeError};
 pub use listener::MirrorListener;
 pub use route::{RouteError, route};
+
+/// ALPN of the mirror's own connections.
+const MIRROR_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
 /// The mirror's Basic challenge (RFC 7617), which `docker login` answers with the password.
 const CHALLENGE: &str = "Basic realm=\"regcache\", charset=\"UTF-8\"";
@@ -57,6 +62,8 @@ pub struct Mirror {
     login: ArcSwapOption<Htpasswd>,
     /// The certificate from files (for [`MirrorTls::Files`]); re-read on a reload.
     files_tls: ArcSwapOption<rustls::ServerConfig>,
+    /// The certificate from the ACME CA (for [`MirrorTls::Acme`], as configured at start).
+    acme: Option<Arc<AcmeCertificate>>,
     /// Cancelled when a graceful shutdown begins.
     pub shutdown: CancellationToken,
     /// Connection tasks, awaited by a graceful shutdown.
@@ -74,10 +81,15 @@ pub enum MirrorSetupError {
     /// The certificate or key file.
     #[error("mirror certificate: {0}")]
     Tls(String),
+    /// The ACME folder under the data dir.
+    #[error("mirror certificate: {0}")]
+    Acme(#[from] AcmeError),
 }
 
 impl Mirror {
-    /// A mirror for `config.mirror` (which must be set), its login and certificate read now.
+    /// A mirror for `config.mirror` (which must be set), its login and certificate read now;
+    /// with ACME, the task that obtains and renews the certificate runs in `tasks` until
+    /// `shutdown`.
     ///
     /// # Errors
     /// If the htpasswd file or the certificate files are unusable.
@@ -89,18 +101,28 @@ impl Mirror {
         tasks: TaskTracker,
         metrics: Arc<Metrics>,
     ) -> Result<Self, MirrorSetupError> {
+        let running = config.load_full();
+        let acme = match running.mirror.as_ref().map(|m| &m.tls) {
+            Some(MirrorTls::Acme(settings)) => {
+                Some(Arc::new(AcmeCertificate::load(settings.clone(), &running.data_dir)?))
+            }
+            _ => None,
+        };
         let mirror = Self {
             config,
             gateway,
             leaf_certs,
             login: ArcSwapOption::empty(),
             files_tls: ArcSwapOption::empty(),
+            acme,
             shutdown,
             tasks,
             metrics,
         };
-        let running = mirror.config.load_full();
         mirror.reload(&running)?;
+        if let Some(acme) = &mirror.acme {
+            mirror.tasks.spawn(acme.clone().maintain(mirror.shutdown.clone()));
+        }
         Ok(mirror)
     }
 
@@ -118,9 +140,9 @@ impl Mirror {
             None => None,
         };
         let files_tls = match &m.tls {
-            MirrorTls::Files { cert, key } => Some(
-                server::tls_from_files(cert, key, &[b"h2".as_slice(), b"http/1.1"]).map_err(MirrorSetupError::Tls)?,
-            ),
+            MirrorTls::Files { cert, key } => {
+                Some(server::tls_from_files(cert, key, &MIRROR_ALPN).map_err(MirrorSetupError::Tls)?)
+            }
             _ => None,
         };
         self.login.store(login);

@@ -14,6 +14,7 @@ pub mod ca;
 pub mod dockerd;
 pub mod fault_registry;
 pub mod image;
+pub mod pebble;
 pub mod regcache;
 pub mod registry;
 pub mod skopeo;
