@@ -29,6 +29,7 @@ const CLI_TIMEOUT: Duration = Duration::from_secs(180);
 const START_SCRIPT: &str = r#"set -e
 mount -t tmpfs -o mode=0755,size=16m regcache-test-etc-docker /etc/docker
 cp -R "$1"/. /etc/docker/
+if [ -n "$REGCACHE_TEST_HOSTS" ]; then mount --bind "$REGCACHE_TEST_HOSTS" /etc/hosts; fi
 shift
 exec "$@"
 "#;
@@ -39,6 +40,8 @@ pub struct DockerdBuilder {
     proxy: Option<String>,
     trusted: Vec<(String, String)>,
     mirrors: Vec<String>,
+    hosts: Vec<(String, std::net::IpAddr)>,
+    system_roots: Vec<String>,
 }
 
 impl DockerdBuilder {
@@ -51,6 +54,20 @@ impl DockerdBuilder {
     /// A Docker Hub mirror (`--registry-mirror URL`, as `registry-mirrors` in daemon.json).
     pub fn registry_mirror(mut self, url: &str) -> Self {
         self.mirrors.push(url.to_owned());
+        self
+    }
+
+    /// Resolve `name` to `ip` (a line of a private `/etc/hosts`, bind-mounted in dockerd's
+    /// mount namespace), e.g. Docker Hub's `registry-1.docker.io` to a loopback registry.
+    pub fn resolve(mut self, name: &str, ip: std::net::IpAddr) -> Self {
+        self.hosts.push((name.to_owned(), ip));
+        self
+    }
+
+    /// Add `ca_pem` to the engine's system roots (`SSL_CERT_FILE`, the system bundle plus
+    /// this): dockerd checks Docker Hub's certificate against those, never `certs.d`.
+    pub fn system_root(mut self, ca_pem: &str) -> Self {
+        self.system_roots.push(ca_pem.to_owned());
         self
     }
 
@@ -140,6 +157,24 @@ impl DockerdBuilder {
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log_err);
+        if !self.hosts.is_empty() {
+            let hosts = tmp.path().join("hosts");
+            let mut text = String::from("127.0.0.1 localhost\n::1 localhost\n");
+            for (name, ip) in &self.hosts {
+                text.push_str(&format!("{ip} {name}\n"));
+            }
+            std::fs::write(&hosts, text).expect("write private /etc/hosts");
+            cmd.env("REGCACHE_TEST_HOSTS", &hosts);
+        }
+        if !self.system_roots.is_empty() {
+            let mut bundle = std::fs::read_to_string("/etc/ssl/certs/ca-certificates.crt").unwrap_or_default();
+            for pem in &self.system_roots {
+                bundle.push_str(pem);
+            }
+            let path = tmp.path().join("roots.pem");
+            std::fs::write(&path, bundle).expect("write dockerd's roots");
+            cmd.env("SSL_CERT_FILE", &path);
+        }
         if let Some(proxy) = &self.proxy {
             // Go reads both spellings; NO_PROXY stays unset so every registry host is proxied.
             for key in ["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"] {

@@ -53,9 +53,17 @@ pub struct RegistryBuilder<'a> {
     auth: RegistryAuth,
     storage_dir: Option<PathBuf>,
     access_log: bool,
+    bind: Option<SocketAddr>,
 }
 
 impl<'a> RegistryBuilder<'a> {
+    /// Listen on this address (a loopback IP of its own, a fixed port such as 443) instead of
+    /// `127.0.0.1` and a free port; its IP is added to the certificate's names.
+    pub fn bind(mut self, addr: SocketAddr) -> Self {
+        self.bind = Some(addr);
+        self
+    }
+
     /// Names for the TLS certificate (DNS or IP literals). `127.0.0.1` and
     /// `localhost` are always added so the registry is reachable directly.
     pub fn names(mut self, names: &[&str]) -> Self {
@@ -100,7 +108,8 @@ impl<'a> RegistryBuilder<'a> {
         };
 
         let mut names: Vec<String> = self.names.clone();
-        for extra in ["127.0.0.1", "localhost"] {
+        let ip = self.bind.map_or(std::net::IpAddr::from([127, 0, 0, 1]), |a| a.ip());
+        for extra in [ip.to_string().as_str(), "127.0.0.1", "localhost"] {
             if !names.iter().any(|n| n == extra) {
                 names.push(extra.to_owned());
             }
@@ -144,6 +153,7 @@ impl<'a> RegistryBuilder<'a> {
 
         let mut registry = Registry {
             child: None,
+            ip,
             port: 0,
             secret: super::random_hex(16),
             config_path: tmp.path().join("config.yml"),
@@ -164,6 +174,14 @@ impl<'a> RegistryBuilder<'a> {
             _tmp: tmp,
         };
 
+        if let Some(addr) = self.bind {
+            registry.port = addr.port();
+            registry.write_config();
+            if let Err(log) = registry.spawn_and_wait() {
+                panic!("docker-registry did not start on {addr}; log:\n{log}");
+            }
+            return registry;
+        }
         // The free port can be taken between picking and binding: retry then.
         let mut last_log = String::new();
         for _attempt in 0..5 {
@@ -185,6 +203,7 @@ impl<'a> RegistryBuilder<'a> {
 /// A running `docker-registry serve` child process.
 pub struct Registry {
     child: Option<Child>,
+    ip: std::net::IpAddr,
     port: u16,
     secret: String,
     config_path: PathBuf,
@@ -226,12 +245,13 @@ impl Registry {
             auth: RegistryAuth::None,
             storage_dir: None,
             access_log: true,
+            bind: None,
         }
     }
 
-    /// `127.0.0.1:PORT`.
+    /// `127.0.0.1:PORT` (or the address given to [`RegistryBuilder::bind`]).
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
+        SocketAddr::new(self.ip, self.port)
     }
 
     /// The TCP port.
@@ -241,7 +261,7 @@ impl Registry {
 
     /// `https://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.port)
+        format!("https://{}", self.addr())
     }
 
     /// The names in the registry's TLS certificate.
@@ -323,12 +343,12 @@ impl Registry {
              log:\n  level: warn\n  formatter: text\n  accesslog:\n    disabled: {access_log}\n\
              storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n  \
              maintenance:\n    uploadpurging:\n      enabled: false\n  redirect:\n    disable: true\n\
-             http:\n  addr: 127.0.0.1:{port}\n  secret: {secret}\n  \
+             http:\n  addr: {addr}\n  secret: {secret}\n  \
              tls:\n    certificate: {cert}\n    key: {key}\n  \
              headers:\n    X-Content-Type-Options: [nosniff]\n\
              {auth}",
             storage = yaml_str(&self.storage.display().to_string()),
-            port = self.port,
+            addr = self.addr(),
             secret = self.secret,
             cert = yaml_str(&self.cert_path.display().to_string()),
             key = yaml_str(&self.key_path.display().to_string()),
