@@ -521,3 +521,78 @@ async fn a_given_certificate_is_reread_on_sighup_and_plain_http_is_explicit() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_only_instance_has_no_proxy_and_answers_its_own_endpoints() {
+    let w = PullWorld::new();
+    let ghcr = Registry::start(&w.ca, &["ghcr.io"], RegistryAuth::None);
+    let hub = Registry::start(&w.ca, &["registry-1.docker.io"], RegistryAuth::None);
+    let app = TestImage::generate(&[100 * 1024]);
+    support::push(&ghcr.url(), "org/app", "1.0", &app, None, &w.ca.cert_pem())
+        .await
+        .unwrap();
+    let rc = regcache_with_mirror(&w, &ghcr, &hub, &["--no-proxy-listener"]);
+    let logs = rc.logs();
+    assert!(!logs.contains("regcache listening on"), "no proxy listener:\n{logs}");
+    assert!(!logs.contains("HTTPS_PROXY="), "no proxy advice:\n{logs}");
+    let mirror = format!("localhost:{}", rc.mirror_addr().port());
+    skopeo_pull(
+        &w,
+        &rc,
+        &format!("docker://{mirror}/ghcr.io/org/app:1.0"),
+        None,
+        None,
+        &app,
+    );
+
+    // regcache's own endpoints are on the mirror now.
+    let c = client(&rc);
+    let base = format!("https://{mirror}");
+    let health = c.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let metrics = get_text(&c, &format!("{base}/metrics")).await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("regcache_requests_total{") && l.contains("listener=\"mirror\"")),
+        "{metrics}"
+    );
+    let ca = get_text(&c, &format!("{base}/ca.crt")).await;
+    assert_eq!(ca.trim(), rc.ca_cert_pem().trim());
+
+    // Nothing to serve at all is refused.
+    let out = support::run_cli(&["serve", "--no-proxy-listener", "--data-dir", "/nonexistent-regcache"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("--mirror-listen"), "{}", text(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mirror_answers_health_checks_without_login() {
+    let w = PullWorld::new();
+    let ghcr = Registry::start(&w.ca, &["ghcr.io"], RegistryAuth::None);
+    let hub = Registry::start(&w.ca, &["registry-1.docker.io"], RegistryAuth::None);
+    let htpasswd = w.tmp.path().join("mirror.htpasswd");
+    std::fs::write(&htpasswd, support::registry::htpasswd_line("ci", "s3cret")).unwrap();
+    let rc = regcache_with_mirror(&w, &ghcr, &hub, &["--mirror-htpasswd", htpasswd.to_str().unwrap()]);
+    let c = client(&rc);
+    let base = format!("https://localhost:{}", rc.mirror_addr().port());
+    assert_eq!(c.get(format!("{base}/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(c.get(format!("{base}/v2/")).send().await.unwrap().status(), 401);
+    // With the proxy listener on, regcache's other endpoints stay there.
+    assert_eq!(
+        c.get(format!("{base}/metrics"))
+            .basic_auth("ci", Some("s3cret"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+}
+
+/// The body of a `200` answer to `GET url`.
+async fn get_text(c: &reqwest::Client, url: &str) -> String {
+    let res = c.get(url).send().await.unwrap();
+    assert_eq!(res.status(), 200, "GET {url}");
+    res.text().await.unwrap()
+}

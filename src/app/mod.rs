@@ -24,9 +24,9 @@ use crate::body::Body;
 use crate::ca::CertificateAuthority;
 use crate::cache::{CacheParts, Evictor, RegistryCache};
 use crate::config::{Config, ConfigError, ConfigSource};
-use crate::front::{ClientGate, Gateway, HtpasswdError, LeafCertCache};
+use crate::front::{ClientGate, Gateway, HtpasswdError, LeafCertCache, LocalService};
 use crate::mirror::{Mirror, MirrorListener, MirrorSetupError};
-use crate::proxy::{LocalService, Proxy, ProxyListener};
+use crate::proxy::{Proxy, ProxyListener};
 use crate::store::Store;
 use crate::telemetry::Metrics;
 use crate::upstream::{UpstreamAuth, UpstreamClient, UpstreamSetupError};
@@ -81,7 +81,8 @@ pub enum ReloadError {
 
 /// A built proxy, bound and ready to run.
 pub struct App {
-    listener: ProxyListener,
+    /// `None` for a mirror-only instance (`proxy_listener = false`).
+    listener: Option<ProxyListener>,
     proxy: Arc<Proxy>,
     mirror: Option<(MirrorListener, Arc<Mirror>)>,
     reloader: Reloader,
@@ -127,7 +128,10 @@ impl App {
             config.cache.clone(),
             config.timeouts.upstream_response,
         ));
-        let listener = ProxyListener::bind(&config).await?;
+        let listener = match config.proxy_listener {
+            true => Some(ProxyListener::bind(&config).await?),
+            false => None,
+        };
         let mirror_listener = MirrorListener::bind(&config).await.map_err(StartError::MirrorListen)?;
         let leaf_certs = LeafCertCache::new(ca.clone());
         leaf_certs
@@ -171,6 +175,16 @@ impl App {
             metrics.clone(),
             Arc::new(reloader.clone()),
         );
+        let local: Arc<dyn LocalService> = Arc::new(LocalAnswers(admin));
+        if listener.is_none()
+            && let Some((_, m)) = &mirror
+        {
+            // Mirror-only: regcache's own endpoints move to the mirror listener.
+            m.answer_locally(local.clone());
+        }
+        let listen_addr = listener
+            .as_ref()
+            .map_or(config.load().listen, ProxyListener::local_addr);
         let proxy = Arc::new(Proxy {
             gateway,
             config,
@@ -179,8 +193,8 @@ impl App {
             tasks,
             leaf_certs,
             upstream,
-            local: Arc::new(LocalAnswers(admin)),
-            listen_addr: listener.local_addr(),
+            local,
+            listen_addr,
             metrics,
         });
         Ok(Self {
@@ -191,9 +205,10 @@ impl App {
         })
     }
 
-    /// The address actually bound (useful with port 0).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.proxy.listen_addr
+    /// The proxy listener's address actually bound (useful with port 0); `None` when the
+    /// proxy listener is off.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.as_ref().map(|_| self.proxy.listen_addr)
     }
 
     /// The mirror's bound address, when it is on.
@@ -217,7 +232,10 @@ impl App {
             let stop = stop_mirror.clone();
             tokio::spawn(async move { listener.run(mirror, stop.cancelled_owned()).await })
         });
-        self.listener.run(proxy.clone(), shutdown).await;
+        match self.listener {
+            Some(listener) => listener.run(proxy.clone(), shutdown).await,
+            None => shutdown.await,
+        }
         stop_mirror.cancel();
         if let Some(accepting) = mirror {
             let _ = accepting.await;

@@ -15,6 +15,7 @@ mod args;
 mod ca;
 mod cache;
 mod config_check;
+mod mirror_args;
 mod progress;
 mod serve;
 mod warm;

@@ -46,35 +46,53 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     })
 }
 
-/// The lines a user needs to point a client at regcache; the last one is what scripts wait for.
+/// The lines a user needs to point a client at regcache; the last one is what scripts wait for
+/// (`regcache listening on ADDR`, or the mirror's line when there is no proxy listener).
 fn print_start_banner(
     ca: &CertificateAuthority,
     created: bool,
-    addr: std::net::SocketAddr,
+    addr: Option<std::net::SocketAddr>,
     tls: bool,
     mirror: Option<std::net::SocketAddr>,
 ) {
     let summary = ca.summary();
-    let host = if addr.ip().is_unspecified() {
-        machine_host()
-    } else {
-        addr.ip().to_string()
-    };
-    let scheme = if tls { "https" } else { "http" };
-    let proxy = format!("{scheme}://{}:{}", host, addr.port());
     let mut out = std::io::stdout().lock();
-    if let Some(m) = mirror {
+    if let Some(m) = mirror
+        && addr.is_some()
+    {
         let _ = writeln!(out, "regcache mirror listening on {m} (registry API at /v2/)");
     }
     let _ = writeln!(
         out,
-        "regcache {}\nCA {} ({}): {}\n  SHA-256 fingerprint {}\nUse it:\n  export HTTPS_PROXY={proxy}\n  curl -fsS {proxy}/ca.crt -o regcache-ca.crt   # then trust it (see README)\nregcache listening on {addr}",
+        "regcache {}\nCA {} ({}): {}\n  SHA-256 fingerprint {}",
         env!("CARGO_PKG_VERSION"),
         ca.cert_path().display(),
         if created { "generated" } else { "loaded" },
         summary.subject,
         summary.fingerprint,
     );
+    match (addr, mirror) {
+        (Some(addr), _) => {
+            let host = if addr.ip().is_unspecified() {
+                machine_host()
+            } else {
+                addr.ip().to_string()
+            };
+            let scheme = if tls { "https" } else { "http" };
+            let proxy = format!("{scheme}://{}:{}", host, addr.port());
+            let _ = writeln!(
+                out,
+                "Use it:\n  export HTTPS_PROXY={proxy}\n  curl -fsS {proxy}/ca.crt -o regcache-ca.crt   # then trust it (see README)\nregcache listening on {addr}"
+            );
+        }
+        (None, Some(m)) => {
+            let _ = writeln!(
+                out,
+                "No proxy listener: point clients' registry mirrors at it (see README \"Mirror mode\")\nregcache mirror listening on {m} (registry API at /v2/)"
+            );
+        }
+        (None, None) => {}
+    }
     let _ = out.flush();
 }
 

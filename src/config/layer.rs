@@ -97,6 +97,9 @@ type Dur = Option<Parsed<DurationValue>>;
 pub struct Layer {
     /// `listen = "127.0.0.1:3128"`
     pub listen: Option<Parsed<SocketAddr>>,
+    /// `proxy_listener = false`: no forward proxy, only the mirror (which then also answers
+    /// regcache's own endpoints).
+    pub proxy_listener: Option<bool>,
     /// `data_dir = "/var/lib/regcache/data"`
     pub data_dir: Option<PathBuf>,
     /// `ca_dir = "/var/lib/regcache/ca"`
@@ -299,6 +302,7 @@ impl Layer {
         }
         Layer {
             listen: self.listen.or(lower.listen),
+            proxy_listener: self.proxy_listener.or(lower.proxy_listener),
             data_dir: self.data_dir.or(lower.data_dir),
             ca_dir: self.ca_dir.or(lower.ca_dir),
             non_registry: self.non_registry.or(lower.non_registry),
@@ -462,14 +466,23 @@ impl Layer {
         let listen = self
             .listen
             .map_or_else(|| SocketAddr::from(([127, 0, 0, 1], 3128)), |p| p.0);
-        if let Some(why) = access.open_relay_refusal(listen) {
+        let proxy_listener = self.proxy_listener.unwrap_or(true);
+        if proxy_listener && let Some(why) = access.open_relay_refusal(listen) {
             return Err(ConfigError::new(origin, "listen", why));
+        }
+        if !proxy_listener && mirror.is_none() {
+            return Err(ConfigError::new(
+                origin,
+                "proxy_listener",
+                "the proxy listener is off and the mirror is off: nothing would listen; set --mirror-listen ADDR:PORT",
+            ));
         }
         let limits = self.limits.resolve(origin)?;
         let mut tag_ttl_rules: Vec<TagTtlRule> = self.cache.tag_ttl_rules.into_iter().map(|r| r.0).collect();
         tag_ttl_rules.extend(self.cache.path_rules);
         Ok(Config {
             listen,
+            proxy_listener,
             data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from("./data")),
             ca_dir: self.ca_dir.unwrap_or_else(|| PathBuf::from("./ca")),
             registries: Config::registries_with_defaults(&registries),

@@ -12,6 +12,9 @@ pub fn render(config: &Config) -> String {
     let list = |items: Vec<String>| format!("[{}]", items.iter().map(|s| q(s)).collect::<Vec<_>>().join(", "));
     let mut out = String::new();
     let _ = writeln!(out, "listen = {}", q(&config.listen.to_string()));
+    if !config.proxy_listener {
+        let _ = writeln!(out, "proxy_listener = false");
+    }
     let _ = writeln!(out, "data_dir = {}", q(&config.data_dir.display().to_string()));
     let _ = writeln!(out, "ca_dir = {}", q(&config.ca_dir.display().to_string()));
     let _ = writeln!(out, "non_registry = {}", q(&config.non_registry.to_string()));

@@ -34,6 +34,8 @@ pub const DEFAULT_REGISTRIES: &[&str] = &[
 pub struct Config {
     /// Address of the proxy listener.
     pub listen: SocketAddr,
+    /// Whether the proxy listener runs (off: a mirror-only instance).
+    pub proxy_listener: bool,
     /// Directory for cache state.
     pub data_dir: PathBuf,
     /// Directory holding `ca.crt` and `ca.key`.

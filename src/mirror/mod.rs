@@ -12,7 +12,8 @@
 //!
 //! Owns: the mirror's listener, its TLS (minted from regcache's CA, files re-read on reload,
 //! a certificate from an ACME CA kept under the data dir, or plain HTTP), its login (htpasswd, `docker login`'s Basic challenge), routing,
-//! and its local answers (`/v2/`, refusals, pushes: `405 UNSUPPORTED`).
+//! and its local answers (`/v2/`, `/healthz`, refusals, pushes: `405 UNSUPPORTED`; with no
+//! proxy listener, regcache's own endpoints through [`LocalService`]).
 //!
 //! Must not: reach into `proxy` (what listeners share is `front`'s), read the store, or decide
 //! what is cached (the cache does, through the `Gateway`).
@@ -24,7 +25,7 @@ mod listener;
 mod route;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use http::header::{self, HeaderValue};
@@ -34,7 +35,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::body::{self, Body};
 use crate::config::{Config, MirrorTls};
-use crate::front::{AuthCheck, Gateway, Htpasswd, HtpasswdError, LeafCertCache, limits, server};
+use crate::front::{AuthCheck, Gateway, Htpasswd, HtpasswdError, LeafCertCache, LocalService, limits, server};
 use crate::registry::ErrorCode;
 use crate::registry::headers::DOCKER_API_VERSION;
 use crate::telemetry::{AccessRecord, Listener, Metrics, Outcome};
@@ -64,6 +65,8 @@ pub struct Mirror {
     files_tls: ArcSwapOption<rustls::ServerConfig>,
     /// The certificate from the ACME CA (for [`MirrorTls::Acme`], as configured at start).
     acme: Option<Arc<AcmeCertificate>>,
+    /// regcache's own endpoints, when the mirror answers them (the proxy listener is off).
+    local: OnceLock<Arc<dyn LocalService>>,
     /// Cancelled when a graceful shutdown begins.
     pub shutdown: CancellationToken,
     /// Connection tasks, awaited by a graceful shutdown.
@@ -115,6 +118,7 @@ impl Mirror {
             login: ArcSwapOption::empty(),
             files_tls: ArcSwapOption::empty(),
             acme,
+            local: OnceLock::new(),
             shutdown,
             tasks,
             metrics,
@@ -150,6 +154,12 @@ impl Mirror {
         Ok(())
     }
 
+    /// Answers regcache's own endpoints (status page, `/metrics`, `/ca.crt`, the loopback-only
+    /// admin API) on the mirror, behind its login: for an instance with no proxy listener.
+    pub fn answer_locally(&self, local: Arc<dyn LocalService>) {
+        let _ = self.local.set(local);
+    }
+
     /// Answers one request from `client`.
     async fn respond(&self, client: SocketAddr, req: Request<Body>) -> Response<Body> {
         let config = self.config.load_full();
@@ -167,6 +177,10 @@ impl Mirror {
             record().emit(Outcome::Deny, res.status().as_u16(), 0, true);
             return res;
         }
+        // For load balancers' health checks: says nothing but that the mirror is up.
+        if path == "/healthz" {
+            return answer(record(), Outcome::Local, body::text(StatusCode::OK, "ok"));
+        }
         let login = self.login.load_full();
         if let Some(h) = login.as_ref() {
             match h.check(req.headers().get(header::AUTHORIZATION)).await {
@@ -180,6 +194,15 @@ impl Mirror {
         }
         if path == "/v2/" || path == "/v2" {
             return answer(record(), Outcome::Local, api_version_check());
+        }
+        if !path.starts_with("/v2/")
+            && let Some(local) = self.local.get()
+        {
+            let mut head = Request::new(());
+            *head.method_mut() = req.method().clone();
+            *head.uri_mut() = req.uri().clone();
+            *head.headers_mut() = req.headers().clone();
+            return answer(record(), Outcome::Local, local.respond(head, client).await);
         }
         let routed = match route(&path, req.uri().query(), &settings.default_registry) {
             Ok(r) => r,

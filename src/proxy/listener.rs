@@ -1,7 +1,7 @@
 //! The proxy's front door: the accept loop under the connection limit, then one HTTP/1.1
 //! connection per client, where each request is a CONNECT (see [`super::connect`]), an
 //! absolute-form `http://` request to forward (see [`super::forward`]), or a request for
-//! regcache itself (handed to the [`LocalService`](super::LocalService)).
+//! regcache itself (handed to the [`LocalService`](crate::front::LocalService)).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

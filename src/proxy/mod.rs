@@ -8,7 +8,7 @@
 //! limits, the gateway into the cache) is `front`'s.
 //!
 //! Must not: read or write the store, or speak the registry protocol itself (the cache does);
-//! answer regcache's own endpoints (it hands them to a [`LocalService`] that `app` wires in).
+//! answer regcache's own endpoints (it hands them to a [`LocalService`](crate::front::LocalService) that `app` wires in).
 //!
 //! May import: `front`, `upstream`, `registry`, `telemetry`, `config`, `body`, `error`.
 
@@ -29,20 +29,11 @@ use tokio_util::task::TaskTracker;
 use crate::body::Body;
 use crate::config::Config;
 use crate::error::ProxyError;
-use crate::front::{ClientGate, Gateway, LeafCertCache};
+use crate::front::{ClientGate, Gateway, LeafCertCache, LocalService};
 use crate::telemetry::{AccessRecord, Metrics, Outcome};
 use crate::upstream::UpstreamClient;
 
 pub use listener::{ListenError, ProxyListener};
-
-/// Requests addressed to regcache itself (`/`, `/healthz`, `/metrics`, `/ca.crt`, the admin
-/// API), whether sent to the listener directly or as `http://` requests for its own address.
-/// The proxy logs them; what they answer is the admin layer's business.
-#[async_trait::async_trait]
-pub trait LocalService: Send + Sync {
-    /// The answer to `req` from `client`.
-    async fn respond(&self, req: Request<()>, client: SocketAddr) -> Response<Body>;
-}
 
 /// What every client connection shares.
 pub struct Proxy {

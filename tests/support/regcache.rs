@@ -18,6 +18,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Prefix of the readiness line on stdout.
 const READY_PREFIX: &str = "regcache listening on ";
+/// The mirror's banner line.
+const MIRROR_READY_PREFIX: &str = "regcache mirror listening on ";
 
 /// Builder for [`Regcache`].
 #[derive(Clone, Debug, Default)]
@@ -162,7 +164,7 @@ impl Regcache {
         let latest = logs.rsplit("=== regcache start #").next().unwrap_or("");
         latest
             .lines()
-            .find_map(|l| l.strip_prefix("regcache mirror listening on "))
+            .find_map(|l| l.strip_prefix(MIRROR_READY_PREFIX))
             .and_then(|rest| rest.split_whitespace().next())
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("no mirror line in the logs:\n{logs}"))
@@ -293,7 +295,14 @@ impl Regcache {
         let (tx, rx) = mpsc::channel::<SocketAddr>();
         let stdout = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");
-        self.readers.push(spawn_reader(stdout, self.logs.clone(), Some(tx)));
+        // A mirror-only instance's last banner line is the mirror's.
+        let prefix = if self.args.iter().any(|a| a == "--no-proxy-listener") {
+            MIRROR_READY_PREFIX
+        } else {
+            READY_PREFIX
+        };
+        self.readers
+            .push(spawn_reader(stdout, self.logs.clone(), Some((tx, prefix))));
         self.readers.push(spawn_reader(stderr, self.logs.clone(), None));
         self.child = Some(child);
 
@@ -358,7 +367,7 @@ fn scrub_env(cmd: &mut Command) {
 fn spawn_reader(
     pipe: impl Read + Send + 'static,
     logs: Arc<Mutex<String>>,
-    ready: Option<mpsc::Sender<SocketAddr>>,
+    ready: Option<(mpsc::Sender<SocketAddr>, &'static str)>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut ready = ready;
@@ -378,11 +387,11 @@ fn spawn_reader(
                     logs.push('\n');
                 }
             }
-            if let Some(tx) = &ready
-                && line.trim_start().starts_with(READY_PREFIX)
-                && let Some(addr) = line
+            if let Some((tx, prefix)) = &ready
+                && let Some(rest) = line.trim_start().strip_prefix(prefix)
+                && let Some(addr) = rest
                     .split_whitespace()
-                    .last()
+                    .next()
                     .and_then(|a| a.parse::<SocketAddr>().ok())
             {
                 let _ = tx.send(addr);
