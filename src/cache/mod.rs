@@ -59,6 +59,18 @@ use repo_access::RepoAccess;
 use single_flight::SingleFlight;
 use tags::{Revalidation, TagMemo};
 
+/// The store `config` names: `data_dir/cache` on the local disk, or the bucket (its spools
+/// under `data_dir/spool`, on the local disk like every download's).
+///
+/// # Errors
+/// If the bucket's settings do not make a client.
+pub fn open_store(config: &crate::config::StoreConfig, data_dir: &std::path::Path) -> Result<Store, StoreError> {
+    match config {
+        crate::config::StoreConfig::Local => Ok(Store::local(data_dir.join("cache"))),
+        crate::config::StoreConfig::S3(s3) => Store::s3(s3.clone(), data_dir.join("spool")),
+    }
+}
+
 /// After a store write fails, skip caching for this long instead of failing every request.
 const STORE_BACKOFF_MS: u64 = 30_000;
 /// Bytes of manifests kept in memory (a typical manifest is 1–10 KiB).

@@ -17,7 +17,7 @@
 //! counts as a use of both. Manifests served from the server's memory touch nothing on disk.
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -128,7 +128,8 @@ impl Inventory {
     ///
     /// # Errors
     /// If `data_dir` does not exist, or the store cannot be read.
-    pub async fn read(data_dir: &Path) -> Result<Self, InventoryError> {
+    #[cfg(test)]
+    pub async fn read(data_dir: &std::path::Path) -> Result<Self, InventoryError> {
         if !data_dir.is_dir() {
             return Err(InventoryError::NoDataDir(data_dir.to_path_buf()));
         }

@@ -217,6 +217,10 @@ pub struct ServeArgs {
     /// The registry-mirror listener.
     #[command(flatten)]
     pub mirror: super::mirror_args::MirrorArgs,
+
+    /// Where the cache lives.
+    #[command(flatten)]
+    pub store: super::store_args::StoreArgs,
 }
 
 /// `regcache config …`
@@ -255,6 +259,10 @@ pub struct DataDirArg {
     /// The data directory serve uses (the cache is DIR/cache).
     #[arg(long, env = "REGCACHE_DATA_DIR", value_name = "DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+
+    /// The store, when it is not DIR/cache.
+    #[command(flatten)]
+    pub store: super::store_args::StoreArgs,
 }
 
 /// `regcache cache …`: each reads the store while serve may run on it; only `rm` and
@@ -488,6 +496,7 @@ impl ServeArgs {
                 .map(RegistrySection::host_only)
                 .collect(),
             mirror: self.mirror.layer(),
+            store: self.store.layer(),
             ..Layer::default()
         }
     }

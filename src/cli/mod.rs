@@ -18,6 +18,7 @@ mod config_check;
 mod mirror_args;
 mod progress;
 mod serve;
+mod store_args;
 mod warm;
 
 use std::process::ExitCode;

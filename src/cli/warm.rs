@@ -60,7 +60,7 @@ async fn warm_all(
     reporter: &Reporter,
     out: &mut dyn Write,
 ) -> Result<(), CommandError> {
-    let warmer = Warmer::new(config).map_err(|e| CommandError::Failed(e.to_string()))?;
+    let warmer = Warmer::new(config).map_err(CommandError::Failed)?;
     for host in refs.iter().map(|r| &r.host).collect::<HashSet<_>>() {
         if !config.is_registry(host) {
             eprintln!(

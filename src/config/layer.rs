@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 use crate::config::Limits;
 use crate::config::MirrorLayer;
+use crate::config::StoreLayer;
 use crate::config::canonical_registry;
 use crate::config::{
     self, AccessPolicy, CacheBudget, CachePolicy, Config, ConnectTo, Credential, GlobText, HostPattern, HostPort,
@@ -151,6 +152,9 @@ pub struct Layer {
     /// `[[credentials]]`: upstream accounts.
     #[serde(default)]
     pub credentials: Vec<CredentialSection>,
+    /// `[store]`: where the cache lives (local disk, or an S3-compatible bucket).
+    #[serde(default)]
+    pub store: StoreLayer,
     /// `[mirror]`: the registry-mirror listener.
     #[serde(default)]
     pub mirror: MirrorLayer,
@@ -344,6 +348,7 @@ impl Layer {
             registries: cat(self.registries, lower.registries),
             credentials: cat(self.credentials, lower.credentials),
             mirror: self.mirror.over(lower.mirror),
+            store: self.store.over(lower.store),
         }
     }
 
@@ -452,6 +457,7 @@ impl Layer {
             }
         };
         let mirror = self.mirror.resolve(origin, !credentials.is_empty())?;
+        let store = self.store.resolve(origin)?;
         let tunnel_ports = self.tunnel_ports.unwrap_or_else(|| vec![443]);
         if tunnel_ports.contains(&0) {
             return Err(ConfigError::new(origin, "tunnel_ports", "0 is not a port"));
@@ -517,6 +523,7 @@ impl Layer {
             listener_tls,
             limits,
             mirror,
+            store,
         })
     }
 }

@@ -17,6 +17,7 @@ mod render;
 mod rpardini;
 mod settings;
 mod source;
+mod store;
 
 pub use host::{ConnectTo, HostPattern, HostPort, canonical_ip, canonical_registry};
 pub use layer::{
@@ -31,3 +32,4 @@ pub use settings::{
     NonRegistryPolicy, RegistryPolicy, TagTtlRule, Timeouts, UpstreamTls, parse_duration, parse_size,
 };
 pub use source::ConfigSource;
+pub use store::{S3Config, StoreConfig, StoreLayer};

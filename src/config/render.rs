@@ -149,6 +149,22 @@ pub fn render(config: &Config) -> String {
             let _ = writeln!(out, "repository = {}", q(&g.text));
         }
     }
+    if let crate::config::StoreConfig::S3(s3) = &config.store {
+        let _ = writeln!(out, "\n[store]\nurl = {}", q(&s3.url()));
+        if let Some(e) = &s3.endpoint {
+            let _ = writeln!(out, "endpoint = {}", q(e));
+        }
+        if let Some(r) = &s3.region {
+            let _ = writeln!(out, "region = {}", q(r));
+        }
+        let _ = writeln!(out, "path_style = {}\nallow_http = {}", s3.path_style, s3.allow_http);
+        if let Some(k) = &s3.access_key_id {
+            let _ = writeln!(out, "access_key_id = {}", q(k));
+        }
+        if s3.secret_access_key.is_some() {
+            let _ = writeln!(out, "secret_access_key = \"<redacted>\"");
+        }
+    }
     if let Some(m) = &config.mirror {
         let _ = writeln!(out, "\n[mirror]\nlisten = {}", q(&m.listen.to_string()));
         match &m.tls {

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::config::{ConnectTo, HostPattern, HostPort, Limits, MirrorConfig};
+use crate::config::{ConnectTo, HostPattern, HostPort, Limits, MirrorConfig, StoreConfig};
 
 /// Registry hosts intercepted (and later cached) with no configuration at all.
 ///
@@ -74,6 +74,8 @@ pub struct Config {
     pub limits: Limits,
     /// The registry-mirror listener, if one is configured.
     pub mirror: Option<MirrorConfig>,
+    /// Where the cache lives.
+    pub store: StoreConfig,
 }
 
 /// Who may use the proxy, and where non-registry tunnels may go.

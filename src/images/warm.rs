@@ -33,9 +33,9 @@ use crate::registry::manifest::{
     self, Descriptor, MANIFEST_ACCEPT, MAX_MANIFEST, Manifest, ManifestError, PlatformFilter,
 };
 use crate::registry::{Algorithm, Digest, ImageRef, Reference};
-use crate::store::{Store, StoreError};
+use crate::store::StoreError;
 use crate::telemetry::Metrics;
-use crate::upstream::{Requester, UpstreamAuth, UpstreamClient, UpstreamSetupError};
+use crate::upstream::{Requester, UpstreamAuth, UpstreamClient};
 
 /// Blobs of one image fetched at once.
 const BLOB_JOBS: usize = 4;
@@ -126,12 +126,13 @@ impl Warmer {
     /// A warmer for `config`'s data directory, upstream settings and accounts (as `serve`).
     ///
     /// # Errors
-    /// If an upstream CA bundle is unusable.
-    pub fn new(config: &Config) -> Result<Self, UpstreamSetupError> {
+    /// If an upstream CA bundle is unusable, or the store's settings make no client.
+    pub fn new(config: &Config) -> Result<Self, String> {
+        let store = crate::cache::open_store(&config.store, &config.data_dir).map_err(|e| format!("store: {e}"))?;
         Ok(Self {
-            store: Records::new(Store::local(config.data_dir.join("cache"))),
+            store: Records::new(store),
             // A one-shot command: its upstream requests are counted nowhere.
-            upstream: UpstreamClient::new(config, Arc::new(Metrics::new()))?,
+            upstream: UpstreamClient::new(config, Arc::new(Metrics::new())).map_err(|e| e.to_string())?,
             auth: Arc::new(UpstreamAuth::new(config.credentials.clone())),
             idle: config.timeouts.upstream_response,
         })

@@ -1,7 +1,7 @@
 //! Content-addressed storage: blobs and manifest bytes by digest ([`BlobStore`]), small keyed
 //! records beside them ([`EntryIndex`]), and the spool every blob is written through
-//! ([`BlobWriter`]). The local disk (a cacache directory, [`LocalStore`]) is the first backend;
-//! a shared object store can be another, behind the same two traits.
+//! ([`BlobWriter`]). Two backends sit behind the same two traits: the local disk (a cacache
+//! directory, [`LocalStore`]) and an S3-compatible bucket shared by replicas ([`S3Store`]).
 //!
 //! Owns: where bytes live, how they are written so that nothing unverified is ever visible
 //! under a digest (spooled, hashed while they stream, committed only when length and digest
@@ -10,11 +10,12 @@
 //!
 //! Must not: know what a record means (tags, manifests and repository records are the cache's
 //! keys, see `cache::records`), talk to upstream, or count metrics (callers count what they
-//! stored, from [`Committed`]). cacache appears only in this folder.
+//! stored, from [`Committed`]). cacache and object_store appear only in this folder.
 //!
-//! May import: `registry` (digests), `clock`.
+//! May import: `registry` (digests), `config` (the bucket's settings), `clock`.
 
 mod local;
+mod s3;
 mod spool;
 
 use std::fmt;
@@ -30,6 +31,7 @@ use futures_util::Stream;
 use crate::registry::Digest;
 
 pub use local::LocalStore;
+pub use s3::S3Store;
 pub use spool::{BlobWriter, READ_CHUNK, SpoolFiles, read_at};
 
 /// Store failures. None of them fails a pull: callers fall back to passing through.
@@ -296,6 +298,18 @@ impl Store {
             blobs: local.clone(),
             index: local,
         }
+    }
+
+    /// The S3-compatible bucket store (no request made yet).
+    ///
+    /// # Errors
+    /// If the options do not make a client.
+    pub fn s3(options: crate::config::S3Config, spool_dir: PathBuf) -> Result<Self, StoreError> {
+        let s3 = S3Store::new(options, spool_dir)?;
+        Ok(Self {
+            blobs: s3.clone(),
+            index: s3,
+        })
     }
 
     /// Content by digest.

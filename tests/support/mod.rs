@@ -17,6 +17,7 @@ pub mod image;
 pub mod pebble;
 pub mod regcache;
 pub mod registry;
+pub mod seaweed;
 pub mod skopeo;
 pub mod token;
 pub mod world;

@@ -10,7 +10,6 @@ use crate::cli::args::{CommandError, ExportArgs};
 use crate::config::ConfigError;
 use crate::images::{Exporter, LayoutError};
 use crate::registry::ImageRef;
-use crate::store::Store;
 
 /// A runtime for copying: two threads, so that reading the store and writing the layout
 /// overlap.
@@ -31,7 +30,9 @@ pub(super) fn layout_runtime() -> Result<tokio::runtime::Runtime, CommandError> 
 pub(super) fn run(args: &ExportArgs) -> Result<(), CommandError> {
     let config = args.serve.source().load()?.config;
     crate::cli::progress::init_tracing();
-    let store = Records::new(Store::local(config.data_dir.join("cache")));
+    let store = Records::new(
+        crate::cache::open_store(&config.store, &config.data_dir).map_err(|e| CommandError::Failed(e.to_string()))?,
+    );
     let mut exporter = Exporter::create(store, &args.to).map_err(|e| match e {
         LayoutError::Layout { reason, .. } => CommandError::Usage(ConfigError::new(
             "command line",

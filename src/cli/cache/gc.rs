@@ -6,7 +6,6 @@ use std::sync::Arc;
 use super::{CacheCliError, runtime};
 use crate::cache::Evictor;
 use crate::cli::args::GcArgs;
-use crate::store::Store;
 use crate::telemetry::Metrics;
 
 /// `regcache cache gc`: one eviction pass now, beside a server or not.
@@ -17,7 +16,8 @@ pub(super) fn run(args: &GcArgs) -> Result<(), CacheCliError> {
         .load()
         .map_err(|e| CacheCliError::Usage(e.to_string()))?
         .config;
-    let store = Store::local(config.data_dir.join("cache"));
+    let store =
+        crate::cache::open_store(&config.store, &config.data_dir).map_err(|e| CacheCliError::Failed(e.to_string()))?;
     // This process cannot see a running server's readers: recently used content is kept; its
     // evictions are counted nowhere (a one-shot command).
     let evictor = Evictor::with_guard(store.clone(), config.budget, args.keep_recent, Arc::new(Metrics::new()));

@@ -8,7 +8,6 @@ use super::export::layout_runtime;
 use crate::cache::Records;
 use crate::cli::args::{CommandError, ImportArgs};
 use crate::images::{INDEX_FILE, Importer, LayoutError};
-use crate::store::Store;
 
 /// `regcache cache import DIR`: verifies the whole layout, then records it; one line per image
 /// and a summary on standard output.
@@ -19,7 +18,9 @@ use crate::store::Store;
 pub(super) fn run(args: &ImportArgs) -> Result<(), CommandError> {
     let config = args.serve.source().load()?.config;
     crate::cli::progress::init_tracing();
-    let store = Records::new(Store::local(config.data_dir.join("cache")));
+    let store = Records::new(
+        crate::cache::open_store(&config.store, &config.data_dir).map_err(|e| CommandError::Failed(e.to_string()))?,
+    );
     let reporter = crate::cli::progress::Reporter::new();
     let mut importer = Importer::new(store, &args.dir);
     let refused = |e: LayoutError| CommandError::Failed(format!("import refused, nothing recorded: {e}"));

@@ -1,7 +1,7 @@
 //! `regcache cache ls`: cached images, one per line (or the JSON of `GET /_regcache/cache`).
 
+use crate::cli::args::DataDirArg;
 use std::io::Write as _;
-use std::path::Path;
 
 use super::{CacheCliError, ago, human_size, read};
 use crate::catalog::{ImageFilter, ImageSummary};
@@ -11,14 +11,14 @@ use crate::catalog::{ImageFilter, ImageSummary};
 /// # Errors
 /// A bad filter (usage), or a store that cannot be read.
 pub(super) fn run(
-    data_dir: &Path,
+    data: &DataDirArg,
     registry: Option<&str>,
     repo: Option<&str>,
     json: bool,
 ) -> Result<(), CacheCliError> {
     let mut out = std::io::stdout().lock();
     let filter = ImageFilter::new(registry, repo).map_err(CacheCliError::Usage)?;
-    let images = read(data_dir)?.images(&filter);
+    let images = read(data)?.images(&filter);
     if json {
         writeln!(out, "{}", serde_json::to_string_pretty(&images)?)?;
     } else {

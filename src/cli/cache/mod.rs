@@ -12,10 +12,8 @@ mod rm;
 mod stats;
 mod verify;
 
-use std::path::Path;
-
 use crate::catalog::{Inventory, InventoryError};
-use crate::cli::args::{CacheCommand, CommandError};
+use crate::cli::args::{CacheCommand, CommandError, DataDirArg};
 use crate::store::Store;
 
 /// Why a `cache` command failed.
@@ -65,15 +63,15 @@ impl From<serde_json::Error> for CacheCliError {
 /// store cannot be read or changed, nothing matched a `rm`, or `verify` left corruption.
 pub fn run(cmd: CacheCommand) -> Result<(), CacheCliError> {
     match cmd {
-        CacheCommand::Stats { data, json } => stats::run(&data.data_dir, json),
+        CacheCommand::Stats { data, json } => stats::run(&data, json),
         CacheCommand::Ls {
             data,
             registry,
             repo,
             json,
-        } => ls::run(&data.data_dir, registry.as_deref(), repo.as_deref(), json),
-        CacheCommand::Rm { data, references, json } => rm::run(&data.data_dir, &references, json),
-        CacheCommand::Verify { data, repair, json } => verify::run(&data.data_dir, repair, json),
+        } => ls::run(&data, registry.as_deref(), repo.as_deref(), json),
+        CacheCommand::Rm { data, references, json } => rm::run(&data, &references, json),
+        CacheCommand::Verify { data, repair, json } => verify::run(&data, repair, json),
         CacheCommand::Gc(args) => gc::run(&args),
         CacheCommand::Export(args) => Ok(export::run(&args)?),
         CacheCommand::Import(args) => Ok(import::run(&args)?),
@@ -88,21 +86,30 @@ fn runtime() -> Result<tokio::runtime::Runtime, CacheCliError> {
         .map_err(|e| CacheCliError::Failed(format!("cannot start the async runtime: {e}")))
 }
 
-/// The store of `data_dir`, once `data_dir` is known to exist (a typo must not look like an
-/// empty cache).
-fn store(data_dir: &Path) -> Result<Store, CacheCliError> {
-    if !data_dir.is_dir() {
+/// The store the flags name: `DIR/cache` once `DIR` is known to exist (a typo must not look
+/// like an empty cache), or the bucket.
+fn store(data: &DataDirArg) -> Result<Store, CacheCliError> {
+    let config = data
+        .store
+        .layer()
+        .resolve("flags")
+        .map_err(|e| CacheCliError::Usage(e.to_string()))?;
+    if config == crate::config::StoreConfig::Local && !data.data_dir.is_dir() {
         return Err(CacheCliError::Failed(
-            InventoryError::NoDataDir(data_dir.to_path_buf()).to_string(),
+            InventoryError::NoDataDir(data.data_dir.clone()).to_string(),
         ));
     }
-    Ok(Store::local(data_dir.join("cache")))
+    // Inside the runtime: the bucket store starts its purge-mark watch there.
+    runtime()?
+        .block_on(async { crate::cache::open_store(&config, &data.data_dir) })
+        .map_err(|e| CacheCliError::Failed(e.to_string()))
 }
 
-/// A snapshot of the store of `data_dir`.
-fn read(data_dir: &Path) -> Result<Inventory, CacheCliError> {
+/// A snapshot of the store the flags name.
+fn read(data: &DataDirArg) -> Result<Inventory, CacheCliError> {
+    let store = store(data)?;
     runtime()?
-        .block_on(Inventory::read(data_dir))
+        .block_on(Inventory::read_store(&store))
         .map_err(|e| CacheCliError::Failed(e.to_string()))
 }
 

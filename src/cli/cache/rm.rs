@@ -1,7 +1,7 @@
 //! `regcache cache rm REF…`: purges, each reported (content other images use is kept).
 
+use crate::cli::args::DataDirArg;
 use std::io::Write as _;
-use std::path::Path;
 
 use super::{CacheCliError, human_size, runtime, store};
 use crate::catalog::{PurgeError, PurgeRef, PurgeReport, purge};
@@ -11,13 +11,13 @@ use crate::catalog::{PurgeError, PurgeRef, PurgeReport, purge};
 /// # Errors
 /// A malformed reference (usage, before anything is removed), or a reference that matched
 /// nothing or could not be fully removed (after the others were).
-pub(super) fn run(data_dir: &Path, references: &[String], json: bool) -> Result<(), CacheCliError> {
+pub(super) fn run(data: &DataDirArg, references: &[String], json: bool) -> Result<(), CacheCliError> {
     let mut out = std::io::stdout().lock();
     // Check every reference before removing anything.
     for r in references {
         r.parse::<PurgeRef>().map_err(CacheCliError::Usage)?;
     }
-    let store = store(data_dir)?;
+    let store = store(data)?;
     let runtime = runtime()?;
     let mut reports = Vec::new();
     let mut failures = Vec::new();

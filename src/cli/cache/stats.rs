@@ -1,7 +1,7 @@
 //! `regcache cache stats`: totals, per registry, and the data directory's free disk.
 
+use crate::cli::args::DataDirArg;
 use std::io::Write as _;
-use std::path::Path;
 
 use super::{CacheCliError, human_size, read};
 use crate::catalog::{CacheStats, disk_space};
@@ -10,10 +10,10 @@ use crate::catalog::{CacheStats, disk_space};
 ///
 /// # Errors
 /// If the store cannot be read.
-pub(super) fn run(data_dir: &Path, json: bool) -> Result<(), CacheCliError> {
+pub(super) fn run(data: &DataDirArg, json: bool) -> Result<(), CacheCliError> {
     let mut out = std::io::stdout().lock();
-    let inv = read(data_dir)?;
-    let stats = CacheStats::of(&inv, disk_space(data_dir));
+    let inv = read(data)?;
+    let stats = CacheStats::of(&inv, disk_space(&data.data_dir));
     if json {
         writeln!(out, "{}", serde_json::to_string_pretty(&stats)?)?;
     } else {

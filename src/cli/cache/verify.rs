@@ -1,8 +1,8 @@
 //! `regcache cache verify [--repair]`: every blob and manifest re-hashed; exit status 1 while
 //! corruption remains.
 
+use crate::cli::args::DataDirArg;
 use std::io::Write as _;
-use std::path::Path;
 
 use super::{CacheCliError, human_size, runtime, store};
 use crate::catalog::{VerifyReport, verify};
@@ -11,9 +11,9 @@ use crate::catalog::{VerifyReport, verify};
 ///
 /// # Errors
 /// If the store cannot be read, a repair failed, or corruption remains.
-pub(super) fn run(data_dir: &Path, repair: bool, json: bool) -> Result<(), CacheCliError> {
+pub(super) fn run(data: &DataDirArg, repair: bool, json: bool) -> Result<(), CacheCliError> {
     let mut out = std::io::stdout().lock();
-    let store = store(data_dir)?;
+    let store = store(data)?;
     let report = runtime()?
         .block_on(verify(&store, repair, |c| {
             if !json {

@@ -1,0 +1,47 @@
+//! Flags choosing the store (`--store`, `--store-*`), shared by `serve` and the `cache`
+//! commands that read it.
+
+use clap::Args;
+
+use crate::config::StoreLayer;
+
+/// Where the cache lives (`[store]` in the config file).
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Store")]
+pub struct StoreArgs {
+    /// The store: `local` (DATA_DIR/cache) or an S3-compatible bucket `s3://BUCKET[/PREFIX]`
+    /// shared by replicas; credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY
+    /// [default: local].
+    #[arg(long = "store", env = "REGCACHE_STORE", value_name = "URL")]
+    pub store_url: Option<String>,
+
+    /// S3 endpoint of a non-AWS server (MinIO, Ceph RGW, SeaweedFS).
+    #[arg(long = "store-endpoint", env = "REGCACHE_STORE_ENDPOINT", value_name = "URL")]
+    pub store_endpoint: Option<String>,
+
+    /// S3 region [default: us-east-1].
+    #[arg(long = "store-region", env = "REGCACHE_STORE_REGION", value_name = "REGION")]
+    pub store_region: Option<String>,
+
+    /// Path-style S3 requests (ENDPOINT/BUCKET/KEY), as MinIO and SeaweedFS want.
+    #[arg(long = "store-path-style", env = "REGCACHE_STORE_PATH_STYLE")]
+    pub store_path_style: bool,
+
+    /// Allow a plain-HTTP S3 endpoint (a server on loopback).
+    #[arg(long = "store-allow-http", env = "REGCACHE_STORE_ALLOW_HTTP")]
+    pub store_allow_http: bool,
+}
+
+impl StoreArgs {
+    /// What these flags set, as a configuration layer.
+    pub fn layer(&self) -> StoreLayer {
+        StoreLayer {
+            url: self.store_url.clone(),
+            endpoint: self.store_endpoint.clone(),
+            region: self.store_region.clone(),
+            path_style: self.store_path_style.then_some(true),
+            allow_http: self.store_allow_http.then_some(true),
+            ..StoreLayer::default()
+        }
+    }
+}

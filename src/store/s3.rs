@@ -1,0 +1,513 @@
+//! An S3-compatible bucket as the store (AWS S3, MinIO, Ceph RGW, SeaweedFS), through the
+//! `object_store` crate (SigV4, retries, multipart): one bucket shared by a fleet of replicas.
+//!
+//! Layout under the prefix: `blobs/<algorithm>/<hex>` (content, written only after the spool
+//! was verified, so nothing unverified is ever visible under a digest key — a multipart
+//! upload is invisible until completed), `index/<readable key start>+<hash>` (one small JSON
+//! object per record, replaced whole by each write: a reader sees the old record or the new
+//! one, never a mix) and `purge-mark` (rewritten by every purge; running replicas poll it).
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures_util::{StreamExt as _, TryStreamExt as _};
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as ObjectPath;
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt as _, PutPayload, WriteMultipart};
+use tokio::io::AsyncReadExt as _;
+
+use crate::config::S3Config;
+use crate::registry::Digest;
+use crate::store::{
+    Access, BlobInfo, BlobReader, BlobStore, Committed, Entry, EntryIndex, Listing, StoreError, VerifiedSpool,
+};
+
+/// Blobs up to this size are one PUT; larger ones a multipart upload of parts this size.
+const PART: usize = 8 * 1024 * 1024;
+/// Parts uploaded at once: memory for an upload stays under `PART * PARALLEL_PARTS`.
+const PARALLEL_PARTS: usize = 4;
+/// How often a running server re-reads the purge mark.
+const PURGE_POLL: Duration = Duration::from_secs(5);
+/// Bytes of an index object's readable name part (keys can be long: a tag's names its
+/// clients' Accept list; S3 allows 1024 bytes a key, SeaweedFS 255 a name).
+const READABLE: usize = 160;
+
+/// A client for the bucket: `AWS_*` variables first (as every S3 tool reads them), then the
+/// configured settings over them.
+fn client(options: &S3Config) -> Result<AmazonS3, StoreError> {
+    let mut b = AmazonS3Builder::from_env()
+        .with_bucket_name(&options.bucket)
+        .with_region(options.region.as_deref().unwrap_or("us-east-1"))
+        .with_virtual_hosted_style_request(!options.path_style)
+        .with_allow_http(options.allow_http);
+    if let Some(e) = &options.endpoint {
+        b = b.with_endpoint(e);
+    }
+    if let Some(k) = &options.access_key_id {
+        b = b.with_access_key_id(k);
+    }
+    if let Some(s) = &options.secret_access_key {
+        b = b.with_secret_access_key(s);
+    }
+    b.build()
+        .map_err(|e| StoreError::io(options.url(), io::Error::other(e)))
+}
+
+/// The bucket store: content and records.
+#[derive(Debug)]
+pub struct S3Store {
+    objects: AmazonS3,
+    options: S3Config,
+    /// Local directory for spools (blobs being downloaded are written here first).
+    spool_dir: PathBuf,
+    prefix: ObjectPath,
+    /// Changes when the purge mark object does (polled).
+    purge_seen: Arc<AtomicU64>,
+}
+
+impl S3Store {
+    /// A store on the bucket (no request is made yet); inside a runtime, a task polls the
+    /// purge mark while the store lives.
+    ///
+    /// # Errors
+    /// If the options do not make a client (a bad endpoint URL).
+    pub fn new(options: S3Config, spool_dir: PathBuf) -> Result<Arc<Self>, StoreError> {
+        let store = Arc::new(Self {
+            objects: client(&options)?,
+            prefix: ObjectPath::from(options.prefix.as_str()),
+            options,
+            spool_dir,
+            purge_seen: Arc::new(AtomicU64::new(0)),
+        });
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(poll_purge_mark(Arc::downgrade(&store)));
+        }
+        Ok(store)
+    }
+
+    fn blob_path(&self, digest: &Digest) -> ObjectPath {
+        self.prefix
+            .clone()
+            .join("blobs")
+            .join(digest.algorithm().as_str())
+            .join(digest.hex())
+    }
+
+    fn entry_path(&self, key: &str) -> ObjectPath {
+        use sha2::Digest as _;
+        let hash = sha2::Sha256::digest(key.as_bytes());
+        let hash: String = hash[..16].iter().map(|b| format!("{b:02x}")).collect();
+        self.prefix
+            .clone()
+            .join("index")
+            .join(format!("{}+{hash}", readable_part(key)))
+    }
+
+    fn purge_path(&self) -> ObjectPath {
+        self.prefix.clone().join("purge-mark")
+    }
+
+    fn err(&self, path: &ObjectPath, e: object_store::Error) -> StoreError {
+        StoreError::io(format!("s3://{}/{path}", self.options.bucket), io::Error::other(e))
+    }
+
+    /// Uploads the spool file to `path`: one PUT, or a multipart upload of bounded parts.
+    async fn upload(&self, path: &ObjectPath, spool: &VerifiedSpool) -> Result<(), StoreError> {
+        let local = |e| StoreError::io(&spool.path, e);
+        let mut file = tokio::fs::File::open(&spool.path).await.map_err(local)?;
+        if spool.len <= PART as u64 {
+            let mut buf = Vec::with_capacity(spool.len as usize);
+            file.read_to_end(&mut buf).await.map_err(local)?;
+            self.objects
+                .put(path, PutPayload::from(buf))
+                .await
+                .map_err(|e| self.err(path, e))?;
+            return Ok(());
+        }
+        let upload = self.objects.put_multipart(path).await.map_err(|e| self.err(path, e))?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART);
+        loop {
+            let mut chunk = bytes::BytesMut::with_capacity(PART);
+            while chunk.len() < PART {
+                if file.read_buf(&mut chunk).await.map_err(local)? == 0 {
+                    break;
+                }
+            }
+            if chunk.is_empty() {
+                break;
+            }
+            if let Err(e) = writer.wait_for_capacity(PARALLEL_PARTS).await {
+                let _ = writer.abort().await;
+                return Err(self.err(path, e));
+            }
+            writer.put(chunk.freeze());
+        }
+        writer.finish().await.map_err(|e| self.err(path, e))?;
+        Ok(())
+    }
+}
+
+/// The readable start of a key's object name: the key up to its first `#` (a tag key's Accept
+/// list follows it), bytes other than letters, digits, `.`, `-`, `_` written `=XX`, cut at
+/// [`READABLE`]. A key's prefix (up to a `#`) gives a prefix of its name, which `list` uses;
+/// the full key is in the record, and the hash after the name tells keys apart.
+fn readable_part(key: &str) -> String {
+    let head = key.split('#').next().unwrap_or(key);
+    let mut out = String::with_capacity(head.len().min(READABLE));
+    for b in head.bytes() {
+        if out.len() >= READABLE {
+            break;
+        }
+        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("={b:02X}"));
+        }
+    }
+    out.truncate(READABLE);
+    out
+}
+
+/// Keeps `purge_seen` in step with the purge mark object until the store is dropped.
+async fn poll_purge_mark(store: Weak<S3Store>) {
+    loop {
+        let Some(s) = store.upgrade() else {
+            return;
+        };
+        if let Ok(meta) = s.objects.head(&s.purge_path()).await {
+            let tag = meta.e_tag.unwrap_or_else(|| meta.last_modified.to_rfc3339());
+            s.purge_seen.store(fnv(tag.as_bytes()), Ordering::Relaxed);
+        }
+        drop(s);
+        tokio::time::sleep(PURGE_POLL).await;
+    }
+}
+
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// An object's `last_modified` (milliseconds since the epoch) as a `SystemTime`.
+fn system_time(unix_ms: i64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_millis(u64::try_from(unix_ms).unwrap_or(0))
+}
+
+fn not_found(e: &object_store::Error) -> bool {
+    matches!(e, object_store::Error::NotFound { .. })
+}
+
+#[async_trait::async_trait]
+impl BlobStore for S3Store {
+    fn spool_dir(&self) -> PathBuf {
+        self.spool_dir.clone()
+    }
+
+    fn describe(&self) -> String {
+        match &self.options.endpoint {
+            Some(e) => format!("{} at {e}", self.options.url()),
+            None => self.options.url(),
+        }
+    }
+
+    fn location(&self, digest: &Digest) -> String {
+        format!("s3://{}/{}", self.options.bucket, self.blob_path(digest))
+    }
+
+    async fn commit(&self, spool: VerifiedSpool) -> Result<Committed, StoreError> {
+        let path = self.blob_path(&spool.digest);
+        // Content-addressed: an object already there is this content (it was verified too).
+        let new = match self.objects.head(&path).await {
+            Ok(meta) if meta.size == spool.len => false,
+            Ok(_) => true,
+            Err(e) if not_found(&e) => true,
+            Err(e) => return Err(self.err(&path, e)),
+        };
+        if new {
+            self.upload(&path, &spool).await?;
+        }
+        // Readers that follow the download hold the spool file open: removing its name does
+        // not cut them short.
+        let _ = tokio::fs::remove_file(&spool.path).await;
+        Ok(Committed { len: spool.len, new })
+    }
+
+    async fn stat(&self, digest: &Digest) -> Option<u64> {
+        self.objects.head(&self.blob_path(digest)).await.ok().map(|m| m.size)
+    }
+
+    async fn open(
+        &self,
+        digest: &Digest,
+        start: u64,
+        len: Option<u64>,
+        _access: Access,
+    ) -> Result<Option<BlobReader>, StoreError> {
+        let path = self.blob_path(digest);
+        let head = match self.objects.head(&path).await {
+            Ok(m) => m,
+            Err(e) if not_found(&e) => return Ok(None),
+            Err(e) => return Err(self.err(&path, e)),
+        };
+        let total = head.size;
+        let end = len.map_or(total, |l| start.saturating_add(l).min(total));
+        if start >= end {
+            return Ok(Some(BlobReader {
+                total,
+                stream: Box::pin(futures_util::stream::empty()),
+            }));
+        }
+        let options = GetOptions {
+            range: Some(GetRange::Bounded(start..end)),
+            // The object named by a digest never changes; this guards against one deleted
+            // and written again between the HEAD and the GET.
+            if_match: head.e_tag.clone(),
+            ..GetOptions::default()
+        };
+        let got = match self.objects.get_opts(&path, options).await {
+            Ok(g) => g,
+            Err(e) if not_found(&e) => return Ok(None),
+            Err(e) => return Err(self.err(&path, e)),
+        };
+        let stream = got.into_stream().map_err(io::Error::other);
+        Ok(Some(BlobReader {
+            total,
+            stream: Box::pin(sync_wrapper::SyncStream::new(stream)),
+        }))
+    }
+
+    async fn read(&self, digest: &Digest, limit: u64, _access: Access) -> Result<Option<Bytes>, StoreError> {
+        let path = self.blob_path(digest);
+        let got = match self.objects.get(&path).await {
+            Ok(g) => g,
+            Err(e) if not_found(&e) => return Ok(None),
+            Err(e) => return Err(self.err(&path, e)),
+        };
+        if got.meta.size > limit {
+            return Err(StoreError::io(
+                self.location(digest),
+                io::Error::other(format!("{} bytes, over the {limit}-byte limit", got.meta.size)),
+            ));
+        }
+        got.bytes().await.map(Some).map_err(|e| self.err(&path, e))
+    }
+
+    async fn delete(&self, digest: &Digest, if_unchanged: Option<&BlobInfo>) -> Result<bool, StoreError> {
+        let path = self.blob_path(digest);
+        match self.objects.head(&path).await {
+            Ok(meta) => {
+                if let Some(expected) = if_unchanged
+                    && (meta.size != expected.len
+                        || system_time(meta.last_modified.timestamp_millis()) != expected.modified)
+                {
+                    return Ok(false);
+                }
+            }
+            Err(e) if not_found(&e) => return Ok(false),
+            Err(e) => return Err(self.err(&path, e)),
+        }
+        match self.objects.delete(&path).await {
+            Ok(()) => Ok(true),
+            Err(e) if not_found(&e) => Ok(false),
+            Err(e) => Err(self.err(&path, e)),
+        }
+    }
+
+    async fn list(&self) -> Result<Listing, StoreError> {
+        let root = self.prefix.clone().join("blobs");
+        let mut listing = Listing::default();
+        let mut objects = self.objects.list(Some(&root));
+        while let Some(meta) = objects.next().await {
+            let meta = meta.map_err(|e| self.err(&root, e))?;
+            let parts: Vec<_> = meta
+                .location
+                .prefix_match(&root)
+                .map(|p| p.collect())
+                .unwrap_or_default();
+            let digest = match parts.as_slice() {
+                [algo, hex] => format!("{}:{}", algo.as_ref(), hex.as_ref()).parse::<Digest>().ok(),
+                _ => None,
+            };
+            match digest {
+                Some(digest) => listing.blobs.push(BlobInfo {
+                    digest,
+                    len: meta.size,
+                    last_used: system_time(meta.last_modified.timestamp_millis()),
+                    modified: system_time(meta.last_modified.timestamp_millis()),
+                }),
+                None => listing.stray.push(meta.location.to_string()),
+            }
+        }
+        Ok(listing)
+    }
+
+    async fn touch(&self, _digests: Vec<Digest>) {
+        // Objects have no access time that a GET updates; eviction on the bucket goes by
+        // write time.
+    }
+
+    async fn free_space(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// One record as stored in its object.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredEntry {
+    key: String,
+    digest: Option<String>,
+    size: u64,
+    metadata: serde_json::Value,
+    written_ms: u64,
+}
+
+impl StoredEntry {
+    fn entry(self) -> Entry {
+        Entry {
+            key: self.key,
+            digest: self.digest.and_then(|d| d.parse().ok()),
+            size: self.size,
+            metadata: self.metadata,
+            written_ms: self.written_ms,
+        }
+    }
+}
+
+impl S3Store {
+    async fn entry_at(&self, path: &ObjectPath) -> Option<Entry> {
+        let bytes = self.objects.get(path).await.ok()?.bytes().await.ok()?;
+        serde_json::from_slice::<StoredEntry>(&bytes)
+            .ok()
+            .map(StoredEntry::entry)
+    }
+}
+
+#[async_trait::async_trait]
+impl EntryIndex for S3Store {
+    async fn get(&self, key: &str) -> Option<Entry> {
+        self.entry_at(&self.entry_path(key)).await
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        digest: Option<&Digest>,
+        size: u64,
+        metadata: serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let written_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let record = StoredEntry {
+            key: key.to_string(),
+            digest: digest.map(ToString::to_string),
+            size,
+            metadata,
+            written_ms,
+        };
+        let json = serde_json::to_vec(&record).map_err(|e| StoreError::Index(e.to_string()))?;
+        let path = self.entry_path(key);
+        self.objects
+            .put(&path, PutPayload::from(json))
+            .await
+            .map_err(|e| self.err(&path, e))?;
+        Ok(())
+    }
+
+    async fn remove(&self, key: &str) -> Result<(), StoreError> {
+        let path = self.entry_path(key);
+        match self.objects.delete(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if not_found(&e) => Ok(()),
+            Err(e) => Err(self.err(&path, e)),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+        let root = self.prefix.clone().join("index");
+        let wanted = readable_part(prefix);
+        let mut paths = Vec::new();
+        let mut objects = self.objects.list(Some(&root));
+        while let Some(meta) = objects.next().await {
+            let meta = meta.map_err(|e| StoreError::Index(e.to_string()))?;
+            if meta.location.filename().is_some_and(|name| name.starts_with(&wanted)) {
+                paths.push(meta.location);
+            }
+        }
+        let entries = futures_util::stream::iter(paths)
+            .map(|p| async move { self.entry_at(&p).await })
+            .buffer_unordered(16)
+            .filter_map(|e| async move { e.filter(|e| e.key.starts_with(prefix)) })
+            .collect::<Vec<_>>()
+            .await;
+        Ok(entries)
+    }
+
+    async fn footprint(&self) -> u64 {
+        let root = self.prefix.clone().join("index");
+        self.objects
+            .list(Some(&root))
+            .filter_map(|m| async move { m.ok().map(|m| m.size) })
+            .fold(0, |sum, s| async move { sum + s })
+            .await
+    }
+
+    fn announce_purge(&self, what: &str) -> Result<(), String> {
+        // Called from synchronous code (the CLI, the admin API): a client of its own on a
+        // thread of its own, so no runtime is blocked or needed.
+        let options = self.options.clone();
+        let path = self.purge_path();
+        let body = format!(
+            "{what} {}\n",
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        );
+        let put = std::thread::spawn(move || -> Result<(), String> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async move {
+                let client = client(&options).map_err(|e| e.to_string())?;
+                client
+                    .put(&path, PutPayload::from(body.into_bytes()))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })
+        });
+        put.join()
+            .map_err(|_| "the purge mark writer panicked".to_string())?
+            .map_err(|e| {
+                format!("running replicas learn of it only when their copies expire: cannot write the purge mark: {e}")
+            })
+    }
+
+    fn purge_mark(&self) -> u64 {
+        self.purge_seen.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_prefix_gives_a_name_prefix_and_names_stay_short() {
+        let accept = "application/vnd.oci.image.index.v1+json,".repeat(20);
+        let key = format!("tag/ghcr.io/org/app:1.0#{accept}");
+        let prefix = "tag/ghcr.io/org/app:1.0#";
+        assert!(readable_part(&key).starts_with(&readable_part(prefix)));
+        assert!(readable_part(&key).starts_with(&readable_part("tag/ghcr.io/")));
+        assert!(readable_part(&key).len() <= READABLE);
+        let long = format!("repo/{}", "a/".repeat(300));
+        assert!(readable_part(&long).starts_with(&readable_part("repo/a/a/")));
+        assert_eq!(readable_part("tag/x:1"), "tag=2Fx=3A1");
+    }
+}
