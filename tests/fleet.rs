@@ -5,9 +5,10 @@
 mod support;
 
 use std::path::Path;
+use std::time::Duration;
 
 use support::seaweed::{SECRET_KEY, Seaweed};
-use support::{PullWorld, Regcache, Registry, RegistryAuth, TestImage};
+use support::{Fault, FaultRegistry, PullWorld, Regcache, Registry, RegistryAuth, TestImage};
 
 /// A replica caching `ghcr.io` (mapped to `ghcr`) on the bucket's `prefix`.
 fn replica(w: &PullWorld, ghcr: &Registry, s3: &Seaweed, prefix: &str, data: &Path) -> Regcache {
@@ -103,5 +104,116 @@ async fn an_unreachable_bucket_passes_pulls_through() {
     assert!(
         ghcr.count_requests("GET", "/blobs/") >= 2 * image.blob_digests().len(),
         "each pull fetched from upstream: nothing could be cached"
+    );
+}
+
+/// `ghcr.io/org/app:1.0` on an in-process upstream whose first layer trickles (so downloads
+/// on several replicas overlap); returns the image and that layer's digest.
+fn slow_upstream(w: &PullWorld, layer: u64) -> (FaultRegistry, TestImage, String) {
+    let ghcr = FaultRegistry::new(&w.ca, &["ghcr.io"]);
+    let image = TestImage::generate(&[layer, 64 * 1024]);
+    for i in 0..image.layers.len() {
+        ghcr.put_blob(image.layer_bytes(i));
+    }
+    ghcr.put_blob(image.config.clone());
+    ghcr.put_manifest("org/app", Some("1.0"), image.media_type, image.manifest.clone());
+    let slow = image.layer_digests()[0].clone();
+    ghcr.set_fault(
+        &slow,
+        Fault::SlowBody {
+            chunk: 128 * 1024,
+            every: Duration::from_millis(100),
+        },
+    );
+    (ghcr, image, slow)
+}
+
+fn fleet_replica(w: &PullWorld, ghcr: &FaultRegistry, s3: &Seaweed, data: &Path, extra: &[&str]) -> Regcache {
+    let mut b = Regcache::builder()
+        .connect_to("ghcr.io:443", ghcr.addr())
+        .upstream_ca(&w.upstream_ca_file)
+        .data_dir(data)
+        .args(s3.store_args("fleet"))
+        .args(extra);
+    for (k, v) in s3.env() {
+        b = b.env(k, v);
+    }
+    b.start()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_pulls_on_three_replicas_fetch_each_blob_once() {
+    let w = PullWorld::new();
+    let s3 = Seaweed::start("regcache-once");
+    let (ghcr, image, slow) = slow_upstream(&w, 2 * 1024 * 1024);
+    let replicas: Vec<Regcache> = (0..3)
+        .map(|i| fleet_replica(&w, &ghcr, &s3, &w.tmp.path().join(format!("r{i}")), &[]))
+        .collect();
+    std::thread::scope(|s| {
+        for rc in &replicas {
+            let (w, image) = (&w, &image);
+            s.spawn(move || w.pull_through(rc, "docker://ghcr.io/org/app:1.0", None, image));
+        }
+    });
+    for digest in image.blob_digests() {
+        assert_eq!(
+            ghcr.count("GET", &format!("/blobs/{digest}")),
+            1,
+            "{digest} fetched from upstream once for the whole fleet"
+        );
+    }
+    let waited: usize = replicas
+        .iter()
+        .map(|rc| rc.logs().matches("another replica is downloading this blob").count())
+        .sum();
+    assert!(waited >= 1, "the slow layer ({slow}) was waited for, not fetched twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_mid_blob_is_taken_over_and_nothing_partial_is_served() {
+    let w = PullWorld::new();
+    let s3 = Seaweed::start("regcache-takeover");
+    // 4 MiB at 1.25 MiB/s: over 3 s.
+    let (ghcr, image, slow) = slow_upstream(&w, 4 * 1024 * 1024);
+    let ttl = ["--store-lease-ttl", "3s"];
+    let mut a = fleet_replica(&w, &ghcr, &s3, &w.tmp.path().join("a"), &ttl);
+    let b = fleet_replica(&w, &ghcr, &s3, &w.tmp.path().join("b"), &ttl);
+
+    // A starts the download (its client's pull will fail when A dies).
+    let cert_dir = support::cert_dir_with(w.tmp.path(), &[&a.ca_cert_pem()]);
+    let (proxy, dest) = (a.proxy_url(), w.tmp.path().join("pull-a"));
+    let doomed = std::thread::spawn(move || {
+        support::skopeo_copy(&proxy, &cert_dir, "docker://ghcr.io/org/app:1.0", &dest, None)
+    });
+    let started = support::poll_until(Duration::from_secs(30), || {
+        (ghcr.count("GET", &format!("/blobs/{slow}")) == 1).then_some(())
+    });
+    assert!(started.is_some(), "replica a never fetched the layer:\n{}", a.logs());
+
+    // B wants it too: it waits for A's claim; A dies mid-blob; B takes over.
+    std::thread::scope(|s| {
+        let pull = s.spawn(|| w.pull_through(&b, "docker://ghcr.io/org/app:1.0", None, &image));
+        std::thread::sleep(Duration::from_millis(700));
+        a.kill();
+        pull.join().expect("the pull through replica b");
+    });
+    let _ = doomed.join();
+    assert!(
+        b.logs().contains("took over a lapsed download lease"),
+        "b took the claim over:\n{}",
+        b.logs()
+    );
+    assert_eq!(
+        ghcr.count("GET", &format!("/blobs/{slow}")),
+        2,
+        "fetched again once, by the replica that took over"
+    );
+    // What the bucket holds is whole and right.
+    let out = cli(&s3, "fleet", &["cache", "verify"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
 }

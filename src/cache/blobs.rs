@@ -95,6 +95,22 @@ impl RegistryCache {
                             None => self.relay(ctx, Method::GET, Outcome::Bypass).await,
                         }
                     }
+                    Ok(Started::Committed) => {
+                        // Another replica fetched it, for its own client: this one must be
+                        // allowed to read it too.
+                        if let Some(refused) = self.authorize(ctx, Some(digest), false).await {
+                            return refused;
+                        }
+                        let total = self.store().blobs().stat(digest).await;
+                        match total {
+                            Some(total) => match blob_from_store(self.store(), &self.evictor, ctx, digest, total).await
+                            {
+                                Some(res) => (res, Outcome::Hit),
+                                None => self.relay(ctx, Method::GET, Outcome::Bypass).await,
+                            },
+                            None => self.relay(ctx, Method::GET, Outcome::Bypass).await,
+                        }
+                    }
                     Ok(Started::StoreUnavailable) => self.relay(ctx, Method::GET, Outcome::Bypass).await,
                     Ok(Started::Refused(res)) => passthrough(res, Outcome::Miss),
                     Ok(Started::Failed(e)) => error(e),

@@ -16,7 +16,7 @@ use crate::cache::eviction::Evictor;
 use crate::error::ProxyError;
 use crate::registry::Digest;
 use crate::registry::headers;
-use crate::store::{BlobWriter, Store};
+use crate::store::{BlobWriter, Claim, Lease, Store};
 use crate::telemetry::{BodyKind, Metrics};
 use crate::upstream::Requester;
 
@@ -24,6 +24,8 @@ use crate::upstream::Requester;
 pub(super) enum Started {
     /// Upstream answered 200; bytes are flowing into the download.
     Streaming,
+    /// Another replica on the same store downloaded it: it is in the store now.
+    Committed,
     /// The store cannot be written: fetch for yourself.
     StoreUnavailable,
     /// Upstream answered something else (401, 404, …): pass it on.
@@ -62,6 +64,31 @@ pub(super) async fn download_blob(job: DownloadJob) {
         digest,
         reply,
     } = job;
+    // Fleet-wide single flight: one replica sharing the store downloads, the others wait for
+    // its commit (a store of one process always grants the claim).
+    let _lease = match store.blobs().claim(&digest).await {
+        Ok(Claim::Won(lease) | Claim::TakenOver(lease)) => {
+            // Another replica may have committed it and released its claim since our miss.
+            if let Some(len) = store.blobs().stat(&digest).await {
+                handle.done(len);
+                let _ = reply.send(Started::Committed);
+                return;
+            }
+            lease
+        }
+        Ok(Claim::Held { holder, expires }) => match wait_for_holder(&store, &digest, &holder, expires).await {
+            Waited::Committed(len) => {
+                handle.done(len);
+                let _ = reply.send(Started::Committed);
+                return;
+            }
+            Waited::Claimed(lease) => lease,
+        },
+        Err(e) => {
+            tracing::warn!(%digest, error = %e, "no fleet download lease; downloading anyway");
+            Lease::none()
+        }
+    };
     let mut writer = match store.create_blob(&digest, None).await {
         Ok(w) => w,
         Err(e) => {
@@ -94,6 +121,52 @@ pub(super) async fn download_blob(job: DownloadJob) {
     run_download(handle, writer, res.into_body(), idle, digest, &metrics).await;
     drop(in_flight);
     evictor.added();
+}
+
+/// How waiting for another replica's download ended.
+enum Waited {
+    /// The blob is in the store, this long.
+    Committed(u64),
+    /// The holder gave up or died: this process holds the claim now.
+    Claimed(Lease),
+}
+
+/// How often a waiting replica looks for the committed blob, and re-reads the claim.
+const COMMIT_POLL: Duration = Duration::from_millis(200);
+const CLAIM_POLL: Duration = Duration::from_secs(1);
+
+/// Waits until the blob another replica (`holder`) is downloading is committed, or until its
+/// claim is released or lapses (then this process claims it, and downloads).
+async fn wait_for_holder(store: &Store, digest: &Digest, holder: &str, expires: std::time::SystemTime) -> Waited {
+    let lapses_in_s = expires
+        .duration_since(std::time::SystemTime::now())
+        .map_or(0, |d| d.as_secs());
+    tracing::info!(%digest, holder, lapses_in_s, "another replica is downloading this blob; waiting for it");
+    let mut last_claim = tokio::time::Instant::now();
+    loop {
+        if let Some(len) = store.blobs().stat(digest).await {
+            return Waited::Committed(len);
+        }
+        tokio::time::sleep(COMMIT_POLL).await;
+        if last_claim.elapsed() < CLAIM_POLL {
+            continue;
+        }
+        last_claim = tokio::time::Instant::now();
+        match store.blobs().claim(digest).await {
+            Ok(Claim::Won(lease) | Claim::TakenOver(lease)) => {
+                // Committed just before the holder released its claim?
+                if let Some(len) = store.blobs().stat(digest).await {
+                    return Waited::Committed(len);
+                }
+                return Waited::Claimed(lease);
+            }
+            Ok(Claim::Held { .. }) => {}
+            Err(e) => {
+                tracing::warn!(%digest, error = %e, "cannot read the fleet download lease; downloading");
+                return Waited::Claimed(Lease::none());
+            }
+        }
+    }
 }
 
 /// Streams the upstream body into the store, publishing progress to readers.

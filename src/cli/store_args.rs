@@ -3,7 +3,7 @@
 
 use clap::Args;
 
-use crate::config::StoreLayer;
+use crate::config::{DurationValue, Parsed, StoreLayer};
 
 /// Where the cache lives (`[store]` in the config file).
 #[derive(Debug, Clone, Default, Args)]
@@ -30,6 +30,11 @@ pub struct StoreArgs {
     /// Allow a plain-HTTP S3 endpoint (a server on loopback).
     #[arg(long = "store-allow-http", env = "REGCACHE_STORE_ALLOW_HTTP")]
     pub store_allow_http: bool,
+
+    /// How long a replica's claim to download a blob lasts unless renewed: how soon another
+    /// replica takes over a download whose replica died [default: 30s].
+    #[arg(long = "store-lease-ttl", env = "REGCACHE_STORE_LEASE_TTL", value_name = "DURATION")]
+    pub store_lease_ttl: Option<DurationValue>,
 }
 
 impl StoreArgs {
@@ -41,6 +46,7 @@ impl StoreArgs {
             region: self.store_region.clone(),
             path_style: self.store_path_style.then_some(true),
             allow_http: self.store_allow_http.then_some(true),
+            lease_ttl: self.store_lease_ttl.map(Parsed),
             ..StoreLayer::default()
         }
     }

@@ -157,7 +157,13 @@ pub fn render(config: &Config) -> String {
         if let Some(r) = &s3.region {
             let _ = writeln!(out, "region = {}", q(r));
         }
-        let _ = writeln!(out, "path_style = {}\nallow_http = {}", s3.path_style, s3.allow_http);
+        let _ = writeln!(
+            out,
+            "path_style = {}\nallow_http = {}\nlease_ttl = {}",
+            s3.path_style,
+            s3.allow_http,
+            dur(s3.lease_ttl)
+        );
         if let Some(k) = &s3.access_key_id {
             let _ = writeln!(out, "access_key_id = {}", q(k));
         }

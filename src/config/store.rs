@@ -2,10 +2,14 @@
 //! default), or an S3-compatible bucket shared by a fleet of replicas.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+use crate::config::{ConfigError, DurationValue, Parsed};
+
+/// A download lease lasts this long unless renewed (every third of it).
+const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
 
 /// The store, resolved.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -36,6 +40,9 @@ pub struct S3Config {
     pub access_key_id: Option<String>,
     /// Secret key (else `AWS_SECRET_ACCESS_KEY`).
     pub secret_access_key: Option<String>,
+    /// How long a download lease lasts unless renewed: how soon another replica takes over
+    /// a blob whose downloader died.
+    pub lease_ttl: Duration,
 }
 
 impl std::fmt::Debug for S3Config {
@@ -52,6 +59,7 @@ impl std::fmt::Debug for S3Config {
                 "secret_access_key",
                 &self.secret_access_key.as_ref().map(|_| "<redacted>"),
             )
+            .field("lease_ttl", &self.lease_ttl)
             .finish()
     }
 }
@@ -88,6 +96,8 @@ pub struct StoreLayer {
     pub secret_access_key_file: Option<PathBuf>,
     /// `secret_access_key_env = "REGCACHE_S3_SECRET"`
     pub secret_access_key_env: Option<String>,
+    /// `lease_ttl = "30s"`
+    pub lease_ttl: Option<Parsed<DurationValue>>,
 }
 
 impl StoreLayer {
@@ -103,6 +113,7 @@ impl StoreLayer {
             access_key_id_env: self.access_key_id_env.or(lower.access_key_id_env),
             secret_access_key_file: self.secret_access_key_file.or(lower.secret_access_key_file),
             secret_access_key_env: self.secret_access_key_env.or(lower.secret_access_key_env),
+            lease_ttl: self.lease_ttl.or(lower.lease_ttl),
         }
     }
 
@@ -124,6 +135,7 @@ impl StoreLayer {
                 ("access_key_id_env", self.access_key_id_env.is_some()),
                 ("secret_access_key_file", self.secret_access_key_file.is_some()),
                 ("secret_access_key_env", self.secret_access_key_env.is_some()),
+                ("lease_ttl", self.lease_ttl.is_some()),
             ];
             return match set.iter().find(|(_, on)| *on) {
                 Some((key, _)) => Err(err(
@@ -196,6 +208,13 @@ impl StoreLayer {
             (None, Some(var)) => Some(env("secret_access_key_env", &var)?),
             (None, None) => None,
         };
+        let lease_ttl = self.lease_ttl.map_or(DEFAULT_LEASE_TTL, |d| d.0.0);
+        if lease_ttl < Duration::from_secs(3) {
+            return Err(err(
+                "lease_ttl",
+                "expected at least 3s (it is renewed every third of it)".into(),
+            ));
+        }
         Ok(StoreConfig::S3(S3Config {
             bucket: bucket.to_string(),
             prefix: prefix.to_string(),
@@ -205,6 +224,7 @@ impl StoreLayer {
             allow_http,
             access_key_id,
             secret_access_key,
+            lease_ttl,
         }))
     }
 }
@@ -263,6 +283,7 @@ mod tests {
             allow_http: false,
             access_key_id: Some("id".into()),
             secret_access_key: Some("hunter2".into()),
+            lease_ttl: DEFAULT_LEASE_TTL,
         };
         assert!(!format!("{c:?}").contains("hunter2"));
     }

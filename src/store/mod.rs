@@ -16,6 +16,7 @@
 
 mod local;
 mod s3;
+mod s3_lease;
 mod spool;
 
 use std::fmt;
@@ -211,6 +212,15 @@ pub trait BlobStore: Send + Sync + fmt::Debug + 'static {
     /// Room left for the store, where it is bounded by a filesystem; `None` when unknown.
     async fn free_space(&self) -> Option<u64>;
 
+    /// Claims the right to download `digest` for every process sharing this store (fleet-wide
+    /// single flight). A store only one process uses has nothing to claim: always won.
+    ///
+    /// # Errors
+    /// If the claim cannot be made or read (callers then download as if they had won).
+    async fn claim(&self, _digest: &Digest) -> Result<Claim, StoreError> {
+        Ok(Claim::Won(Lease::none()))
+    }
+
     /// Blobs stored and their total size. By default, from [`BlobStore::list`].
     ///
     /// # Errors
@@ -218,6 +228,55 @@ pub trait BlobStore: Send + Sync + fmt::Debug + 'static {
     async fn usage(&self) -> Result<(u64, u64), StoreError> {
         let listing = self.list().await?;
         Ok((listing.blobs.len() as u64, listing.blobs.iter().map(|b| b.len).sum()))
+    }
+}
+
+/// The outcome of [`BlobStore::claim`].
+#[derive(Debug)]
+pub enum Claim {
+    /// This process downloads it; keep the lease until the blob is committed or given up.
+    Won(Lease),
+    /// This process took over the claim of one that stopped renewing it (it died mid-blob).
+    TakenOver(Lease),
+    /// Another process is downloading it.
+    Held {
+        /// Who holds it (`host:pid`), for logs.
+        holder: String,
+        /// When its claim lapses unless renewed.
+        expires: SystemTime,
+    },
+}
+
+/// A held claim: renewed in the background while it lives, released when dropped.
+pub struct Lease {
+    release: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl Lease {
+    /// A claim with nothing behind it (a store one process uses).
+    pub fn none() -> Self {
+        Self { release: None }
+    }
+
+    /// A claim that `release` gives back.
+    pub fn new(release: impl FnOnce() + Send + Sync + 'static) -> Self {
+        Self {
+            release: Some(Box::new(release)),
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(release) = self.release.take() {
+            release();
+        }
+    }
+}
+
+impl fmt::Debug for Lease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lease").field("held", &self.release.is_some()).finish()
     }
 }
 

@@ -60,11 +60,11 @@ fn client(options: &S3Config) -> Result<AmazonS3, StoreError> {
 /// The bucket store: content and records.
 #[derive(Debug)]
 pub struct S3Store {
-    objects: AmazonS3,
-    options: S3Config,
+    pub(super) objects: AmazonS3,
+    pub(super) options: S3Config,
     /// Local directory for spools (blobs being downloaded are written here first).
     spool_dir: PathBuf,
-    prefix: ObjectPath,
+    pub(super) prefix: ObjectPath,
     /// Changes when the purge mark object does (polled).
     purge_seen: Arc<AtomicU64>,
 }
@@ -111,7 +111,7 @@ impl S3Store {
         self.prefix.clone().join("purge-mark")
     }
 
-    fn err(&self, path: &ObjectPath, e: object_store::Error) -> StoreError {
+    pub(super) fn err(&self, path: &ObjectPath, e: object_store::Error) -> StoreError {
         StoreError::io(format!("s3://{}/{path}", self.options.bucket), io::Error::other(e))
     }
 
@@ -353,6 +353,10 @@ impl BlobStore for S3Store {
 
     async fn free_space(&self) -> Option<u64> {
         None
+    }
+
+    async fn claim(&self, digest: &Digest) -> Result<crate::store::Claim, StoreError> {
+        self.claim_blob(digest).await
     }
 }
 

@@ -1,0 +1,144 @@
+//! Fleet-wide single flight on the bucket: before a replica downloads a blob it creates
+//! `leases/<algorithm>/<hex>` with a create-only PUT (`If-None-Match: *`); one replica wins,
+//! the others see who holds it and until when. The holder rewrites the lease every third of
+//! its life; a lease not renewed (its holder died mid-blob) is taken over with a PUT that
+//! succeeds only if the lease is still the one read (`If-Match`), so two replicas never both
+//! take it. The lease is deleted when the holder commits the blob or gives up.
+
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
+
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore as _, ObjectStoreExt as _, PutMode, PutOptions, PutPayload, UpdateVersion};
+
+use crate::registry::Digest;
+use crate::store::s3::S3Store;
+use crate::store::{Claim, Lease, StoreError};
+
+/// What a lease object holds.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LeaseRecord {
+    holder: String,
+    expires_ms: u64,
+}
+
+/// This process, as lease holders are named: `host:pid:random`.
+fn holder_name() -> &'static str {
+    static NAME: OnceLock<String> = OnceLock::new();
+    NAME.get_or_init(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}:{}:{:08x}", host.trim(), std::process::id(), rand::random::<u32>())
+    })
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl S3Store {
+    fn lease_path(&self, digest: &Digest) -> ObjectPath {
+        self.prefix
+            .clone()
+            .join("leases")
+            .join(digest.algorithm().as_str())
+            .join(digest.hex())
+    }
+
+    /// [`crate::store::BlobStore::claim`] for the bucket.
+    pub(super) async fn claim_blob(&self, digest: &Digest) -> Result<Claim, StoreError> {
+        let path = self.lease_path(digest);
+        // A lease deleted between our failed create and our read: try again, a few times.
+        for _ in 0..3 {
+            let create = PutOptions {
+                mode: PutMode::Create,
+                ..PutOptions::default()
+            };
+            match self
+                .objects
+                .put_opts(&path, self_body(self.options.lease_ttl), create)
+                .await
+            {
+                Ok(_) => return Ok(Claim::Won(self.hold(path))),
+                Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {}
+                Err(e) => return Err(self.err(&path, e)),
+            }
+            let got = match self.objects.get(&path).await {
+                Ok(g) => g,
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(self.err(&path, e)),
+            };
+            let version = UpdateVersion {
+                e_tag: got.meta.e_tag.clone(),
+                version: got.meta.version.clone(),
+            };
+            let bytes = got.bytes().await.map_err(|e| self.err(&path, e))?;
+            let record: Option<LeaseRecord> = serde_json::from_slice(&bytes).ok();
+            let expires_ms = record.as_ref().map_or(0, |r| r.expires_ms);
+            if expires_ms > unix_ms(SystemTime::now()) {
+                return Ok(Claim::Held {
+                    holder: record.map_or_else(String::new, |r| r.holder),
+                    expires: SystemTime::UNIX_EPOCH + Duration::from_millis(expires_ms),
+                });
+            }
+            // Lapsed: its holder stopped renewing it. Take it over if nobody did meanwhile.
+            let take = PutOptions {
+                mode: PutMode::Update(version),
+                ..PutOptions::default()
+            };
+            match self
+                .objects
+                .put_opts(&path, self_body(self.options.lease_ttl), take)
+                .await
+            {
+                Ok(_) => {
+                    tracing::warn!(
+                        %digest,
+                        from = record.as_ref().map_or("", |r| r.holder.as_str()),
+                        "took over a lapsed download lease (its holder stopped mid-blob)"
+                    );
+                    return Ok(Claim::TakenOver(self.hold(path)));
+                }
+                Err(object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(self.err(&path, e)),
+            }
+        }
+        Err(StoreError::Index(format!("the download lease {path} keeps changing")))
+    }
+
+    /// A held lease: renewed every third of its life by a task, deleted on release.
+    fn hold(&self, path: ObjectPath) -> Lease {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return Lease::none();
+        };
+        let objects = self.objects.clone();
+        let every = self.options.lease_ttl / 3;
+        let ttl = self.options.lease_ttl;
+        let renew = {
+            let (objects, path) = (objects.clone(), path.clone());
+            rt.spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    if let Err(e) = objects.put(&path, self_body(ttl)).await {
+                        tracing::warn!(lease = %path, error = %e, "cannot renew a download lease");
+                    }
+                }
+            })
+        };
+        Lease::new(move || {
+            renew.abort();
+            rt.spawn(async move {
+                let _ = objects.delete(&path).await;
+            });
+        })
+    }
+}
+
+/// A lease record of this process, valid for `ttl` from now.
+fn self_body(ttl: Duration) -> PutPayload {
+    let record = LeaseRecord {
+        holder: holder_name().to_string(),
+        expires_ms: unix_ms(SystemTime::now() + ttl),
+    };
+    PutPayload::from(serde_json::to_vec(&record).unwrap_or_default())
+}
