@@ -217,3 +217,46 @@ async fn a_replica_killed_mid_blob_is_taken_over_and_nothing_partial_is_served()
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_tier_serves_hits_and_rides_out_a_bucket_outage() {
+    let w = PullWorld::new();
+    let mut s3 = Seaweed::start("regcache-tier");
+    let ghcr = Registry::start(&w.ca, &["ghcr.io"], RegistryAuth::None);
+    let image = TestImage::generate(&[1024 * 1024, 200 * 1024]);
+    support::push(&ghcr.url(), "org/app", "1.0", &image, None, &w.ca.cert_pem())
+        .await
+        .unwrap();
+    let data = w.tmp.path().join("data");
+    let mut b = Regcache::builder()
+        .connect_to("ghcr.io:443", ghcr.addr())
+        .upstream_ca(&w.upstream_ca_file)
+        .data_dir(&data)
+        .args(s3.store_args("tiered"))
+        .args(["--store-local-cache-size", "64MiB"]);
+    for (k, v) in s3.env() {
+        b = b.env(k, v);
+    }
+    let rc = b.start();
+    w.pull_through(&rc, "docker://ghcr.io/org/app:1.0", None, &image);
+    let blob_gets = ghcr.count_requests("GET", "/blobs/");
+    for digest in image.blob_digests() {
+        let file = data.join("tier").join(digest.replace(':', "-"));
+        assert!(file.is_file(), "{digest} kept in the local tier");
+        let key = format!("tiered/blobs/{}", digest.replace(':', "/"));
+        assert!(s3.keys("tiered/blobs/").contains(&key), "and in the bucket");
+    }
+
+    // The bucket goes away: the blobs the tier holds are still hits.
+    s3.stop();
+    w.pull_through(&rc, "docker://ghcr.io/org/app:1.0", None, &image);
+    assert_eq!(ghcr.count_requests("GET", "/blobs/"), blob_gets, "no upstream blob GET");
+    for digest in image.blob_digests() {
+        let hits = rc
+            .logs()
+            .lines()
+            .filter(|l| l.contains(&format!("/blobs/{digest}")) && l.contains("cache=\"hit\""))
+            .count();
+        assert!(hits >= 1, "{digest} served from the tier:\n{}", rc.logs());
+    }
+}

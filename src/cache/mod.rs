@@ -60,14 +60,15 @@ use single_flight::SingleFlight;
 use tags::{Revalidation, TagMemo};
 
 /// The store `config` names: `data_dir/cache` on the local disk, or the bucket (its spools
-/// under `data_dir/spool`, on the local disk like every download's).
+/// under `data_dir/spool`, on the local disk like every download's, its local tier under
+/// `data_dir/tier`).
 ///
 /// # Errors
 /// If the bucket's settings do not make a client.
 pub fn open_store(config: &crate::config::StoreConfig, data_dir: &std::path::Path) -> Result<Store, StoreError> {
     match config {
         crate::config::StoreConfig::Local => Ok(Store::local(data_dir.join("cache"))),
-        crate::config::StoreConfig::S3(s3) => Store::s3(s3.clone(), data_dir.join("spool")),
+        crate::config::StoreConfig::S3(s3) => Store::s3(s3.clone(), data_dir.join("spool"), data_dir.join("tier")),
     }
 }
 

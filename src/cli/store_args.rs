@@ -3,7 +3,7 @@
 
 use clap::Args;
 
-use crate::config::{DurationValue, Parsed, StoreLayer};
+use crate::config::{DurationValue, Parsed, SizeValue, StoreLayer};
 
 /// Where the cache lives (`[store]` in the config file).
 #[derive(Debug, Clone, Default, Args)]
@@ -35,6 +35,15 @@ pub struct StoreArgs {
     /// replica takes over a download whose replica died [default: 30s].
     #[arg(long = "store-lease-ttl", env = "REGCACHE_STORE_LEASE_TTL", value_name = "DURATION")]
     pub store_lease_ttl: Option<DurationValue>,
+
+    /// A local disk tier of this size in front of the bucket (DATA_DIR/tier, least recently
+    /// used dropped first): hits cost no bucket transfer [default: none].
+    #[arg(
+        long = "store-local-cache-size",
+        env = "REGCACHE_STORE_LOCAL_CACHE_SIZE",
+        value_name = "SIZE"
+    )]
+    pub store_local_cache_size: Option<SizeValue>,
 }
 
 impl StoreArgs {
@@ -47,6 +56,7 @@ impl StoreArgs {
             path_style: self.store_path_style.then_some(true),
             allow_http: self.store_allow_http.then_some(true),
             lease_ttl: self.store_lease_ttl.map(Parsed),
+            local_cache_size: self.store_local_cache_size.map(Parsed),
             ..StoreLayer::default()
         }
     }

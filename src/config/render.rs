@@ -167,6 +167,9 @@ pub fn render(config: &Config) -> String {
         if let Some(k) = &s3.access_key_id {
             let _ = writeln!(out, "access_key_id = {}", q(k));
         }
+        if let Some(n) = s3.local_cache_size {
+            let _ = writeln!(out, "local_cache_size = {}", q(&format_size(n)));
+        }
         if s3.secret_access_key.is_some() {
             let _ = writeln!(out, "secret_access_key = \"<redacted>\"");
         }

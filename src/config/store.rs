@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{ConfigError, DurationValue, Parsed};
+use crate::config::{ConfigError, DurationValue, Parsed, SizeValue};
 
 /// A download lease lasts this long unless renewed (every third of it).
 const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
@@ -43,6 +43,8 @@ pub struct S3Config {
     /// How long a download lease lasts unless renewed: how soon another replica takes over
     /// a blob whose downloader died.
     pub lease_ttl: Duration,
+    /// Bytes of the local disk tier in front of the bucket (`None`: no tier).
+    pub local_cache_size: Option<u64>,
 }
 
 impl std::fmt::Debug for S3Config {
@@ -60,6 +62,7 @@ impl std::fmt::Debug for S3Config {
                 &self.secret_access_key.as_ref().map(|_| "<redacted>"),
             )
             .field("lease_ttl", &self.lease_ttl)
+            .field("local_cache_size", &self.local_cache_size)
             .finish()
     }
 }
@@ -98,6 +101,8 @@ pub struct StoreLayer {
     pub secret_access_key_env: Option<String>,
     /// `lease_ttl = "30s"`
     pub lease_ttl: Option<Parsed<DurationValue>>,
+    /// `local_cache_size = "20GiB"`: a local disk tier in front of the bucket.
+    pub local_cache_size: Option<Parsed<SizeValue>>,
 }
 
 impl StoreLayer {
@@ -114,6 +119,7 @@ impl StoreLayer {
             secret_access_key_file: self.secret_access_key_file.or(lower.secret_access_key_file),
             secret_access_key_env: self.secret_access_key_env.or(lower.secret_access_key_env),
             lease_ttl: self.lease_ttl.or(lower.lease_ttl),
+            local_cache_size: self.local_cache_size.or(lower.local_cache_size),
         }
     }
 
@@ -136,6 +142,7 @@ impl StoreLayer {
                 ("secret_access_key_file", self.secret_access_key_file.is_some()),
                 ("secret_access_key_env", self.secret_access_key_env.is_some()),
                 ("lease_ttl", self.lease_ttl.is_some()),
+                ("local_cache_size", self.local_cache_size.is_some()),
             ];
             return match set.iter().find(|(_, on)| *on) {
                 Some((key, _)) => Err(err(
@@ -225,6 +232,7 @@ impl StoreLayer {
             access_key_id,
             secret_access_key,
             lease_ttl,
+            local_cache_size: self.local_cache_size.map(|s| s.0.0),
         }))
     }
 }
@@ -284,6 +292,7 @@ mod tests {
             access_key_id: Some("id".into()),
             secret_access_key: Some("hunter2".into()),
             lease_ttl: DEFAULT_LEASE_TTL,
+            local_cache_size: None,
         };
         assert!(!format!("{c:?}").contains("hunter2"));
     }

@@ -18,6 +18,7 @@ mod local;
 mod s3;
 mod s3_lease;
 mod spool;
+mod tier;
 
 use std::fmt;
 use std::io;
@@ -359,12 +360,13 @@ impl Store {
         }
     }
 
-    /// The S3-compatible bucket store (no request made yet).
+    /// The S3-compatible bucket store (no request made yet), with its local disk tier in
+    /// `tier_dir` when the options give it a size.
     ///
     /// # Errors
     /// If the options do not make a client.
-    pub fn s3(options: crate::config::S3Config, spool_dir: PathBuf) -> Result<Self, StoreError> {
-        let s3 = S3Store::new(options, spool_dir)?;
+    pub fn s3(options: crate::config::S3Config, spool_dir: PathBuf, tier_dir: PathBuf) -> Result<Self, StoreError> {
+        let s3 = S3Store::new(options, spool_dir, tier_dir)?;
         Ok(Self {
             blobs: s3.clone(),
             index: s3,

@@ -22,6 +22,8 @@ use tokio::io::AsyncReadExt as _;
 
 use crate::config::S3Config;
 use crate::registry::Digest;
+use crate::store::spool::file_stream;
+use crate::store::tier::DiskTier;
 use crate::store::{
     Access, BlobInfo, BlobReader, BlobStore, Committed, Entry, EntryIndex, Listing, StoreError, VerifiedSpool,
 };
@@ -64,6 +66,8 @@ pub struct S3Store {
     pub(super) options: S3Config,
     /// Local directory for spools (blobs being downloaded are written here first).
     spool_dir: PathBuf,
+    /// The local disk tier, when it has a size.
+    tier: Option<Arc<DiskTier>>,
     pub(super) prefix: ObjectPath,
     /// Changes when the purge mark object does (polled).
     purge_seen: Arc<AtomicU64>,
@@ -75,8 +79,13 @@ impl S3Store {
     ///
     /// # Errors
     /// If the options do not make a client (a bad endpoint URL).
-    pub fn new(options: S3Config, spool_dir: PathBuf) -> Result<Arc<Self>, StoreError> {
+    pub fn new(options: S3Config, spool_dir: PathBuf, tier_dir: PathBuf) -> Result<Arc<Self>, StoreError> {
+        let tier = options
+            .local_cache_size
+            .filter(|n| *n > 0)
+            .map(|n| Arc::new(DiskTier::new(tier_dir, n)));
         let store = Arc::new(Self {
+            tier,
             objects: client(&options)?,
             prefix: ObjectPath::from(options.prefix.as_str()),
             options,
@@ -231,14 +240,29 @@ impl BlobStore for S3Store {
         if new {
             self.upload(&path, &spool).await?;
         }
-        // Readers that follow the download hold the spool file open: removing its name does
-        // not cut them short.
-        let _ = tokio::fs::remove_file(&spool.path).await;
+        // Readers that follow the download hold the spool file open: moving or removing its
+        // name does not cut them short.
+        match &self.tier {
+            Some(tier) => tier.adopt(&spool.digest, &spool.path, spool.len).await,
+            None => {
+                let _ = tokio::fs::remove_file(&spool.path).await;
+            }
+        }
         Ok(Committed { len: spool.len, new })
     }
 
     async fn stat(&self, digest: &Digest) -> Option<u64> {
-        self.objects.head(&self.blob_path(digest)).await.ok().map(|m| m.size)
+        match self.objects.head(&self.blob_path(digest)).await {
+            Ok(m) => Some(m.size),
+            Err(e) if not_found(&e) => {
+                if let Some(tier) = &self.tier {
+                    tier.remove(digest).await;
+                }
+                None
+            }
+            // The bucket cannot say: what the tier holds is verified content, served on its own.
+            Err(_) => self.tier.as_ref().and_then(|t| t.len_of(digest)),
+        }
     }
 
     async fn open(
@@ -248,6 +272,15 @@ impl BlobStore for S3Store {
         len: Option<u64>,
         _access: Access,
     ) -> Result<Option<BlobReader>, StoreError> {
+        if let Some((file, total)) = self.tier.as_ref().and_then(|t| t.open(digest)) {
+            let len = len
+                .unwrap_or_else(|| total.saturating_sub(start))
+                .min(total.saturating_sub(start));
+            return Ok(Some(BlobReader {
+                total,
+                stream: Box::pin(file_stream(file, start, len)),
+            }));
+        }
         let path = self.blob_path(digest);
         let head = match self.objects.head(&path).await {
             Ok(m) => m,
@@ -255,6 +288,19 @@ impl BlobStore for S3Store {
             Err(e) => return Err(self.err(&path, e)),
         };
         let total = head.size;
+        if let Some(tier) = &self.tier
+            && start == 0
+            && len.is_none_or(|l| l >= total)
+        {
+            // A whole read: keep a copy for the next one (its own GET, verified on the way).
+            let (tier, objects, path, digest) = (tier.clone(), self.objects.clone(), path.clone(), digest.clone());
+            tokio::spawn(async move {
+                if let Ok(got) = objects.get(&path).await {
+                    tier.fill(digest, total, got.into_stream().map_err(io::Error::other))
+                        .await;
+                }
+            });
+        }
         let end = len.map_or(total, |l| start.saturating_add(l).min(total));
         if start >= end {
             return Ok(Some(BlobReader {
@@ -310,6 +356,9 @@ impl BlobStore for S3Store {
             }
             Err(e) if not_found(&e) => return Ok(false),
             Err(e) => return Err(self.err(&path, e)),
+        }
+        if let Some(tier) = &self.tier {
+            tier.remove(digest).await;
         }
         match self.objects.delete(&path).await {
             Ok(()) => Ok(true),
