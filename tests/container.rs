@@ -15,6 +15,30 @@ fn repo_file(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
+/// `docker-compose config` of the compose file `rel`: the effective configuration, after
+/// checking it is valid.
+fn compose_config(rel: &str) -> String {
+    let scratch = tempfile::tempdir().unwrap();
+    let out = Command::new("docker-compose")
+        .arg("--project-directory")
+        .arg(repo_file(rel).parent().unwrap())
+        .arg("-f")
+        .arg(repo_file(rel))
+        .arg("config")
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", scratch.path())
+        .output()
+        .expect("run docker-compose (Debian package docker-compose; tests/run.sh installs it)");
+    assert!(
+        out.status.success(),
+        "docker-compose config {rel}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The instructions of a Dockerfile stage: (keyword, arguments), continuation lines joined,
 /// comments dropped.
 type Instructions = Vec<(String, String)>;
@@ -136,25 +160,7 @@ fn dockerfile_builds_locked_release_and_runs_unprivileged() {
 
 #[test]
 fn docker_compose_config_is_valid_and_matches_the_image() {
-    let scratch = tempfile::tempdir().unwrap();
-    let out = Command::new("docker-compose")
-        .arg("--project-directory")
-        .arg(env!("CARGO_MANIFEST_DIR"))
-        .arg("-f")
-        .arg(repo_file("docker-compose.yml"))
-        .arg("config")
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .env("HOME", scratch.path())
-        .output()
-        .expect("run docker-compose (Debian package docker-compose; tests/run.sh installs it)");
-    let config = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "docker-compose config: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let config = compose_config("docker-compose.yml");
     for needle in [
         "regcache:",
         "published: 3128",
@@ -271,4 +277,34 @@ fn image_runtime_contract_replayed_with_the_binary_under_test() {
         report.contains("CA /var/lib/regcache/ca/ca.crt (generated)"),
         "{report}"
     );
+}
+
+#[test]
+fn the_fleet_compose_file_is_valid_and_shares_the_bucket_and_the_ca() {
+    let config = compose_config("deploy/fleet/docker-compose.yml");
+    for replica in ["replica-1", "replica-2", "replica-3"] {
+        assert!(config.contains(&format!("{replica}:")), "{replica} in:\n{config}");
+        assert!(
+            config.contains(&format!("{replica}-data:/var/lib/regcache/data:rw")),
+            "{replica} has its own data volume:\n{config}"
+        );
+    }
+    assert_eq!(
+        config.matches("regcache-ca:/var/lib/regcache/ca:ro").count(),
+        3,
+        "every replica reads the one CA:\n{config}"
+    );
+    assert_eq!(config.matches("REGCACHE_STORE: s3://regcache-cache/fleet").count(), 3);
+    assert!(
+        config.contains("service_completed_successfully"),
+        "replicas wait for ca-init"
+    );
+    let haproxy = std::fs::read_to_string(repo_file("deploy/fleet/haproxy.cfg")).unwrap();
+    for replica in ["replica-1:3128", "replica-2:3128", "replica-3:3128"] {
+        assert!(haproxy.contains(replica), "{replica} balanced:\n{haproxy}");
+    }
+    assert!(haproxy.contains("mode tcp") && haproxy.contains("balance roundrobin"));
+    // The fleet's S3 secret is the same on both sides.
+    let s3 = std::fs::read_to_string(repo_file("deploy/fleet/seaweedfs-s3.json")).unwrap();
+    assert!(s3.contains("change-me-regcache-secret") && config.contains("change-me-regcache-secret"));
 }

@@ -7,6 +7,7 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
+use support::haproxy::Haproxy;
 use support::seaweed::{SECRET_KEY, Seaweed};
 use support::{Fault, FaultRegistry, PullWorld, Regcache, Registry, RegistryAuth, TestImage};
 
@@ -259,4 +260,50 @@ async fn the_local_tier_serves_hits_and_rides_out_a_bucket_outage() {
             .count();
         assert!(hits >= 1, "{digest} served from the tier:\n{}", rc.logs());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_pulls_through_haproxy_over_three_replicas_fetch_each_blob_once() {
+    let w = PullWorld::new();
+    let s3 = Seaweed::start("regcache-haproxy");
+    let ghcr = Registry::start(&w.ca, &["ghcr.io"], RegistryAuth::None);
+    let mb = 1024 * 1024;
+    let image = TestImage::generate(&[64 * mb, 64 * mb, 48 * mb, 24 * mb]);
+    support::push(&ghcr.url(), "org/big", "1.0", &image, None, &w.ca.cert_pem())
+        .await
+        .unwrap();
+    // One CA for the fleet: the first replica makes it, the others load it.
+    let ca_dir = w.tmp.path().join("ca");
+    let start = |i: usize| {
+        let mut b = Regcache::builder()
+            .connect_to("ghcr.io:443", ghcr.addr())
+            .upstream_ca(&w.upstream_ca_file)
+            .data_dir(&w.tmp.path().join(format!("r{i}")))
+            .ca_dir(&ca_dir)
+            .args(s3.store_args("fleet"));
+        for (k, v) in s3.env() {
+            b = b.env(k, v);
+        }
+        b.start()
+    };
+    let replicas: Vec<Regcache> = (0..3).map(start).collect();
+    let lb = Haproxy::start(&replicas.iter().map(Regcache::addr).collect::<Vec<_>>());
+    std::thread::scope(|s| {
+        for _ in 0..16 {
+            let (w, image, lb, rc) = (&w, &image, &lb, &replicas[0]);
+            s.spawn(move || w.pull_via(&lb.proxy_url(), rc, "docker://ghcr.io/org/big:1.0", None, image));
+        }
+    });
+    for digest in image.blob_digests() {
+        assert_eq!(
+            ghcr.count_requests("GET", &format!("/blobs/{digest}")),
+            1,
+            "{digest}: one upstream GET for 16 pulls over 3 replicas"
+        );
+    }
+    let served: Vec<usize> = replicas
+        .iter()
+        .map(|rc| rc.logs().matches("/org/big/blobs/").count())
+        .collect();
+    assert!(served.iter().all(|n| *n > 0), "every replica served blobs: {served:?}");
 }

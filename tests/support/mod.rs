@@ -13,6 +13,7 @@
 pub mod ca;
 pub mod dockerd;
 pub mod fault_registry;
+pub mod haproxy;
 pub mod image;
 pub mod pebble;
 pub mod regcache;
