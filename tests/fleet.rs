@@ -24,6 +24,25 @@ fn replica(w: &PullWorld, ghcr: &Registry, s3: &Seaweed, prefix: &str, data: &Pa
     b.start()
 }
 
+/// `GET http://replica/path`: the body.
+async fn get(rc: &Regcache, path: &str) -> String {
+    reqwest::get(format!("{}{path}", rc.proxy_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of the metric line starting with `prefix` (0 when absent).
+fn metric(text: &str, prefix: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
 fn cli(s3: &Seaweed, prefix: &str, args: &[&str]) -> std::process::Output {
     let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     all.extend(s3.store_args(prefix));
@@ -99,7 +118,14 @@ async fn an_unreachable_bucket_passes_pulls_through() {
         .await
         .unwrap();
     let rc = replica(&w, &ghcr, &s3, "x", &w.tmp.path().join("data"));
+    let health = get(&rc, "/healthz").await;
+    assert!(
+        health.starts_with("ok\n") && health.contains("s3://regcache-gone/x") && health.contains(": reachable"),
+        "{health}"
+    );
     s3.stop();
+    let health = get(&rc, "/healthz").await;
+    assert!(health.starts_with("ok\n") && health.contains("unreachable"), "{health}");
     w.pull_through(&rc, "docker://ghcr.io/org/app:1.0", None, &image);
     w.pull_through(&rc, "docker://ghcr.io/org/app:1.0", None, &image);
     assert!(
@@ -163,11 +189,25 @@ async fn concurrent_pulls_on_three_replicas_fetch_each_blob_once() {
             "{digest} fetched from upstream once for the whole fleet"
         );
     }
-    let waited: usize = replicas
-        .iter()
-        .map(|rc| rc.logs().matches("another replica is downloading this blob").count())
-        .sum();
-    assert!(waited >= 1, "the slow layer ({slow}) was waited for, not fetched twice");
+    let (mut won, mut followed) = (0, 0);
+    for rc in &replicas {
+        let m = get(rc, "/metrics").await;
+        won += metric(&m, "regcache_fleet_leases_total{outcome=\"won\"}");
+        followed += metric(&m, "regcache_fleet_leases_total{outcome=\"followed\"}");
+        assert!(
+            metric(&m, "regcache_store_requests_total{op=\"head\",result=\"ok\"}") > 0,
+            "{m}"
+        );
+    }
+    assert_eq!(
+        won,
+        image.blob_digests().len() as u64,
+        "each blob's lease won once in the fleet"
+    );
+    assert!(
+        followed >= 1,
+        "a replica served another's download of the slow layer ({slow}) instead of fetching it"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,6 +243,12 @@ async fn a_replica_killed_mid_blob_is_taken_over_and_nothing_partial_is_served()
         b.logs().contains("took over a lapsed download lease"),
         "b took the claim over:\n{}",
         b.logs()
+    );
+    let m = get(&b, "/metrics").await;
+    assert_eq!(
+        metric(&m, "regcache_fleet_leases_total{outcome=\"taken_over\"}"),
+        1,
+        "{m}"
     );
     assert_eq!(
         ghcr.count("GET", &format!("/blobs/{slow}")),

@@ -26,6 +26,21 @@ use crate::telemetry::Metrics;
 
 pub use reload::RELOAD_PATH;
 
+/// `/healthz`: always `200 ok` while regcache serves — a store it cannot reach only makes
+/// pulls pass through uncached, which a balancer must not turn into an outage — with the
+/// store's state on the next line.
+async fn health(cache: &RegistryCache) -> Response<Body> {
+    let store = cache.store().blobs();
+    let line = match store.probe().await {
+        Ok(()) => format!("store {}: reachable", store.describe()),
+        Err(e) => format!(
+            "store {}: unreachable ({e}); pulls pass through uncached",
+            store.describe()
+        ),
+    };
+    crate::body::text(http::StatusCode::OK, format!("ok\n{line}\n"))
+}
+
 /// Re-reads the configuration and applies it (what SIGHUP does).
 #[async_trait::async_trait]
 pub trait Reload: Send + Sync {
@@ -60,6 +75,8 @@ impl AdminService {
             reload::respond(req, client, &*self.reload).await
         } else if cache_api::is_cache_path(path) {
             cache_api::respond(req, client, &self.cache).await
+        } else if path == "/healthz" && (req.method() == http::Method::GET || req.method() == http::Method::HEAD) {
+            health(&self.cache).await
         } else {
             self.endpoints.respond(req, &self.metrics)
         }

@@ -109,7 +109,11 @@ impl App {
         let metrics = Arc::new(Metrics::new());
         let gate = Arc::new(ArcSwap::from_pointee(ClientGate::build(&config.access)?));
         let upstream = UpstreamClient::new(&config, metrics.clone())?;
-        let store = crate::cache::open_store(&config.store, &config.data_dir)?;
+        let store = crate::cache::open_store(
+            &config.store,
+            &config.data_dir,
+            Arc::new(StoreRequests(metrics.clone())),
+        )?;
         let swept = store.spool_files().sweep_all();
         if swept > 0 {
             tracing::info!(files = swept, "removed partial downloads left by an earlier run");
@@ -277,6 +281,16 @@ fn spawn_usage_scan(store: Store, metrics: Arc<Metrics>) {
             Err(e) => tracing::warn!(error = %e, "cannot scan the store; cache size gauges start at 0"),
         }
     });
+}
+
+/// The shared store's requests, counted in the metrics.
+#[derive(Debug)]
+struct StoreRequests(Arc<Metrics>);
+
+impl crate::store::RequestCounter for StoreRequests {
+    fn request(&self, op: &'static str, ok: bool) {
+        self.0.store.request(op, ok);
+    }
 }
 
 /// The proxy's requests for regcache itself, answered by the admin endpoints.

@@ -17,7 +17,7 @@ use crate::error::ProxyError;
 use crate::registry::Digest;
 use crate::registry::headers;
 use crate::store::{BlobWriter, Claim, Lease, Store};
-use crate::telemetry::{BodyKind, Metrics};
+use crate::telemetry::{BodyKind, LeaseOutcome, Metrics};
 use crate::upstream::Requester;
 
 /// How a blob download began, told to the request that started it.
@@ -66,29 +66,34 @@ pub(super) async fn download_blob(job: DownloadJob) {
     } = job;
     // Fleet-wide single flight: one replica sharing the store downloads, the others wait for
     // its commit (a store of one process always grants the claim).
-    let _lease = match store.blobs().claim(&digest).await {
-        Ok(Claim::Won(lease) | Claim::TakenOver(lease)) => {
-            // Another replica may have committed it and released its claim since our miss.
-            if let Some(len) = store.blobs().stat(&digest).await {
-                handle.done(len);
-                let _ = reply.send(Started::Committed);
-                return;
-            }
-            lease
-        }
+    let (lease, outcome) = match store.blobs().claim(&digest).await {
+        Ok(Claim::Won(lease)) => (lease, LeaseOutcome::Won),
+        Ok(Claim::TakenOver(lease)) => (lease, LeaseOutcome::TakenOver),
         Ok(Claim::Held { holder, expires }) => match wait_for_holder(&store, &digest, &holder, expires).await {
             Waited::Committed(len) => {
+                metrics.store.lease(LeaseOutcome::Followed);
                 handle.done(len);
                 let _ = reply.send(Started::Committed);
                 return;
             }
-            Waited::Claimed(lease) => lease,
+            Waited::Claimed(claim) => claim,
         },
         Err(e) => {
             tracing::warn!(%digest, error = %e, "no fleet download lease; downloading anyway");
-            Lease::none()
+            (Lease::none(), LeaseOutcome::Won)
         }
     };
+    if lease.is_shared() {
+        // Another replica may have committed it and released its claim since our miss.
+        if let Some(len) = store.blobs().stat(&digest).await {
+            metrics.store.lease(LeaseOutcome::Followed);
+            handle.done(len);
+            let _ = reply.send(Started::Committed);
+            return;
+        }
+        metrics.store.lease(outcome);
+    }
+    let _lease = lease;
     let mut writer = match store.create_blob(&digest, None).await {
         Ok(w) => w,
         Err(e) => {
@@ -127,8 +132,8 @@ pub(super) async fn download_blob(job: DownloadJob) {
 enum Waited {
     /// The blob is in the store, this long.
     Committed(u64),
-    /// The holder gave up or died: this process holds the claim now.
-    Claimed(Lease),
+    /// The holder gave up or died: this process holds the claim now (won, or taken over).
+    Claimed((Lease, LeaseOutcome)),
 }
 
 /// How often a waiting replica looks for the committed blob, and re-reads the claim.
@@ -153,17 +158,12 @@ async fn wait_for_holder(store: &Store, digest: &Digest, holder: &str, expires: 
         }
         last_claim = tokio::time::Instant::now();
         match store.blobs().claim(digest).await {
-            Ok(Claim::Won(lease) | Claim::TakenOver(lease)) => {
-                // Committed just before the holder released its claim?
-                if let Some(len) = store.blobs().stat(digest).await {
-                    return Waited::Committed(len);
-                }
-                return Waited::Claimed(lease);
-            }
+            Ok(Claim::Won(lease)) => return Waited::Claimed((lease, LeaseOutcome::Won)),
+            Ok(Claim::TakenOver(lease)) => return Waited::Claimed((lease, LeaseOutcome::TakenOver)),
             Ok(Claim::Held { .. }) => {}
             Err(e) => {
                 tracing::warn!(%digest, error = %e, "cannot read the fleet download lease; downloading");
-                return Waited::Claimed(Lease::none());
+                return Waited::Claimed((Lease::none(), LeaseOutcome::Won));
             }
         }
     }

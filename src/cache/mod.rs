@@ -65,10 +65,16 @@ use tags::{Revalidation, TagMemo};
 ///
 /// # Errors
 /// If the bucket's settings do not make a client.
-pub fn open_store(config: &crate::config::StoreConfig, data_dir: &std::path::Path) -> Result<Store, StoreError> {
+pub fn open_store(
+    config: &crate::config::StoreConfig,
+    data_dir: &std::path::Path,
+    counter: Arc<dyn crate::store::RequestCounter>,
+) -> Result<Store, StoreError> {
     match config {
         crate::config::StoreConfig::Local => Ok(Store::local(data_dir.join("cache"))),
-        crate::config::StoreConfig::S3(s3) => Store::s3(s3.clone(), data_dir.join("spool"), data_dir.join("tier")),
+        crate::config::StoreConfig::S3(s3) => {
+            Store::s3(s3.clone(), data_dir.join("spool"), data_dir.join("tier"), counter)
+        }
     }
 }
 

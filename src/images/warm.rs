@@ -128,7 +128,12 @@ impl Warmer {
     /// # Errors
     /// If an upstream CA bundle is unusable, or the store's settings make no client.
     pub fn new(config: &Config) -> Result<Self, String> {
-        let store = crate::cache::open_store(&config.store, &config.data_dir).map_err(|e| format!("store: {e}"))?;
+        let store = crate::cache::open_store(
+            &config.store,
+            &config.data_dir,
+            std::sync::Arc::new(crate::store::NoCount),
+        )
+        .map_err(|e| format!("store: {e}"))?;
         Ok(Self {
             store: Records::new(store),
             // A one-shot command: its upstream requests are counted nowhere.

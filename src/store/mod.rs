@@ -222,6 +222,14 @@ pub trait BlobStore: Send + Sync + fmt::Debug + 'static {
         Ok(Claim::Won(Lease::none()))
     }
 
+    /// Whether the store answers (for `/healthz`): a remote store makes one cheap request.
+    ///
+    /// # Errors
+    /// Why it does not.
+    async fn probe(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Blobs stored and their total size. By default, from [`BlobStore::list`].
     ///
     /// # Errors
@@ -230,6 +238,22 @@ pub trait BlobStore: Send + Sync + fmt::Debug + 'static {
         let listing = self.list().await?;
         Ok((listing.blobs.len() as u64, listing.blobs.iter().map(|b| b.len).sum()))
     }
+}
+
+/// Counts a shared store's requests by operation and result; the store is handed one by
+/// whoever keeps the metrics (it never sees them itself).
+pub trait RequestCounter: Send + Sync + fmt::Debug {
+    /// One request of `op` (`head`, `get`, `put`, `delete`, `list`, `multipart`); `ok` unless
+    /// it failed (a missing object is an answer).
+    fn request(&self, op: &'static str, ok: bool);
+}
+
+/// Counts nothing (one-shot commands).
+#[derive(Debug)]
+pub struct NoCount;
+
+impl RequestCounter for NoCount {
+    fn request(&self, _op: &'static str, _ok: bool) {}
 }
 
 /// The outcome of [`BlobStore::claim`].
@@ -257,6 +281,11 @@ impl Lease {
     /// A claim with nothing behind it (a store one process uses).
     pub fn none() -> Self {
         Self { release: None }
+    }
+
+    /// Whether it stands for a claim other processes see (not [`Lease::none`]).
+    pub fn is_shared(&self) -> bool {
+        self.release.is_some()
     }
 
     /// A claim that `release` gives back.
@@ -365,8 +394,13 @@ impl Store {
     ///
     /// # Errors
     /// If the options do not make a client.
-    pub fn s3(options: crate::config::S3Config, spool_dir: PathBuf, tier_dir: PathBuf) -> Result<Self, StoreError> {
-        let s3 = S3Store::new(options, spool_dir, tier_dir)?;
+    pub fn s3(
+        options: crate::config::S3Config,
+        spool_dir: PathBuf,
+        tier_dir: PathBuf,
+        counter: Arc<dyn RequestCounter>,
+    ) -> Result<Self, StoreError> {
+        let s3 = S3Store::new(options, spool_dir, tier_dir, counter)?;
         Ok(Self {
             blobs: s3.clone(),
             index: s3,

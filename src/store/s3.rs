@@ -25,7 +25,8 @@ use crate::registry::Digest;
 use crate::store::spool::file_stream;
 use crate::store::tier::DiskTier;
 use crate::store::{
-    Access, BlobInfo, BlobReader, BlobStore, Committed, Entry, EntryIndex, Listing, StoreError, VerifiedSpool,
+    Access, BlobInfo, BlobReader, BlobStore, Committed, Entry, EntryIndex, Listing, RequestCounter, StoreError,
+    VerifiedSpool,
 };
 
 /// Blobs up to this size are one PUT; larger ones a multipart upload of parts this size.
@@ -68,6 +69,8 @@ pub struct S3Store {
     spool_dir: PathBuf,
     /// The local disk tier, when it has a size.
     tier: Option<Arc<DiskTier>>,
+    /// Counts requests to the bucket.
+    pub(super) counter: Arc<dyn RequestCounter>,
     pub(super) prefix: ObjectPath,
     /// Changes when the purge mark object does (polled).
     purge_seen: Arc<AtomicU64>,
@@ -79,13 +82,19 @@ impl S3Store {
     ///
     /// # Errors
     /// If the options do not make a client (a bad endpoint URL).
-    pub fn new(options: S3Config, spool_dir: PathBuf, tier_dir: PathBuf) -> Result<Arc<Self>, StoreError> {
+    pub fn new(
+        options: S3Config,
+        spool_dir: PathBuf,
+        tier_dir: PathBuf,
+        counter: Arc<dyn RequestCounter>,
+    ) -> Result<Arc<Self>, StoreError> {
         let tier = options
             .local_cache_size
             .filter(|n| *n > 0)
             .map(|n| Arc::new(DiskTier::new(tier_dir, n)));
         let store = Arc::new(Self {
             tier,
+            counter,
             objects: client(&options)?,
             prefix: ObjectPath::from(options.prefix.as_str()),
             options,
@@ -120,6 +129,13 @@ impl S3Store {
         self.prefix.clone().join("purge-mark")
     }
 
+    /// Counts a request's result (a missing object is an answer, not an error).
+    pub(super) fn counted<T>(&self, op: &'static str, r: object_store::Result<T>) -> object_store::Result<T> {
+        self.counter
+            .request(op, r.as_ref().is_ok_and(|_| true) || r.as_ref().is_err_and(not_found));
+        r
+    }
+
     pub(super) fn err(&self, path: &ObjectPath, e: object_store::Error) -> StoreError {
         StoreError::io(format!("s3://{}/{path}", self.options.bucket), io::Error::other(e))
     }
@@ -131,13 +147,14 @@ impl S3Store {
         if spool.len <= PART as u64 {
             let mut buf = Vec::with_capacity(spool.len as usize);
             file.read_to_end(&mut buf).await.map_err(local)?;
-            self.objects
-                .put(path, PutPayload::from(buf))
-                .await
-                .map_err(|e| self.err(path, e))?;
+            let put = self.objects.put(path, PutPayload::from(buf)).await;
+            let put = self.counted("put", put);
+            put.map_err(|e| self.err(path, e))?;
             return Ok(());
         }
-        let upload = self.objects.put_multipart(path).await.map_err(|e| self.err(path, e))?;
+        let upload = self
+            .counted("multipart", self.objects.put_multipart(path).await)
+            .map_err(|e| self.err(path, e))?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART);
         loop {
             let mut chunk = bytes::BytesMut::with_capacity(PART);
@@ -155,7 +172,8 @@ impl S3Store {
             }
             writer.put(chunk.freeze());
         }
-        writer.finish().await.map_err(|e| self.err(path, e))?;
+        let done = writer.finish().await;
+        self.counted("multipart", done).map_err(|e| self.err(path, e))?;
         Ok(())
     }
 }
@@ -231,7 +249,7 @@ impl BlobStore for S3Store {
     async fn commit(&self, spool: VerifiedSpool) -> Result<Committed, StoreError> {
         let path = self.blob_path(&spool.digest);
         // Content-addressed: an object already there is this content (it was verified too).
-        let new = match self.objects.head(&path).await {
+        let new = match self.counted("head", self.objects.head(&path).await) {
             Ok(meta) if meta.size == spool.len => false,
             Ok(_) => true,
             Err(e) if not_found(&e) => true,
@@ -252,7 +270,7 @@ impl BlobStore for S3Store {
     }
 
     async fn stat(&self, digest: &Digest) -> Option<u64> {
-        match self.objects.head(&self.blob_path(digest)).await {
+        match self.counted("head", self.objects.head(&self.blob_path(digest)).await) {
             Ok(m) => Some(m.size),
             Err(e) if not_found(&e) => {
                 if let Some(tier) = &self.tier {
@@ -282,7 +300,7 @@ impl BlobStore for S3Store {
             }));
         }
         let path = self.blob_path(digest);
-        let head = match self.objects.head(&path).await {
+        let head = match self.counted("head", self.objects.head(&path).await) {
             Ok(m) => m,
             Err(e) if not_found(&e) => return Ok(None),
             Err(e) => return Err(self.err(&path, e)),
@@ -315,7 +333,7 @@ impl BlobStore for S3Store {
             if_match: head.e_tag.clone(),
             ..GetOptions::default()
         };
-        let got = match self.objects.get_opts(&path, options).await {
+        let got = match self.counted("get", self.objects.get_opts(&path, options).await) {
             Ok(g) => g,
             Err(e) if not_found(&e) => return Ok(None),
             Err(e) => return Err(self.err(&path, e)),
@@ -329,7 +347,7 @@ impl BlobStore for S3Store {
 
     async fn read(&self, digest: &Digest, limit: u64, _access: Access) -> Result<Option<Bytes>, StoreError> {
         let path = self.blob_path(digest);
-        let got = match self.objects.get(&path).await {
+        let got = match self.counted("get", self.objects.get(&path).await) {
             Ok(g) => g,
             Err(e) if not_found(&e) => return Ok(None),
             Err(e) => return Err(self.err(&path, e)),
@@ -345,7 +363,7 @@ impl BlobStore for S3Store {
 
     async fn delete(&self, digest: &Digest, if_unchanged: Option<&BlobInfo>) -> Result<bool, StoreError> {
         let path = self.blob_path(digest);
-        match self.objects.head(&path).await {
+        match self.counted("head", self.objects.head(&path).await) {
             Ok(meta) => {
                 if let Some(expected) = if_unchanged
                     && (meta.size != expected.len
@@ -360,7 +378,7 @@ impl BlobStore for S3Store {
         if let Some(tier) = &self.tier {
             tier.remove(digest).await;
         }
-        match self.objects.delete(&path).await {
+        match self.counted("delete", self.objects.delete(&path).await) {
             Ok(()) => Ok(true),
             Err(e) if not_found(&e) => Ok(false),
             Err(e) => Err(self.err(&path, e)),
@@ -370,9 +388,10 @@ impl BlobStore for S3Store {
     async fn list(&self) -> Result<Listing, StoreError> {
         let root = self.prefix.clone().join("blobs");
         let mut listing = Listing::default();
+        self.counter.request("list", true);
         let mut objects = self.objects.list(Some(&root));
         while let Some(meta) = objects.next().await {
-            let meta = meta.map_err(|e| self.err(&root, e))?;
+            let meta = self.counted("list", meta).map_err(|e| self.err(&root, e))?;
             let parts: Vec<_> = meta
                 .location
                 .prefix_match(&root)
@@ -404,6 +423,15 @@ impl BlobStore for S3Store {
         None
     }
 
+    async fn probe(&self) -> Result<(), StoreError> {
+        let path = self.purge_path();
+        match self.counted("head", self.objects.head(&path).await) {
+            Ok(_) => Ok(()),
+            Err(e) if not_found(&e) => Ok(()),
+            Err(e) => Err(self.err(&path, e)),
+        }
+    }
+
     async fn claim(&self, digest: &Digest) -> Result<crate::store::Claim, StoreError> {
         self.claim_blob(digest).await
     }
@@ -433,7 +461,12 @@ impl StoredEntry {
 
 impl S3Store {
     async fn entry_at(&self, path: &ObjectPath) -> Option<Entry> {
-        let bytes = self.objects.get(path).await.ok()?.bytes().await.ok()?;
+        let bytes = self
+            .counted("get", self.objects.get(path).await)
+            .ok()?
+            .bytes()
+            .await
+            .ok()?;
         serde_json::from_slice::<StoredEntry>(&bytes)
             .ok()
             .map(StoredEntry::entry)
@@ -465,16 +498,14 @@ impl EntryIndex for S3Store {
         };
         let json = serde_json::to_vec(&record).map_err(|e| StoreError::Index(e.to_string()))?;
         let path = self.entry_path(key);
-        self.objects
-            .put(&path, PutPayload::from(json))
-            .await
-            .map_err(|e| self.err(&path, e))?;
+        let put = self.objects.put(&path, PutPayload::from(json)).await;
+        self.counted("put", put).map_err(|e| self.err(&path, e))?;
         Ok(())
     }
 
     async fn remove(&self, key: &str) -> Result<(), StoreError> {
         let path = self.entry_path(key);
-        match self.objects.delete(&path).await {
+        match self.counted("delete", self.objects.delete(&path).await) {
             Ok(()) => Ok(()),
             Err(e) if not_found(&e) => Ok(()),
             Err(e) => Err(self.err(&path, e)),
@@ -485,6 +516,7 @@ impl EntryIndex for S3Store {
         let root = self.prefix.clone().join("index");
         let wanted = readable_part(prefix);
         let mut paths = Vec::new();
+        self.counter.request("list", true);
         let mut objects = self.objects.list(Some(&root));
         while let Some(meta) = objects.next().await {
             let meta = meta.map_err(|e| StoreError::Index(e.to_string()))?;

@@ -54,16 +54,18 @@ impl S3Store {
                 mode: PutMode::Create,
                 ..PutOptions::default()
             };
-            match self
+            let created = self
                 .objects
                 .put_opts(&path, self_body(self.options.lease_ttl), create)
-                .await
-            {
+                .await;
+            // Losing the race is an answer, not a failed request.
+            self.counter.request("put", !matches!(&created, Err(e) if !conflict(e)));
+            match created {
                 Ok(_) => return Ok(Claim::Won(self.hold(path))),
                 Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {}
                 Err(e) => return Err(self.err(&path, e)),
             }
-            let got = match self.objects.get(&path).await {
+            let got = match self.counted("get", self.objects.get(&path).await) {
                 Ok(g) => g,
                 Err(object_store::Error::NotFound { .. }) => continue,
                 Err(e) => return Err(self.err(&path, e)),
@@ -86,11 +88,12 @@ impl S3Store {
                 mode: PutMode::Update(version),
                 ..PutOptions::default()
             };
-            match self
+            let taken = self
                 .objects
                 .put_opts(&path, self_body(self.options.lease_ttl), take)
-                .await
-            {
+                .await;
+            self.counter.request("put", !matches!(&taken, Err(e) if !conflict(e)));
+            match taken {
                 Ok(_) => {
                     tracing::warn!(
                         %digest,
@@ -132,6 +135,16 @@ impl S3Store {
             });
         })
     }
+}
+
+/// A conditional PUT that lost: the object exists, or changed since it was read.
+fn conflict(e: &object_store::Error) -> bool {
+    matches!(
+        e,
+        object_store::Error::AlreadyExists { .. }
+            | object_store::Error::Precondition { .. }
+            | object_store::Error::NotFound { .. }
+    )
 }
 
 /// A lease record of this process, valid for `ttl` from now.

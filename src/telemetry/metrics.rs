@@ -152,6 +152,8 @@ pub struct Metrics {
     tls_handshakes: Counter,
     tls_errors: Family<ReasonLabels, Counter>,
     top_images: TopImages,
+    /// The shared store's requests and leases.
+    pub store: super::StoreMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -262,6 +264,7 @@ impl Metrics {
                 reason: reason.as_str(),
             });
         }
+        let store = super::StoreMetrics::register(&mut r);
         let start_time = Gauge::<i64>::default();
         start_time.set(unix_seconds(SystemTime::now()));
         r.register_with_unit(
@@ -296,6 +299,7 @@ impl Metrics {
             tls_handshakes,
             tls_errors,
             top_images: TopImages::new(TOP_IMAGES_CAPACITY),
+            store,
         }
     }
 

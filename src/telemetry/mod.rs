@@ -11,11 +11,13 @@
 
 mod access_log;
 mod metrics;
+mod store_metrics;
 mod top_images;
 
 pub use access_log::{AccessRecord, Listener, LoggedBody, Outcome};
 #[cfg(test)]
 pub use metrics::OUTCOMES;
 pub use metrics::{BodyKind, CONTENT_TYPE, Metrics, Snapshot, TlsFailure};
+pub use store_metrics::{LeaseOutcome, StoreMetrics};
 #[cfg(test)]
 pub use top_images::ImageCount;

@@ -31,7 +31,12 @@ pub(super) fn run(args: &ExportArgs) -> Result<(), CommandError> {
     let config = args.serve.source().load()?.config;
     crate::cli::progress::init_tracing();
     let store = Records::new(
-        crate::cache::open_store(&config.store, &config.data_dir).map_err(|e| CommandError::Failed(e.to_string()))?,
+        crate::cache::open_store(
+            &config.store,
+            &config.data_dir,
+            std::sync::Arc::new(crate::store::NoCount),
+        )
+        .map_err(|e| CommandError::Failed(e.to_string()))?,
     );
     let mut exporter = Exporter::create(store, &args.to).map_err(|e| match e {
         LayoutError::Layout { reason, .. } => CommandError::Usage(ConfigError::new(

@@ -16,8 +16,12 @@ pub(super) fn run(args: &GcArgs) -> Result<(), CacheCliError> {
         .load()
         .map_err(|e| CacheCliError::Usage(e.to_string()))?
         .config;
-    let store =
-        crate::cache::open_store(&config.store, &config.data_dir).map_err(|e| CacheCliError::Failed(e.to_string()))?;
+    let store = crate::cache::open_store(
+        &config.store,
+        &config.data_dir,
+        std::sync::Arc::new(crate::store::NoCount),
+    )
+    .map_err(|e| CacheCliError::Failed(e.to_string()))?;
     // This process cannot see a running server's readers: recently used content is kept; its
     // evictions are counted nowhere (a one-shot command).
     let evictor = Evictor::with_guard(store.clone(), config.budget, args.keep_recent, Arc::new(Metrics::new()));

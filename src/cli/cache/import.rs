@@ -19,7 +19,12 @@ pub(super) fn run(args: &ImportArgs) -> Result<(), CommandError> {
     let config = args.serve.source().load()?.config;
     crate::cli::progress::init_tracing();
     let store = Records::new(
-        crate::cache::open_store(&config.store, &config.data_dir).map_err(|e| CommandError::Failed(e.to_string()))?,
+        crate::cache::open_store(
+            &config.store,
+            &config.data_dir,
+            std::sync::Arc::new(crate::store::NoCount),
+        )
+        .map_err(|e| CommandError::Failed(e.to_string()))?,
     );
     let reporter = crate::cli::progress::Reporter::new();
     let mut importer = Importer::new(store, &args.dir);

@@ -101,7 +101,9 @@ fn store(data: &DataDirArg) -> Result<Store, CacheCliError> {
     }
     // Inside the runtime: the bucket store starts its purge-mark watch there.
     runtime()?
-        .block_on(async { crate::cache::open_store(&config, &data.data_dir) })
+        .block_on(async {
+            crate::cache::open_store(&config, &data.data_dir, std::sync::Arc::new(crate::store::NoCount))
+        })
         .map_err(|e| CacheCliError::Failed(e.to_string()))
 }
 
