@@ -240,7 +240,7 @@ async fn a_replica_killed_mid_blob_is_taken_over_and_nothing_partial_is_served()
     });
     let _ = doomed.join();
     assert!(
-        b.logs().contains("took over a lapsed download lease"),
+        b.logs().contains("took over a lapsed lease"),
         "b took the claim over:\n{}",
         b.logs()
     );
@@ -352,4 +352,55 @@ async fn sixteen_pulls_through_haproxy_over_three_replicas_fetch_each_blob_once(
         .map(|rc| rc.logs().matches("/org/big/blobs/").count())
         .collect();
     assert!(served.iter().all(|n| *n > 0), "every replica served blobs: {served:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_at_a_time_evicts_from_the_bucket() {
+    let w = PullWorld::new();
+    let s3 = Seaweed::start("regcache-evict");
+    let ghcr = Registry::start(&w.ca, &["ghcr.io"], RegistryAuth::None);
+    let image = TestImage::generate(&[1024 * 1024, 1024 * 1024, 1024 * 1024]);
+    support::push(&ghcr.url(), "org/app", "1.0", &image, None, &w.ca.cert_pem())
+        .await
+        .unwrap();
+    let data = w.tmp.path().join("data");
+    let rc = replica(&w, &ghcr, &s3, "fleet", &data);
+    w.pull_through(&rc, "docker://ghcr.io/org/app:1.0", None, &image);
+    let before = s3.keys("fleet/blobs/").len();
+    assert!(before >= 4, "config and three layers in the bucket");
+    let data_arg = data.to_str().unwrap();
+    let gc = [
+        "cache",
+        "gc",
+        "--data-dir",
+        data_arg,
+        "--max-size",
+        "1500KiB",
+        "--keep-recent",
+        "0s",
+    ];
+
+    // Another replica holds the eviction lease: this one leaves the bucket alone.
+    let lease = serde_json::json!({"holder": "other:1:0", "expires_ms": 4_102_444_800_000u64}).to_string();
+    s3.put("fleet/leases/evictor", &lease);
+    let out = cli(&s3, "fleet", &gc);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success() && text.contains("another replica is evicting"),
+        "{text}"
+    );
+    assert_eq!(
+        s3.keys("fleet/blobs/").len(),
+        before,
+        "nothing evicted while another replica holds the turn"
+    );
+
+    // Its turn over (the lease gone): down to the budget.
+    s3.delete("fleet/leases/evictor");
+    let out = cli(&s3, "fleet", &gc);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success() && text.contains("evicted"), "{text}");
+    let after = s3.keys("fleet/blobs/").len();
+    assert!(after < before, "evicted from the bucket: {before} → {after}\n{text}");
+    assert!(s3.keys("fleet/leases/").is_empty(), "the eviction lease is released");
 }

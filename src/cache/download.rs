@@ -93,7 +93,7 @@ pub(super) async fn download_blob(job: DownloadJob) {
         }
         metrics.store.lease(outcome);
     }
-    let _lease = lease;
+    // Given back when this task ends (committed or not); dropped early, a task gives it back.
     let mut writer = match store.create_blob(&digest, None).await {
         Ok(w) => w,
         Err(e) => {
@@ -124,6 +124,7 @@ pub(super) async fn download_blob(job: DownloadJob) {
     handle.running(writer.spool_path().to_path_buf(), total);
     let _ = reply.send(Started::Streaming);
     run_download(handle, writer, res.into_body(), idle, digest, &metrics).await;
+    lease.release().await;
     drop(in_flight);
     evictor.added();
 }

@@ -49,6 +49,8 @@ pub struct GcReport {
     pub kept_in_use: u64,
     /// Content files in the store after the pass.
     pub bytes_after: u64,
+    /// The store is shared and another replica was evicting: this pass left it alone.
+    pub deferred: bool,
 }
 
 /// Keeps the store within its budget.
@@ -213,6 +215,11 @@ impl Evictor {
             // Nothing can be evicted: no need to walk the store every 30 s.
             return Ok(report);
         }
+        // A shared store is walked and trimmed by one replica at a time.
+        let Some(turn) = self.store.blobs().claim_eviction().await else {
+            report.deferred = true;
+            return Ok(report);
+        };
         let mut entries = self.store.blobs().list().await?.blobs;
         report.files_before = entries.len() as u64;
         report.bytes_before = entries.iter().map(|e| e.len).sum();
@@ -258,6 +265,7 @@ impl Evictor {
             }
         }
         report.bytes_after = total;
+        turn.release().await;
         Ok(report)
     }
 

@@ -222,6 +222,12 @@ pub trait BlobStore: Send + Sync + fmt::Debug + 'static {
         Ok(Claim::Won(Lease::none()))
     }
 
+    /// The turn to run an eviction pass, for one process at a time among those sharing the
+    /// store (`None`: another one is at it). Always given for a store one process uses.
+    async fn claim_eviction(&self) -> Option<Lease> {
+        Some(Lease::none())
+    }
+
     /// Whether the store answers (for `/healthz`): a remote store makes one cheap request.
     ///
     /// # Errors
@@ -272,9 +278,13 @@ pub enum Claim {
     },
 }
 
-/// A held claim: renewed in the background while it lives, released when dropped.
+/// Gives a claim back.
+type Release = Box<dyn FnOnce() -> Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync>;
+
+/// A held claim: renewed in the background while it lives, given back by
+/// [`Lease::release`] (or, when dropped, by a task of the runtime).
 pub struct Lease {
-    release: Option<Box<dyn FnOnce() + Send + Sync>>,
+    release: Option<Release>,
 }
 
 impl Lease {
@@ -288,18 +298,30 @@ impl Lease {
         self.release.is_some()
     }
 
-    /// A claim that `release` gives back.
-    pub fn new(release: impl FnOnce() + Send + Sync + 'static) -> Self {
+    /// A claim that the future `release` makes gives back.
+    pub fn new<F>(release: impl FnOnce() -> F + Send + Sync + 'static) -> Self
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
         Self {
-            release: Some(Box::new(release)),
+            release: Some(Box::new(move || Box::pin(release()))),
+        }
+    }
+
+    /// Gives the claim back now (a one-shot command must, before its runtime ends).
+    pub async fn release(mut self) {
+        if let Some(release) = self.release.take() {
+            release().await;
         }
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if let Some(release) = self.release.take() {
-            release();
+        if let Some(release) = self.release.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(release());
         }
     }
 }

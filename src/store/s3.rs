@@ -435,6 +435,10 @@ impl BlobStore for S3Store {
     async fn claim(&self, digest: &Digest) -> Result<crate::store::Claim, StoreError> {
         self.claim_blob(digest).await
     }
+
+    async fn claim_eviction(&self) -> Option<crate::store::Lease> {
+        self.claim_eviction_pass().await
+    }
 }
 
 /// One record as stored in its object.

@@ -47,7 +47,27 @@ impl S3Store {
 
     /// [`crate::store::BlobStore::claim`] for the bucket.
     pub(super) async fn claim_blob(&self, digest: &Digest) -> Result<Claim, StoreError> {
-        let path = self.lease_path(digest);
+        self.claim_at(self.lease_path(digest), &digest.to_string()).await
+    }
+
+    /// [`crate::store::BlobStore::claim_eviction`] for the bucket: the `leases/evictor` lease.
+    pub(super) async fn claim_eviction_pass(&self) -> Option<Lease> {
+        let path = self.prefix.clone().join("leases").join("evictor");
+        match self.claim_at(path, "eviction").await {
+            Ok(Claim::Won(l) | Claim::TakenOver(l)) => Some(l),
+            Ok(Claim::Held { holder, .. }) => {
+                tracing::debug!(holder, "another replica is evicting from the bucket");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot claim the eviction lease; no eviction pass");
+                None
+            }
+        }
+    }
+
+    /// Claims the lease object `path` (about `what`, for logs).
+    async fn claim_at(&self, path: ObjectPath, what: &str) -> Result<Claim, StoreError> {
         // A lease deleted between our failed create and our read: try again, a few times.
         for _ in 0..3 {
             let create = PutOptions {
@@ -96,9 +116,9 @@ impl S3Store {
             match taken {
                 Ok(_) => {
                     tracing::warn!(
-                        %digest,
+                        lease = what,
                         from = record.as_ref().map_or("", |r| r.holder.as_str()),
-                        "took over a lapsed download lease (its holder stopped mid-blob)"
+                        "took over a lapsed lease (its holder stopped renewing it)"
                     );
                     return Ok(Claim::TakenOver(self.hold(path)));
                 }
@@ -130,9 +150,9 @@ impl S3Store {
         };
         Lease::new(move || {
             renew.abort();
-            rt.spawn(async move {
+            async move {
                 let _ = objects.delete(&path).await;
-            });
+            }
         })
     }
 }

@@ -131,6 +131,22 @@ impl Seaweed {
             .collect()
     }
 
+    /// Writes `body` at `key` in the bucket.
+    pub fn put(&self, key: &str, body: &str) {
+        let file = self._tmp.path().join(format!("put-{}", super::random_hex(4)));
+        std::fs::write(&file, body).unwrap();
+        let url = format!("{}/{}/{key}", self.endpoint(), self.bucket);
+        let status = self.curl(&["-X", "PUT", "-T", file.to_str().unwrap(), &url]);
+        assert_eq!(status.as_deref(), Some("200"), "PUT {key}");
+    }
+
+    /// Deletes `key` in the bucket.
+    pub fn delete(&self, key: &str) {
+        let url = format!("{}/{}/{key}", self.endpoint(), self.bucket);
+        let status = self.curl(&["-X", "DELETE", &url]);
+        assert_eq!(status.as_deref(), Some("204"), "DELETE {key}");
+    }
+
     /// Stops the server (the bucket becomes unreachable).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {

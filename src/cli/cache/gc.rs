@@ -30,6 +30,13 @@ pub(super) fn run(args: &GcArgs) -> Result<(), CacheCliError> {
         .map_err(|e| CacheCliError::Failed(e.to_string()))?;
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     let mut out = std::io::stdout().lock();
+    if r.deferred {
+        writeln!(
+            out,
+            "another replica is evicting from the shared store now: nothing done here; try again later"
+        )?;
+        return Ok(());
+    }
     writeln!(
         out,
         "store: {} files, {:.1} MiB before; evicted {} files ({:.1} MiB), kept {} recently used; \
