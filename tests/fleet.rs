@@ -70,6 +70,15 @@ async fn a_second_replica_with_an_empty_disk_serves_from_the_bucket() {
         assert!(keys.contains(&key), "{key} in the bucket: {keys:?}");
     }
 
+    // The layer over 8 MiB went up while it downloaded (a multipart upload completed once
+    // verified), the small blobs at commit.
+    let m = get(&a, "/metrics").await;
+    assert_eq!(
+        metric(&m, "regcache_store_requests_total{op=\"stream\",result=\"ok\"}"),
+        1,
+        "{m}"
+    );
+
     // Another replica, its own empty data dir: every blob comes from the bucket.
     let b = replica(&w, &ghcr, &s3, "fleet", &w.tmp.path().join("b"));
     w.pull_through(&b, "docker://ghcr.io/org/app:1.0", None, &image);
@@ -403,4 +412,43 @@ async fn one_replica_at_a_time_evicts_from_the_bucket() {
     let after = s3.keys("fleet/blobs/").len();
     assert!(after < before, "evicted from the bucket: {before} → {after}\n{text}");
     assert!(s3.keys("fleet/leases/").is_empty(), "the eviction lease is released");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_with_the_wrong_bytes_never_appears_in_the_bucket() {
+    let w = PullWorld::new();
+    let s3 = Seaweed::start("regcache-wrong");
+    let ghcr = FaultRegistry::new(&w.ca, &["ghcr.io"]);
+    // Over 8 MiB: it streams to the bucket while it downloads, as a multipart upload.
+    let image = TestImage::generate(&[9 * 1024 * 1024]);
+    ghcr.put_blob(image.layer_bytes(0));
+    ghcr.put_blob(image.config.clone());
+    ghcr.put_manifest("org/app", Some("1.0"), image.media_type, image.manifest.clone());
+    let layer = image.layer_digests()[0].clone();
+    ghcr.set_fault(&layer, Fault::WrongBytes);
+    let rc = fleet_replica(&w, &ghcr, &s3, &w.tmp.path().join("data"), &[]);
+    let cert_dir = support::cert_dir_with(w.tmp.path(), &[&rc.ca_cert_pem()]);
+    let out = support::skopeo_copy(
+        &rc.proxy_url(),
+        &cert_dir,
+        "docker://ghcr.io/org/app:1.0",
+        &w.tmp.path().join("pull"),
+        None,
+    );
+    assert!(!out.status.success(), "the wrong bytes are not accepted");
+    let key = format!("fleet/blobs/{}", layer.replace(':', "/"));
+    let mut ended = false;
+    for _ in 0..50 {
+        let m = get(&rc, "/metrics").await;
+        if metric(&m, "regcache_store_requests_total{op=\"stream\",result=\"ok\"}") >= 1 {
+            ended = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ended, "the streamed upload ended (aborted):\n{}", rc.logs());
+    assert!(
+        !s3.keys("fleet/blobs/").contains(&key),
+        "nothing unverified under {key}"
+    );
 }

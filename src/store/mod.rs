@@ -16,9 +16,11 @@
 
 mod local;
 mod s3;
+mod s3_index;
 mod s3_lease;
 mod spool;
 mod tier;
+mod upload;
 
 use std::fmt;
 use std::io;
@@ -35,6 +37,7 @@ use crate::registry::Digest;
 pub use local::LocalStore;
 pub use s3::S3Store;
 pub use spool::{BlobWriter, READ_CHUNK, SpoolFiles, read_at};
+pub use upload::{UploadFeed, UploadSource};
 
 /// Store failures. None of them fails a pull: callers fall back to passing through.
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +152,9 @@ pub struct VerifiedSpool {
     pub file: std::fs::File,
     /// Its length.
     pub len: u64,
+    /// The backend already holds it: it was uploaded while it downloaded (see
+    /// [`BlobStore::start_upload`]) and completed once verified.
+    pub uploaded: bool,
 }
 
 /// Content by digest. Implementations are shared by every request (`Arc<dyn BlobStore>`).
@@ -163,6 +169,13 @@ pub trait BlobStore: Send + Sync + fmt::Debug + 'static {
 
     /// Where the blob `digest` is or would be, for people (a file path, an object URL).
     fn location(&self, digest: &Digest) -> String;
+
+    /// Starts handing the backend the bytes of a blob of `len` bytes while they arrive (a
+    /// multipart upload), for backends where a commit would otherwise transfer it again.
+    /// `None`: the spool is committed whole, as usual.
+    fn start_upload(&self, _digest: &Digest, _len: u64) -> Option<UploadFeed> {
+        None
+    }
 
     /// Makes a verified spool the stored blob (put-verified). Called only by
     /// [`BlobWriter::commit`], after length and digest matched.

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 
 use crate::registry::{Digest, Hasher};
-use crate::store::{BlobStore, Committed, StoreError, VerifiedSpool};
+use crate::store::{BlobStore, Committed, StoreError, UploadFeed, VerifiedSpool};
 
 /// Writes shorter than this are gathered before touching the file: upstream frames are often
 /// 16 KiB, and every write is a blocking-pool hop.
@@ -48,6 +48,8 @@ pub struct BlobWriter {
     /// Bytes known to be in the file.
     flushed: u64,
     last_dispatch: std::time::Instant,
+    /// The backend's upload of the bytes while they arrive, if it takes one.
+    upload: Option<UploadFeed>,
 }
 
 /// A finished write job: the sink back, its result, and the batch it wrote at its offset.
@@ -100,12 +102,20 @@ impl BlobWriter {
             queued: 0,
             flushed: 0,
             last_dispatch: std::time::Instant::now(),
+            upload: None,
         })
     }
 
-    /// Sets the length upstream announced, checked at commit.
+    /// Sets the length upstream announced, checked at commit; a backend that uploads while
+    /// a blob downloads starts doing so now.
     pub fn expect_len(&mut self, len: Option<u64>) {
         self.expected_len = len;
+        if let Some(len) = len
+            && self.upload.is_none()
+            && self.queued == 0
+        {
+            self.upload = self.backend.start_upload(&self.digest, len);
+        }
     }
 
     /// The spool file, which readers of a download in progress follow.
@@ -165,6 +175,9 @@ impl BlobWriter {
         let (sink, result, offset, batch) = job.await.map_err(|e| StoreError::io(&self.path, io::Error::other(e)))?;
         self.sink = Some(sink);
         result.map_err(|e| StoreError::io(&self.path, e))?;
+        if let Some(upload) = &mut self.upload {
+            upload.feed(batch.iter().cloned());
+        }
         let mut at = offset;
         let chunks = batch
             .into_iter()
@@ -200,6 +213,9 @@ impl BlobWriter {
     pub async fn commit(mut self) -> Result<Committed, StoreError> {
         let result = self.finish().await;
         if result.is_err() {
+            if let Some(upload) = self.upload.take() {
+                upload.finish(false).await;
+            }
             let _ = tokio::fs::remove_file(&self.path).await;
         }
         result
@@ -223,12 +239,18 @@ impl BlobWriter {
                 actual,
             });
         }
+        // Verified: an upload made while it downloaded may now become the stored blob.
+        let uploaded = match self.upload.take() {
+            Some(upload) => upload.finish(true).await,
+            None => false,
+        };
         self.backend
             .commit(VerifiedSpool {
                 digest: self.digest.clone(),
                 path: self.path.clone(),
                 file: sink.file,
                 len: self.flushed,
+                uploaded,
             })
             .await
     }
@@ -236,6 +258,9 @@ impl BlobWriter {
     /// Abandons the blob and removes the spool file.
     pub async fn discard(mut self) {
         let _ = self.wait_inflight().await;
+        if let Some(upload) = self.upload.take() {
+            upload.finish(false).await;
+        }
         let _ = tokio::fs::remove_file(&self.path).await;
     }
 }
