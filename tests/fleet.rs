@@ -181,13 +181,21 @@ fn fleet_replica(w: &PullWorld, ghcr: &FaultRegistry, s3: &Seaweed, data: &Path,
 async fn concurrent_pulls_on_three_replicas_fetch_each_blob_once() {
     let w = PullWorld::new();
     let s3 = Seaweed::start("regcache-once");
-    let (ghcr, image, slow) = slow_upstream(&w, 2 * 1024 * 1024);
+    // 4 MiB at 1.25 MiB/s: over 3 s in flight.
+    let (ghcr, image, slow) = slow_upstream(&w, 4 * 1024 * 1024);
     let replicas: Vec<Regcache> = (0..3)
         .map(|i| fleet_replica(&w, &ghcr, &s3, &w.tmp.path().join(format!("r{i}")), &[]))
         .collect();
     std::thread::scope(|s| {
-        for rc in &replicas {
-            let (w, image) = (&w, &image);
+        let (w, image) = (&w, &image);
+        let first = &replicas[0];
+        s.spawn(move || w.pull_through(first, "docker://ghcr.io/org/app:1.0", None, image));
+        // The others ask while the first replica's download of the slow layer is under way.
+        let started = support::poll_until(Duration::from_secs(60), || {
+            (ghcr.count("GET", &format!("/blobs/{slow}")) == 1).then_some(())
+        });
+        assert!(started.is_some(), "the first replica never fetched the slow layer");
+        for rc in &replicas[1..] {
             s.spawn(move || w.pull_through(rc, "docker://ghcr.io/org/app:1.0", None, image));
         }
     });
@@ -214,8 +222,8 @@ async fn concurrent_pulls_on_three_replicas_fetch_each_blob_once() {
         "each blob's lease won once in the fleet"
     );
     assert!(
-        followed >= 1,
-        "a replica served another's download of the slow layer ({slow}) instead of fetching it"
+        followed >= 2,
+        "both later replicas served the first one's download of the slow layer ({slow})"
     );
 }
 

@@ -39,7 +39,23 @@ const PURGE_POLL: Duration = Duration::from_secs(5);
 /// A client for the bucket: `AWS_*` variables first (as every S3 tool reads them), then the
 /// configured settings over them.
 pub(super) fn client(options: &S3Config) -> Result<AmazonS3, StoreError> {
+    // A bucket that does not answer must cost a pull little: it is then passed through
+    // uncached. object_store's defaults retry for minutes.
+    let retry = object_store::RetryConfig {
+        backoff: object_store::BackoffConfig {
+            init_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+            base: 2.0,
+        },
+        max_retries: 2,
+        retry_timeout: Duration::from_secs(5),
+    };
+    let client_options = object_store::ClientOptions::new()
+        .with_connect_timeout(Duration::from_secs(3))
+        .with_timeout(Duration::from_secs(120));
     let mut b = AmazonS3Builder::from_env()
+        .with_retry(retry)
+        .with_client_options(client_options)
         .with_bucket_name(&options.bucket)
         .with_region(options.region.as_deref().unwrap_or("us-east-1"))
         .with_virtual_hosted_style_request(!options.path_style)
