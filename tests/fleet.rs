@@ -115,6 +115,23 @@ async fn a_second_replica_with_an_empty_disk_serves_from_the_bucket() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    let out = cli(&s3, "fleet", &["cache", "stats", "--json"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("s3://regcache-fleet/fleet"),
+        "{text}"
+    );
+    // `cache rm` purges the image from the bucket: its tag record goes.
+    let out = cli(&s3, "fleet", &["cache", "rm", "ghcr.io/org/app:1.0"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&s3, "fleet", &["cache", "ls", "--json"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("ghcr.io/org/app"), "removed from the bucket: {text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,7 +13,9 @@ use crate::catalog::{CacheStats, disk_space};
 pub(super) fn run(data: &DataDirArg, json: bool) -> Result<(), CacheCliError> {
     let mut out = std::io::stdout().lock();
     let inv = read(data)?;
-    let stats = CacheStats::of(&inv, disk_space(&data.data_dir));
+    // A bucket has no free disk to report; the local store's is the data dir's filesystem.
+    let on_disk = data.store.store_url.as_deref().is_none_or(|u| u == "local");
+    let stats = CacheStats::of(&inv, on_disk.then(|| disk_space(&data.data_dir)).flatten());
     if json {
         writeln!(out, "{}", serde_json::to_string_pretty(&stats)?)?;
     } else {
@@ -85,6 +87,7 @@ fn render_stats(s: &CacheStats) -> String {
                 human_size(d.total_bytes),
                 human_size(d.free_bytes)
             ),
+            None if s.cache_dir.starts_with("s3://") => "none to report: the store is a bucket".into(),
             None => "unknown".into(),
         },
     );
