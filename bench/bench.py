@@ -1497,34 +1497,12 @@ class Bench:
                 src, cd, px = self.src(who, "medium")
                 os.sync()
                 offset = self.upstream.log_offset()
-                procs = []
-                t0 = time.monotonic()
-                for k in range(n):
-                    argv, env = self.skopeo_cmd(["--src-cert-dir", cd, src, f"dir:{self.pulls / f'c{k}'}"], px)
-                    procs.append(subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                                  stderr=subprocess.PIPE, text=True))
-                errs = []
-                for p in procs:
-                    try:
-                        _, err = p.communicate(timeout=900)
-                    except subprocess.TimeoutExpired:
-                        p.kill()
-                        _, err = p.communicate()
-                    if p.returncode != 0:
-                        errs.append(err.strip()[-400:])
-                secs = time.monotonic() - t0
-                for k in range(n):
-                    shutil.rmtree(self.pulls / f"c{k}", ignore_errors=True)
-                if errs:
-                    failures[who] += len(errs)
-                    self.problem(f"figure 4 {names[who]} run {i + 1}: {len(errs)} of {n} pulls failed; first: {errs[0]}")
-                wall[who].add(secs if not errs else None)
-                time.sleep(1.5)  # the registry logs a request when its response is done
-                entries = self.upstream.access_since(offset)
-                blobs = [e for e in entries if e["method"] == "GET" and "/blobs/" in e["path"] and e["status"] in (200, 206)]
-                up_bytes[who].add(sum(e["bytes"] for e in blobs) + sum(
-                    e["bytes"] for e in entries if e["method"] == "GET" and "/manifests/" in e["path"]))
-                up_gets[who].add(len(blobs))
+                secs, failed = self.concurrent_pulls(f"figure 4 {names[who]} run {i + 1}", src, cd, px, n)
+                failures[who] += failed
+                wall[who].add(secs)
+                fetched, gets = self.upstream_since(offset)
+                up_bytes[who].add(fetched)
+                up_gets[who].add(gets)
                 if who == "regcache":
                     peak = self.regcache.peak_kib()
                     self.regcache.check_alive("figure 4")
@@ -1559,7 +1537,7 @@ class Bench:
                  f"GETs). Peak RSS of the distribution proxy in the same runs: {dist_peak.cell()} MiB.")
         self.emit(4, f"{n} concurrent cold pulls of the medium image", body)
 
-    # ---- figure 8: a fleet on one bucket
+    # ---- concurrent pulls (figures 4 and 8), and figure 8: a fleet on one bucket
 
     def concurrent_pulls(self, what: str, src: str, cert_dir: Path, proxy: str, n: int):
         """n skopeo pulls of src started together: (wall seconds or None, failures)."""

@@ -28,6 +28,7 @@ pub(crate) mod error;
 pub(crate) mod front;
 pub(crate) mod images;
 pub(crate) mod mirror;
+pub(crate) mod os;
 pub(crate) mod proxy;
 pub mod registry;
 pub mod store;

@@ -4,24 +4,31 @@
 
 mod support;
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use support::haproxy::Haproxy;
 use support::seaweed::{SECRET_KEY, Seaweed};
-use support::{Fault, FaultRegistry, PullWorld, Regcache, Registry, RegistryAuth, TestImage};
+use support::{Fault, FaultRegistry, PullWorld, Regcache, RegcacheBuilder, Registry, RegistryAuth, TestImage};
 
-/// A replica caching `ghcr.io` (mapped to `ghcr`) on the bucket's `prefix`.
-fn replica(w: &PullWorld, ghcr: &Registry, s3: &Seaweed, prefix: &str, data: &Path) -> Regcache {
+/// A replica caching `ghcr.io` (mapped to `upstream`) on the bucket's `prefix`, its data in
+/// `data`, not started yet.
+fn replica_builder(w: &PullWorld, upstream: SocketAddr, s3: &Seaweed, prefix: &str, data: &Path) -> RegcacheBuilder {
     let mut b = Regcache::builder()
-        .connect_to("ghcr.io:443", ghcr.addr())
+        .connect_to("ghcr.io:443", upstream)
         .upstream_ca(&w.upstream_ca_file)
         .data_dir(data)
         .args(s3.store_args(prefix));
     for (k, v) in s3.env() {
         b = b.env(k, v);
     }
-    b.start()
+    b
+}
+
+/// [`replica_builder`], with `extra` flags, started.
+fn replica(w: &PullWorld, upstream: SocketAddr, s3: &Seaweed, prefix: &str, data: &Path, extra: &[&str]) -> Regcache {
+    replica_builder(w, upstream, s3, prefix, data).args(extra).start()
 }
 
 /// `GET http://replica/path`: the body.
@@ -60,7 +67,7 @@ async fn a_second_replica_with_an_empty_disk_serves_from_the_bucket() {
         .await
         .unwrap();
 
-    let a = replica(&w, &ghcr, &s3, "fleet", &w.tmp.path().join("a"));
+    let a = replica(&w, ghcr.addr(), &s3, "fleet", &w.tmp.path().join("a"), &[]);
     w.pull_through(&a, "docker://ghcr.io/org/app:1.0", None, &image);
     let blob_gets = ghcr.count_requests("GET", "/blobs/");
     assert!(blob_gets >= image.blob_digests().len());
@@ -80,7 +87,7 @@ async fn a_second_replica_with_an_empty_disk_serves_from_the_bucket() {
     );
 
     // Another replica, its own empty data dir: every blob comes from the bucket.
-    let b = replica(&w, &ghcr, &s3, "fleet", &w.tmp.path().join("b"));
+    let b = replica(&w, ghcr.addr(), &s3, "fleet", &w.tmp.path().join("b"), &[]);
     w.pull_through(&b, "docker://ghcr.io/org/app:1.0", None, &image);
     assert_eq!(
         ghcr.count_requests("GET", "/blobs/"),
@@ -143,7 +150,7 @@ async fn an_unreachable_bucket_passes_pulls_through() {
     support::push(&ghcr.url(), "org/app", "1.0", &image, None, &w.ca.cert_pem())
         .await
         .unwrap();
-    let rc = replica(&w, &ghcr, &s3, "x", &w.tmp.path().join("data"));
+    let rc = replica(&w, ghcr.addr(), &s3, "x", &w.tmp.path().join("data"), &[]);
     let health = get(&rc, "/healthz").await;
     assert!(
         health.starts_with("ok\n") && health.contains("s3://regcache-gone/x") && health.contains(": reachable"),
@@ -181,19 +188,6 @@ fn slow_upstream(w: &PullWorld, layer: u64) -> (FaultRegistry, TestImage, String
     (ghcr, image, slow)
 }
 
-fn fleet_replica(w: &PullWorld, ghcr: &FaultRegistry, s3: &Seaweed, data: &Path, extra: &[&str]) -> Regcache {
-    let mut b = Regcache::builder()
-        .connect_to("ghcr.io:443", ghcr.addr())
-        .upstream_ca(&w.upstream_ca_file)
-        .data_dir(data)
-        .args(s3.store_args("fleet"))
-        .args(extra);
-    for (k, v) in s3.env() {
-        b = b.env(k, v);
-    }
-    b.start()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_pulls_on_three_replicas_fetch_each_blob_once() {
     let w = PullWorld::new();
@@ -201,7 +195,7 @@ async fn concurrent_pulls_on_three_replicas_fetch_each_blob_once() {
     // 4 MiB at 1.25 MiB/s: over 3 s in flight.
     let (ghcr, image, slow) = slow_upstream(&w, 4 * 1024 * 1024);
     let replicas: Vec<Regcache> = (0..3)
-        .map(|i| fleet_replica(&w, &ghcr, &s3, &w.tmp.path().join(format!("r{i}")), &[]))
+        .map(|i| replica(&w, ghcr.addr(), &s3, "fleet", &w.tmp.path().join(format!("r{i}")), &[]))
         .collect();
     std::thread::scope(|s| {
         let (w, image) = (&w, &image);
@@ -251,8 +245,8 @@ async fn a_replica_killed_mid_blob_is_taken_over_and_nothing_partial_is_served()
     // 4 MiB at 1.25 MiB/s: over 3 s.
     let (ghcr, image, slow) = slow_upstream(&w, 4 * 1024 * 1024);
     let ttl = ["--store-lease-ttl", "3s"];
-    let mut a = fleet_replica(&w, &ghcr, &s3, &w.tmp.path().join("a"), &ttl);
-    let b = fleet_replica(&w, &ghcr, &s3, &w.tmp.path().join("b"), &ttl);
+    let mut a = replica(&w, ghcr.addr(), &s3, "fleet", &w.tmp.path().join("a"), &ttl);
+    let b = replica(&w, ghcr.addr(), &s3, "fleet", &w.tmp.path().join("b"), &ttl);
 
     // A starts the download (its client's pull will fail when A dies).
     let cert_dir = support::cert_dir_with(w.tmp.path(), &[&a.ca_cert_pem()]);
@@ -309,16 +303,14 @@ async fn the_local_tier_serves_hits_and_rides_out_a_bucket_outage() {
         .await
         .unwrap();
     let data = w.tmp.path().join("data");
-    let mut b = Regcache::builder()
-        .connect_to("ghcr.io:443", ghcr.addr())
-        .upstream_ca(&w.upstream_ca_file)
-        .data_dir(&data)
-        .args(s3.store_args("tiered"))
-        .args(["--store-local-cache-size", "64MiB"]);
-    for (k, v) in s3.env() {
-        b = b.env(k, v);
-    }
-    let rc = b.start();
+    let rc = replica(
+        &w,
+        ghcr.addr(),
+        &s3,
+        "tiered",
+        &data,
+        &["--store-local-cache-size", "64MiB"],
+    );
     w.pull_through(&rc, "docker://ghcr.io/org/app:1.0", None, &image);
     let blob_gets = ghcr.count_requests("GET", "/blobs/");
     for digest in image.blob_digests() {
@@ -355,16 +347,9 @@ async fn sixteen_pulls_through_haproxy_over_three_replicas_fetch_each_blob_once(
     // One CA for the fleet: the first replica makes it, the others load it.
     let ca_dir = w.tmp.path().join("ca");
     let start = |i: usize| {
-        let mut b = Regcache::builder()
-            .connect_to("ghcr.io:443", ghcr.addr())
-            .upstream_ca(&w.upstream_ca_file)
-            .data_dir(&w.tmp.path().join(format!("r{i}")))
+        replica_builder(&w, ghcr.addr(), &s3, "fleet", &w.tmp.path().join(format!("r{i}")))
             .ca_dir(&ca_dir)
-            .args(s3.store_args("fleet"));
-        for (k, v) in s3.env() {
-            b = b.env(k, v);
-        }
-        b.start()
+            .start()
     };
     let replicas: Vec<Regcache> = (0..3).map(start).collect();
     let lb = Haproxy::start(&replicas.iter().map(Regcache::addr).collect::<Vec<_>>());
@@ -398,7 +383,7 @@ async fn one_replica_at_a_time_evicts_from_the_bucket() {
         .await
         .unwrap();
     let data = w.tmp.path().join("data");
-    let rc = replica(&w, &ghcr, &s3, "fleet", &data);
+    let rc = replica(&w, ghcr.addr(), &s3, "fleet", &data, &[]);
     w.pull_through(&rc, "docker://ghcr.io/org/app:1.0", None, &image);
     let before = s3.keys("fleet/blobs/").len();
     assert!(before >= 4, "config and three layers in the bucket");
@@ -451,7 +436,7 @@ async fn a_blob_with_the_wrong_bytes_never_appears_in_the_bucket() {
     ghcr.put_manifest("org/app", Some("1.0"), image.media_type, image.manifest.clone());
     let layer = image.layer_digests()[0].clone();
     ghcr.set_fault(&layer, Fault::WrongBytes);
-    let rc = fleet_replica(&w, &ghcr, &s3, &w.tmp.path().join("data"), &[]);
+    let rc = replica(&w, ghcr.addr(), &s3, "fleet", &w.tmp.path().join("data"), &[]);
     let cert_dir = support::cert_dir_with(w.tmp.path(), &[&rc.ca_cert_pem()]);
     let out = support::skopeo_copy(
         &rc.proxy_url(),

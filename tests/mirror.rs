@@ -68,14 +68,6 @@ fn skopeo_pull(
     );
 }
 
-fn mirror_lines(rc: &Regcache, needle: &str) -> Vec<String> {
-    rc.logs()
-        .lines()
-        .filter(|l| l.contains("listener=\"mirror\"") && l.contains(needle))
-        .map(str::to_string)
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_cache_behind_the_proxy_and_the_mirror() {
     let w = PullWorld::new();
@@ -107,7 +99,7 @@ async fn one_cache_behind_the_proxy_and_the_mirror() {
         "no upstream blob GET for the mirror"
     );
     for digest in app.blob_digests() {
-        let hits = mirror_lines(&rc, &format!("/blobs/{digest}"));
+        let hits = rc.mirror_lines(&format!("/blobs/{digest}"));
         assert!(
             hits.iter()
                 .any(|l| l.contains("cache=\"hit\"") && l.contains("host=ghcr.io:443")),
@@ -324,6 +316,29 @@ fn text(out: &Output) -> String {
     )
 }
 
+/// `ctr content fetch --hosts-dir hosts reference`, which must succeed and leave every one of
+/// `digests` in containerd's content store (`what` says which fetch, in messages).
+fn ctr_fetch(dockerd: &Dockerd, rc: &Regcache, hosts: &str, reference: &str, digests: &[String], what: &str) {
+    let fetched = ctr(
+        dockerd,
+        "mirror-a",
+        &["content", "fetch", "--hosts-dir", hosts, reference],
+    );
+    assert!(
+        fetched.status.success(),
+        "{reference}{what}: {}\n{}",
+        text(&fetched),
+        rc.logs()
+    );
+    let listed = text(&ctr(dockerd, "mirror-a", &["content", "ls", "-q"]));
+    for d in digests {
+        assert!(
+            listed.lines().any(|l| l.trim() == d),
+            "{reference}{what}: {d} in\n{listed}"
+        );
+    }
+}
+
 /// `<hosts-dir>/<registry>/hosts.toml` sending `registry` to the mirror (containerd's recipe).
 fn hosts_toml(hosts_dir: &Path, registry: &str, server: &str, mirror: &str, ca: &Path) {
     let dir = hosts_dir.join(registry);
@@ -365,29 +380,20 @@ async fn containerd_hosts_toml_pulls_docker_hub_and_ghcr_through_the_mirror() {
         ("docker.io/library/alpine:3.20", &alpine),
         ("ghcr.io/org/app:1.0", &app),
     ];
+    let digests = |image: &TestImage| {
+        std::iter::once(image.manifest_digest.clone())
+            .chain(image.blob_digests())
+            .collect::<Vec<_>>()
+    };
     for (reference, image) in pulls {
-        let fetched = ctr(
-            &dockerd,
-            "mirror-a",
-            &["content", "fetch", "--hosts-dir", hosts, reference],
-        );
-        assert!(
-            fetched.status.success(),
-            "{reference}: {}\n{}",
-            text(&fetched),
-            rc.logs()
-        );
-        let listed = text(&ctr(&dockerd, "mirror-a", &["content", "ls", "-q"]));
-        for d in std::iter::once(image.manifest_digest.clone()).chain(image.blob_digests()) {
-            assert!(listed.lines().any(|l| l.trim() == d), "{reference}: {d} in\n{listed}");
-        }
+        ctr_fetch(&dockerd, &rc, hosts, reference, &digests(image), "");
     }
     // containerd names the registry with `?ns=` (the access log keeps paths, not queries:
     // the upstream host shows which registry the mirror chose).
     for (image, host) in [(&alpine, "host=registry-1.docker.io:443"), (&app, "host=ghcr.io:443")] {
         for digest in image.blob_digests() {
             assert!(
-                mirror_lines(&rc, &format!("/blobs/{digest}"))
+                rc.mirror_lines(&format!("/blobs/{digest}"))
                     .iter()
                     .any(|l| l.contains(host)),
                 "{digest} fetched from {host} through the mirror:\n{}",
@@ -401,29 +407,11 @@ async fn containerd_hosts_toml_pulls_docker_hub_and_ghcr_through_the_mirror() {
     ghcr.stop();
     hub.stop();
     for (reference, image) in pulls {
-        let mut digests: Vec<String> = vec![image.manifest_digest.clone()];
-        digests.extend(image.blob_digests());
+        let digests = digests(image);
         let mut rm = vec!["content", "rm"];
         rm.extend(digests.iter().map(String::as_str));
         let _ = ctr(&dockerd, "mirror-a", &rm);
-        let fetched = ctr(
-            &dockerd,
-            "mirror-a",
-            &["content", "fetch", "--hosts-dir", hosts, reference],
-        );
-        assert!(
-            fetched.status.success(),
-            "{reference} offline: {}\n{}",
-            text(&fetched),
-            rc.logs()
-        );
-        let listed = text(&ctr(&dockerd, "mirror-a", &["content", "ls", "-q"]));
-        for d in &digests {
-            assert!(
-                listed.lines().any(|l| l.trim() == d),
-                "{reference} offline: {d} in\n{listed}"
-            );
-        }
+        ctr_fetch(&dockerd, &rc, hosts, reference, &digests, " offline");
     }
     assert_eq!(
         ghcr.count_requests("GET", "/blobs/") + hub.count_requests("GET", "/blobs/"),

@@ -22,14 +22,6 @@ fn own_loopback_ip() -> IpAddr {
     IpAddr::from([127, 80, x, y.max(1)])
 }
 
-fn mirror_lines(rc: &Regcache, needle: &str) -> Vec<String> {
-    rc.logs()
-        .lines()
-        .filter(|l| l.contains("listener=\"mirror\"") && l.contains(needle))
-        .map(str::to_string)
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dockerd_pulls_through_the_mirror_offline_and_falls_back_to_the_hub_without_it() {
     let w = PullWorld::new();
@@ -64,7 +56,7 @@ async fn dockerd_pulls_through_the_mirror_offline_and_falls_back_to_the_hub_with
     assert_eq!(id.trim(), image.config_digest);
     for digest in image.blob_digests() {
         assert!(
-            mirror_lines(&rc, &format!("/blobs/{digest}"))
+            rc.mirror_lines(&format!("/blobs/{digest}"))
                 .iter()
                 .any(|l| l.contains("host=registry-1.docker.io:443")),
             "{digest} came through the mirror, not straight from the hub:\n{}",

@@ -5,8 +5,7 @@
 
 use std::fmt::Write as _;
 use std::fs;
-use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -268,7 +267,7 @@ impl CertificateAuthority {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, format!("regcache CA on {}", machine_name()));
+        dn.push(DnType::CommonName, format!("regcache CA on {}", crate::os::hostname()));
         dn.push(DnType::OrganizationName, "regcache");
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -439,33 +438,12 @@ fn random_serial() -> SerialNumber {
     SerialNumber::from_slice(&bytes)
 }
 
-/// The machine's host name, for the CA subject (so two machines' CAs are told apart).
-fn machine_name() -> String {
-    fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| fs::read_to_string("/etc/hostname"))
-        .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "localhost".to_string())
-}
-
-/// Writes `bytes` to a temporary file created with `mode`, then renames it over `path`.
+/// Writes `bytes` to `path` whole, created with `mode`.
 fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CaError> {
-    let tmp = path.with_extension("tmp");
-    let io = |source| CaError::Io {
+    crate::os::write_atomic(path, bytes, mode).map_err(|source| CaError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    let _ = fs::remove_file(&tmp);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io)?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(io)?;
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode)).map_err(io)?;
-    fs::rename(&tmp, path).map_err(io)
+    })
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //!
 //! Must not: open sockets, or cache leaves (the proxy's leaf cache does).
 //!
-//! May import: `config`.
+//! May import: `config`, `os`.
 
 mod authority;
 mod key;

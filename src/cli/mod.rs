@@ -9,7 +9,7 @@
 //! out).
 //!
 //! May import: `app`, `images`, `catalog`, `cache`, `store`, `ca`, `registry`, `telemetry`,
-//! `config`, `clock` (it is the top layer; only the binary's `main` uses it).
+//! `config`, `clock`, `os` (it is the top layer; only the binary's `main` uses it).
 
 mod args;
 mod ca;

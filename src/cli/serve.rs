@@ -74,7 +74,7 @@ fn print_start_banner(
     match (addr, mirror) {
         (Some(addr), _) => {
             let host = if addr.ip().is_unspecified() {
-                machine_host()
+                crate::os::hostname()
             } else {
                 addr.ip().to_string()
             };
@@ -94,12 +94,6 @@ fn print_start_banner(
         (None, None) => {}
     }
     let _ = out.flush();
-}
-
-fn machine_host() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into())
 }
 
 /// Logs go to stderr through a background writer thread: one line per request must not cost a

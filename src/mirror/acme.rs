@@ -13,8 +13,6 @@
 //! never pairs a key with another certificate).
 
 use std::collections::HashMap;
-use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -414,23 +412,12 @@ fn directory_slug(url: &str) -> String {
     if slug.is_empty() { "directory".into() } else { slug }
 }
 
-/// Writes `bytes` to `path` with mode 0600, through a temporary file renamed over it.
+/// Writes `bytes` to `path` whole, mode 0600.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), AcmeError> {
-    let io = |source| AcmeError::Io {
+    crate::os::write_atomic(path, bytes, 0o600).map_err(|source| AcmeError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io)?;
-    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(io)?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    })
 }
 
 fn time_text(t: SystemTime) -> String {
@@ -531,6 +518,7 @@ mod tests {
 
     #[test]
     fn stored_files_are_private() {
+        use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("k.pem");
         write_private(&p, b"secret").unwrap();

@@ -18,7 +18,7 @@
 //! Must not: reach into `proxy` (what listeners share is `front`'s), read the store, or decide
 //! what is cached (the cache does, through the `Gateway`).
 //!
-//! May import: `front`, `upstream`, `registry`, `telemetry`, `config`, `body`.
+//! May import: `front`, `upstream`, `registry`, `telemetry`, `config`, `body`, `os`.
 
 mod acme;
 mod listener;

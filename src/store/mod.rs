@@ -12,7 +12,7 @@
 //! keys, see `cache::records`), talk to upstream, or count metrics (callers count what they
 //! stored, from [`Committed`]). cacache and object_store appear only in this folder.
 //!
-//! May import: `registry` (digests), `config` (the bucket's settings), `clock`.
+//! May import: `registry` (digests), `config` (the bucket's settings), `clock`, `os`.
 
 mod local;
 mod s3;

@@ -25,8 +25,8 @@ use crate::registry::Digest;
 use crate::store::spool::file_stream;
 use crate::store::tier::DiskTier;
 use crate::store::{
-    Access, BlobInfo, BlobReader, BlobStore, Committed, Listing, RequestCounter, StoreError, UploadFeed, UploadSource,
-    VerifiedSpool,
+    Access, BlobInfo, BlobReader, BlobStore, ByteStream, Committed, Listing, RequestCounter, StoreError, UploadFeed,
+    UploadSource, VerifiedSpool,
 };
 
 /// Blobs up to this size are one PUT; larger ones a multipart upload of parts this size.
@@ -121,9 +121,14 @@ impl S3Store {
     }
 
     fn blob_path(&self, digest: &Digest) -> ObjectPath {
+        self.digest_path("blobs", digest)
+    }
+
+    /// `<prefix>/<area>/<algorithm>/<hex>`: where content and its lease are kept.
+    pub(super) fn digest_path(&self, area: &str, digest: &Digest) -> ObjectPath {
         self.prefix
             .clone()
-            .join("blobs")
+            .join(area)
             .join(digest.algorithm().as_str())
             .join(digest.hex())
     }
@@ -326,37 +331,24 @@ impl BlobStore for S3Store {
             }));
         }
         let path = self.blob_path(digest);
-        let head = match self.counted("head", self.objects.head(&path).await) {
-            Ok(m) => m,
-            Err(e) if not_found(&e) => return Ok(None),
-            Err(e) => return Err(self.err(&path, e)),
+        if len == Some(0) {
+            // Nothing to read (an empty blob): only its length is wanted.
+            return match self.counted("head", self.objects.head(&path).await) {
+                Ok(m) => Ok(Some(BlobReader {
+                    total: m.size,
+                    stream: Box::pin(futures_util::stream::empty()),
+                })),
+                Err(e) if not_found(&e) => Ok(None),
+                Err(e) => Err(self.err(&path, e)),
+            };
+        }
+        // One ranged GET: its answer names the object's whole length (Content-Range).
+        let range = match len {
+            Some(l) => GetRange::Bounded(start..start.saturating_add(l)),
+            None => GetRange::Offset(start),
         };
-        let total = head.size;
-        if let Some(tier) = &self.tier
-            && start == 0
-            && len.is_none_or(|l| l >= total)
-        {
-            // A whole read: keep a copy for the next one (its own GET, verified on the way).
-            let (tier, objects, path, digest) = (tier.clone(), self.objects.clone(), path.clone(), digest.clone());
-            tokio::spawn(async move {
-                if let Ok(got) = objects.get(&path).await {
-                    tier.fill(digest, total, got.into_stream().map_err(io::Error::other))
-                        .await;
-                }
-            });
-        }
-        let end = len.map_or(total, |l| start.saturating_add(l).min(total));
-        if start >= end {
-            return Ok(Some(BlobReader {
-                total,
-                stream: Box::pin(futures_util::stream::empty()),
-            }));
-        }
         let options = GetOptions {
-            range: Some(GetRange::Bounded(start..end)),
-            // The object named by a digest never changes; this guards against one deleted
-            // and written again between the HEAD and the GET.
-            if_match: head.e_tag.clone(),
+            range: Some(range),
             ..GetOptions::default()
         };
         let got = match self.counted("get", self.objects.get_opts(&path, options).await) {
@@ -364,11 +356,28 @@ impl BlobStore for S3Store {
             Err(e) if not_found(&e) => return Ok(None),
             Err(e) => return Err(self.err(&path, e)),
         };
+        let total = got.meta.size;
         let stream = got.into_stream().map_err(io::Error::other);
-        Ok(Some(BlobReader {
-            total,
-            stream: Box::pin(sync_wrapper::SyncStream::new(stream)),
-        }))
+        let whole = start == 0 && len.is_none_or(|l| l >= total);
+        let stream: ByteStream = match &self.tier {
+            Some(tier) if whole => {
+                // A whole read: the tier keeps a copy of the bytes as they go to the client
+                // (verified there; a client that leaves early, or a tier that falls behind,
+                // leaves it incomplete, and so not kept).
+                let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(crate::store::upload::FEED_QUEUE);
+                let copy =
+                    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok(b), rx)) });
+                tokio::spawn({
+                    let (tier, digest) = (tier.clone(), digest.clone());
+                    async move { tier.fill(digest, total, copy).await }
+                });
+                Box::pin(sync_wrapper::SyncStream::new(stream.inspect_ok(move |chunk| {
+                    let _ = tx.try_send(chunk.clone());
+                })))
+            }
+            _ => Box::pin(sync_wrapper::SyncStream::new(stream)),
+        };
+        Ok(Some(BlobReader { total, stream }))
     }
 
     async fn read(&self, digest: &Digest, limit: u64, _access: Access) -> Result<Option<Bytes>, StoreError> {

@@ -101,9 +101,7 @@ impl EntryIndex for S3Store {
         size: u64,
         metadata: serde_json::Value,
     ) -> Result<(), StoreError> {
-        let written_ms = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let written_ms = crate::clock::now_ms();
         let record = StoredEntry {
             key: key.to_string(),
             digest: digest.map(ToString::to_string),

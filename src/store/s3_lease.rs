@@ -26,28 +26,20 @@ struct LeaseRecord {
 fn holder_name() -> &'static str {
     static NAME: OnceLock<String> = OnceLock::new();
     NAME.get_or_init(|| {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-        format!("{}:{}:{:08x}", host.trim(), std::process::id(), rand::random::<u32>())
+        format!(
+            "{}:{}:{:08x}",
+            crate::os::hostname(),
+            std::process::id(),
+            rand::random::<u32>()
+        )
     })
 }
 
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 impl S3Store {
-    fn lease_path(&self, digest: &Digest) -> ObjectPath {
-        self.prefix
-            .clone()
-            .join("leases")
-            .join(digest.algorithm().as_str())
-            .join(digest.hex())
-    }
-
     /// [`crate::store::BlobStore::claim`] for the bucket.
     pub(super) async fn claim_blob(&self, digest: &Digest) -> Result<Claim, StoreError> {
-        self.claim_at(self.lease_path(digest), &digest.to_string()).await
+        self.claim_at(self.digest_path("leases", digest), &digest.to_string())
+            .await
     }
 
     /// [`crate::store::BlobStore::claim_eviction`] for the bucket: the `leases/evictor` lease.
@@ -97,7 +89,7 @@ impl S3Store {
             let bytes = got.bytes().await.map_err(|e| self.err(&path, e))?;
             let record: Option<LeaseRecord> = serde_json::from_slice(&bytes).ok();
             let expires_ms = record.as_ref().map_or(0, |r| r.expires_ms);
-            if expires_ms > unix_ms(SystemTime::now()) {
+            if expires_ms > crate::clock::now_ms() {
                 return Ok(Claim::Held {
                     holder: record.map_or_else(String::new, |r| r.holder),
                     expires: SystemTime::UNIX_EPOCH + Duration::from_millis(expires_ms),
@@ -171,7 +163,7 @@ fn conflict(e: &object_store::Error) -> bool {
 fn self_body(ttl: Duration) -> PutPayload {
     let record = LeaseRecord {
         holder: holder_name().to_string(),
-        expires_ms: unix_ms(SystemTime::now() + ttl),
+        expires_ms: crate::clock::now_ms().saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
     };
     PutPayload::from(serde_json::to_vec(&record).unwrap_or_default())
 }

@@ -62,11 +62,9 @@ impl DiskTier {
     pub fn open(&self, digest: &Digest) -> Option<(std::fs::File, u64)> {
         let file = std::fs::File::open(self.path(digest)).ok()?;
         let len = file.metadata().ok()?.len();
-        // The modification time is the tier's "last used": opening with write access to set
-        // it would need another handle; a failure only makes the order less exact.
-        if let Ok(w) = std::fs::File::options().write(true).open(self.path(digest)) {
-            let _ = w.set_modified(SystemTime::now());
-        }
+        // The modification time is the tier's "last used" (the owner may set it through a
+        // read-only handle); a failure only makes the order less exact.
+        let _ = file.set_modified(SystemTime::now());
         Some((file, len))
     }
 

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 /// Chunks (write batches, up to 512 KiB each) queued for the backend before the feed gives up.
-pub const FEED_QUEUE: usize = 32;
+pub(crate) const FEED_QUEUE: usize = 32;
 
 /// The writer's end of an upload in progress.
 #[derive(Debug)]

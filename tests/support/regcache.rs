@@ -170,6 +170,15 @@ impl Regcache {
             .unwrap_or_else(|| panic!("no mirror line in the logs:\n{logs}"))
     }
 
+    /// The mirror listener's access-log lines that contain `needle`.
+    pub fn mirror_lines(&self, needle: &str) -> Vec<String> {
+        self.logs()
+            .lines()
+            .filter(|l| l.contains("listener=\"mirror\"") && l.contains(needle))
+            .map(str::to_string)
+            .collect()
+    }
+
     /// `http://127.0.0.1:PORT`, for `HTTPS_PROXY`.
     pub fn proxy_url(&self) -> String {
         format!("http://{}", self.addr())
