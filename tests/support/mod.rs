@@ -62,6 +62,17 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local_addr of a bound listener").port()
 }
 
+/// `n` distinct ports on 127.0.0.1 that were free a moment ago (all held open together while
+/// they are picked, so no two are the same, which `n` calls of [`free_port`] do not promise).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to pick a free port"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("local_addr of a bound listener").port())
+        .collect()
+}
+
 /// Polls `check` every 50 ms until it returns `Some`, or gives up after
 /// `timeout` and returns `None`.
 pub fn poll_until<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {

