@@ -514,9 +514,11 @@ class Registry:
 
 
 class Regcache:
-    def __init__(self, bench: "Bench", name: str = "regcache", extra=(), ca_dir: Path | None = None):
+    def __init__(self, bench: "Bench", name: str = "regcache", extra=(), ca_dir: Path | None = None,
+                 listen: str = "127.0.0.1:0"):
         self.b = bench
         self.extra = list(extra)
+        self.listen = listen
         self.dir = bench.work / name
         self.data = self.dir / "data"
         self.ca_dir = ca_dir or self.dir / "ca"
@@ -547,7 +549,7 @@ class Regcache:
                 "regcache",
                 [
                     self.b.regcache_bin, "serve",
-                    "--listen", "127.0.0.1:0",
+                    "--listen", self.listen,
                     "--data-dir", self.data,
                     "--ca-dir", self.ca_dir,
                     "--connect-to", f"{REGISTRY_HOST}:443=127.0.0.1:{self.b.upstream.port}",
@@ -1571,6 +1573,19 @@ class Bench:
             e["bytes"] for e in entries if e["method"] == "GET" and "/manifests/" in e["path"])
         return b, len(blobs)
 
+    def fleet_node(self, name: str, store_args: list, ca_dir: Path, peers: bool) -> "Regcache":
+        """A replica on the bucket; in a fleet, on a port known in advance that it advertises to
+        the others (`--peer-advertise`), so they stream a blob in flight from it."""
+        if not peers:
+            return Regcache(self, name, store_args, ca_dir)
+        secret = self.work / "fleet-peer-secret"
+        if not secret.exists():
+            secret.write_text(os.urandom(16).hex() + "\n")
+            secret.chmod(0o600)
+        addr = f"127.0.0.1:{free_port()}"
+        extra = [*store_args, "--peer-advertise", f"http://{addr}", "--peer-secret-file", str(secret)]
+        return Regcache(self, name, extra, ca_dir, listen=addr)
+
     def fig8(self):
         n = self.concurrency
         medium, large = self.images["medium"], self.images["large"]
@@ -1587,7 +1602,8 @@ class Bench:
                 bytes_m, bytes_l, gets_m, fails = Series(), Series(), Series(), 0
                 for i in range(self.runs):
                     prefix = f"r{size}-{i}-{time.monotonic_ns()}"
-                    nodes = [Regcache(self, f"fleet{size}-{k}", s3.store_args(prefix), shared_ca) for k in range(size)]
+                    nodes = [self.fleet_node(f"fleet{size}-{k}", s3.store_args(prefix), shared_ca, size > 1)
+                             for k in range(size)]
                     for node in nodes:
                         node.start(fresh=True)
                     lb = Haproxy(self, [node.port for node in nodes]) if size > 1 else None
@@ -1635,7 +1651,8 @@ class Bench:
         )
         body += (f"\n\nA SeaweedFS S3 server on 127.0.0.1 holds the store (`--store s3://…`, no local tier); each run "
                  f"uses a fresh prefix and fresh processes. The fleet is 3 regcache processes sharing one CA behind "
-                 f"Debian's haproxy (TCP, round robin per connection). Medium: {medium.total_bytes:,} bytes in "
+                 f"Debian's haproxy (TCP, round robin per connection), streaming blobs in flight to each other "
+                 f"(`--peer-advertise`). Medium: {medium.total_bytes:,} bytes in "
                  f"{len(medium.layers)} layers; large: {large.total_bytes:,} bytes in one layer, pulled cold then "
                  f"warm through the same contender. Upstream bytes and blob GETs from the upstream registry's access "
                  f"log. All on one 2-core machine: the fleet's 3 processes and the S3 server share its CPU, so the "

@@ -295,6 +295,20 @@ fn the_fleet_compose_file_is_valid_and_shares_the_bucket_and_the_ca() {
         "every replica reads the one CA:\n{config}"
     );
     assert_eq!(config.matches("REGCACHE_STORE: s3://regcache-cache/fleet").count(), 3);
+    // Each replica advertises itself to the others, with the one secret ca-init made.
+    for n in 1..=3 {
+        assert!(
+            config.contains(&format!("REGCACHE_PEER_ADVERTISE: http://replica-{n}:3128")),
+            "replica-{n} advertises itself:\n{config}"
+        );
+    }
+    assert_eq!(
+        config
+            .matches("REGCACHE_PEER_SECRET_FILE: /var/lib/regcache/ca/peer-secret")
+            .count(),
+        3
+    );
+    assert!(config.contains("peer-secret"), "ca-init makes the peer secret");
     assert!(
         config.contains("service_completed_successfully"),
         "replicas wait for ca-init"

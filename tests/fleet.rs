@@ -462,3 +462,241 @@ async fn a_blob_with_the_wrong_bytes_never_appears_in_the_bucket() {
         "nothing unverified under {key}"
     );
 }
+
+/// Two replicas that stream blobs in flight to each other: each listens on a port known in
+/// advance and advertises it, with the fleet's shared secret.
+fn peered_replicas(w: &PullWorld, upstream: SocketAddr, s3: &Seaweed) -> (Regcache, Regcache, String) {
+    let secret = format!("fleet-secret-{}", support::random_hex(12));
+    let secret_file = w.tmp.path().join("peer-secret");
+    std::fs::write(&secret_file, format!("{secret}\n")).unwrap();
+    let ports = support::free_ports(2);
+    let start = |name: &str, port: u16| {
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        replica_builder(w, upstream, s3, "fleet", &w.tmp.path().join(name))
+            .listen(addr)
+            .args(["--store-lease-ttl", "3s", "--peer-advertise", &format!("http://{addr}")])
+            .arg("--peer-secret-file")
+            .arg(&secret_file)
+            .start()
+    };
+    (start("a", ports[0]), start("b", ports[1]), secret)
+}
+
+/// A client of `rc` as a proxy, trusting its CA.
+fn through(rc: &Regcache) -> reqwest::Client {
+    support::reqwest_builder(&[&rc.ca_cert_pem()])
+        .proxy(reqwest::Proxy::all(rc.proxy_url()).unwrap())
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+/// `GET` of the blob `digest` of `ghcr.io/org/app` through `rc`, started.
+async fn blob_through(rc: &Regcache, digest: &str) -> reqwest::Response {
+    let res = through(rc)
+        .get(format!("https://ghcr.io/v2/org/app/blobs/{digest}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "{}", rc.logs());
+    res
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{:x}", sha2::Sha256::digest(data))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_streams_a_blob_in_flight_from_the_one_downloading_it() {
+    let w = PullWorld::new();
+    let s3 = Seaweed::start("regcache-peers");
+    // 4 MiB at 1.25 MiB/s: over 3 s in flight.
+    let (ghcr, image, slow) = slow_upstream(&w, 4 * 1024 * 1024);
+    let (a, b, secret) = peered_replicas(&w, ghcr.addr(), &s3);
+
+    let first = tokio::spawn({
+        let res = blob_through(&a, &slow).await;
+        async move { res.bytes().await.unwrap() }
+    });
+    let started = support::poll_until(Duration::from_secs(30), || {
+        (ghcr.count("GET", &format!("/blobs/{slow}")) == 1).then_some(())
+    });
+    assert!(started.is_some(), "replica a never fetched the layer:\n{}", a.logs());
+
+    // b's client gets its first bytes while a is still downloading: streamed from a, not
+    // waited for in the bucket.
+    let mut res = blob_through(&b, &slow).await;
+    let mut got = res.chunk().await.unwrap().expect("a first chunk").to_vec();
+    assert_eq!(
+        ghcr.completed("GET", &format!("/blobs/{slow}")),
+        0,
+        "b's first bytes came while a's upstream transfer was still under way"
+    );
+    while let Some(chunk) = res.chunk().await.unwrap() {
+        got.extend_from_slice(&chunk);
+    }
+    assert_eq!(sha256_hex(&got), slow, "b served the whole blob, verified");
+    assert_eq!(sha256_hex(&first.await.unwrap()), slow);
+    assert_eq!(
+        ghcr.count("GET", &format!("/blobs/{slow}")),
+        1,
+        "fetched from upstream once for both"
+    );
+    let m = get(&b, "/metrics").await;
+    assert_eq!(
+        metric(&m, "regcache_fleet_leases_total{outcome=\"streamed\"}"),
+        1,
+        "{m}"
+    );
+    assert!(b.logs().contains("streaming the blob from the replica downloading it"));
+
+    // A hit on b now, from the bucket; the bucket holds it whole.
+    let again = blob_through(&b, &slow).await;
+    assert_eq!(again.headers()["x-cache"], "HIT");
+    assert_eq!(sha256_hex(&again.bytes().await.unwrap()), slow);
+    let out = cli(&s3, "fleet", &["cache", "verify"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+
+    // The peer endpoint wants the fleet's secret, and the secret is never logged.
+    let peer_url = format!("{}/_regcache/peer/blobs/{slow}", a.proxy_url());
+    let plain = reqwest::Client::builder().no_proxy().build().unwrap();
+    for auth in [None, Some("Bearer not-the-fleet-secret")] {
+        let mut req = plain.get(&peer_url);
+        if let Some(v) = auth {
+            req = req.header("authorization", v);
+        }
+        assert_eq!(req.send().await.unwrap().status(), 401, "{auth:?}");
+    }
+    let ok = plain
+        .get(&peer_url)
+        .bearer_auth(&secret)
+        .header("range", "bytes=10-19")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 206);
+    assert_eq!(ok.bytes().await.unwrap().len(), 10);
+    for rc in [&a, &b] {
+        assert!(!rc.logs().contains(&secret), "the peer secret is never logged");
+    }
+    let _ = image;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_whose_source_dies_goes_on_from_where_it_stopped() {
+    let w = PullWorld::new();
+    let s3 = Seaweed::start("regcache-resume");
+    let (ghcr, _image, slow) = slow_upstream(&w, 4 * 1024 * 1024);
+    let (mut a, b, _) = peered_replicas(&w, ghcr.addr(), &s3);
+
+    let doomed = tokio::spawn({
+        let res = blob_through(&a, &slow).await;
+        async move { res.bytes().await }
+    });
+    let started = support::poll_until(Duration::from_secs(30), || {
+        (ghcr.count("GET", &format!("/blobs/{slow}")) == 1).then_some(())
+    });
+    assert!(started.is_some(), "replica a never fetched the layer:\n{}", a.logs());
+    let mut res = blob_through(&b, &slow).await;
+    let mut got = res.chunk().await.unwrap().expect("a first chunk").to_vec();
+    // a dies mid-blob; b's one response goes on (from upstream, once a's lease lapses) and
+    // ends with the right bytes.
+    a.kill();
+    while let Some(chunk) = res.chunk().await.unwrap() {
+        got.extend_from_slice(&chunk);
+    }
+    let _ = doomed.await;
+    assert_eq!(sha256_hex(&got), slow, "b's client got the whole blob, right");
+    assert!(b.logs().contains("going on from where it stopped"), "{}", b.logs());
+    let gets: Vec<_> = ghcr
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.path.contains(&format!("/blobs/{slow}")))
+        .collect();
+    assert_eq!(gets.len(), 2, "fetched again once, by b: {gets:?}");
+    let range = gets[1].range.clone().unwrap_or_default();
+    let from: u64 = range
+        .strip_prefix("bytes=")
+        .and_then(|r| r.strip_suffix('-'))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(from > 0, "b asked upstream only for the rest: {range:?}");
+    let m = get(&b, "/metrics").await;
+    assert_eq!(
+        metric(&m, "regcache_fleet_leases_total{outcome=\"taken_over\"}"),
+        1,
+        "{m}"
+    );
+    // b committed the blob it finished: whole and right in the bucket, a hit from now on.
+    let out = cli(&s3, "fleet", &["cache", "verify"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let again = blob_through(&b, &slow).await;
+    assert_eq!(again.headers()["x-cache"], "HIT");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_on_the_bucket_goes_by_last_use_across_the_fleet() {
+    let w = PullWorld::new();
+    let s3 = Seaweed::start("regcache-lru");
+    let ghcr = Registry::start(&w.ca, &["ghcr.io"], RegistryAuth::None);
+    let mib = 1024 * 1024;
+    let older = TestImage::generate(&[mib, mib + 1, mib + 2]);
+    let newer = TestImage::generate(&[mib + 3, mib + 4, mib + 5]);
+    let small = TestImage::generate(&[64 * 1024]);
+    for (repo, image) in [("org/app", &older), ("org/new", &newer), ("org/small", &small)] {
+        support::push(&ghcr.url(), repo, "1.0", image, None, &w.ca.cert_pem())
+            .await
+            .unwrap();
+    }
+    let data = w.tmp.path().join("data");
+    let rc = replica(&w, ghcr.addr(), &s3, "fleet", &data, &[]);
+    // Written first, but used last: the older image's layers must outlive the newer image's.
+    w.pull_through(&rc, "docker://ghcr.io/org/app:1.0", None, &older);
+    std::thread::sleep(Duration::from_millis(1100));
+    w.pull_through(&rc, "docker://ghcr.io/org/new:1.0", None, &newer);
+    std::thread::sleep(Duration::from_millis(1100));
+    for digest in older.layer_digests() {
+        let res = blob_through(&rc, &digest).await;
+        assert_eq!(res.headers()["x-cache"], "HIT");
+        assert_eq!(sha256_hex(&res.bytes().await.unwrap()), digest);
+    }
+    // A download wakes the replica's evictor, which writes the use markers it noted.
+    w.pull_through(&rc, "docker://ghcr.io/org/small:1.0", None, &small);
+    let marked = support::poll_until(Duration::from_secs(40), || {
+        let keys = s3.keys("fleet/used/");
+        older
+            .layer_digests()
+            .iter()
+            .all(|d| keys.contains(&format!("fleet/used/{}", d.replace(':', "/"))))
+            .then_some(())
+    });
+    assert!(marked.is_some(), "use markers: {:?}", s3.keys("fleet/used/"));
+
+    let out = cli(
+        &s3,
+        "fleet",
+        &[
+            "cache",
+            "gc",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--max-size",
+            "4MiB",
+            "--keep-recent",
+            "0s",
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success() && text.contains("evicted"), "{text}");
+    let keys = s3.keys("fleet/blobs/");
+    let held = |d: &String| keys.contains(&format!("fleet/blobs/{}", d.replace(':', "/")));
+    assert!(
+        older.layer_digests().iter().all(held),
+        "recently used layers kept: {keys:?}"
+    );
+    assert!(
+        !newer.layer_digests().iter().any(held),
+        "least recently used layers evicted first: {keys:?}"
+    );
+}

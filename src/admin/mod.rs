@@ -1,13 +1,14 @@
 //! What regcache answers about itself: the banner (or the HTML status page for browsers),
 //! `/healthz`, `/metrics`, `/ca.crt`, the client setup script (`/setup/systemd`), the cache's
-//! admin API (`/_regcache/cache`, loopback only) and `POST /_regcache/reload`.
+//! admin API (`/_regcache/cache`, loopback only), `POST /_regcache/reload`, and the fleet's
+//! peer endpoint (`/_regcache/peer/blobs/<digest>`, for replicas showing the shared secret).
 //!
 //! Owns: [`AdminService`], the status page, the setup script template.
 //!
 //! Must not: accept connections (a listener hands requests in), or change the configuration
 //! itself (a reload goes through [`Reload`], which `app` implements).
 //!
-//! May import: `catalog`, `cache`, `telemetry`, `config`, `body`.
+//! May import: `catalog`, `cache`, `upstream`, `telemetry`, `config`, `body`.
 
 mod cache_api;
 mod endpoints;
@@ -23,6 +24,7 @@ use http::{Request, Response};
 use crate::body::Body;
 use crate::cache::RegistryCache;
 use crate::telemetry::Metrics;
+use crate::upstream::PEER_BLOB_PATH;
 
 pub use reload::RELOAD_PATH;
 
@@ -77,6 +79,12 @@ impl AdminService {
             cache_api::respond(req, client, &self.cache).await
         } else if path == "/healthz" && (req.method() == http::Method::GET || req.method() == http::Method::HEAD) {
             health(&self.cache).await
+        } else if let Some(digest) = path.strip_prefix(PEER_BLOB_PATH)
+            && (req.method() == http::Method::GET || req.method() == http::Method::HEAD)
+        {
+            self.cache
+                .serve_peer(req.headers(), req.method() == http::Method::HEAD, digest)
+                .await
         } else {
             self.endpoints.respond(req, &self.metrics)
         }

@@ -29,7 +29,7 @@ use crate::mirror::{Mirror, MirrorListener, MirrorSetupError};
 use crate::proxy::{Proxy, ProxyListener};
 use crate::store::Store;
 use crate::telemetry::Metrics;
-use crate::upstream::{UpstreamAuth, UpstreamClient, UpstreamSetupError};
+use crate::upstream::{PeerClient, UpstreamAuth, UpstreamClient, UpstreamSetupError};
 
 /// Errors starting the proxy. Each names what it concerns.
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +131,7 @@ impl App {
                 evictor: evictor.clone(),
                 tasks: tasks.clone(),
                 metrics: metrics.clone(),
+                peers: PeerClient::from_store(&config.store),
             },
             config.cache.clone(),
             config.timeouts.upstream_response,

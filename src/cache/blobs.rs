@@ -11,9 +11,10 @@ use http::{Method, Response, StatusCode};
 use crate::body::{self, Body};
 use crate::cache::answers::Served;
 use crate::cache::answers::{error, passthrough};
-use crate::cache::download::{DownloadJob, Started, download_blob};
+use crate::cache::download::download_blob;
 use crate::cache::downloads::{Download, DownloadState, Joined};
 use crate::cache::eviction::Evictor;
+use crate::cache::transfer::{DownloadJob, Started};
 use crate::cache::{Ctx, RegistryCache};
 use crate::error::ProxyError;
 use crate::registry::Digest;
@@ -28,7 +29,8 @@ impl RegistryCache {
             if let Some(refused) = self.authorize(ctx, Some(digest), false).await {
                 return refused;
             }
-            if let Some(res) = blob_from_store(self.store(), &self.evictor, ctx, digest, total).await {
+            if let Some(res) = blob_from_store(self.store(), &self.evictor, ctx.headers, ctx.head, digest, total).await
+            {
                 return (res, Outcome::Hit);
             }
         }
@@ -64,7 +66,9 @@ impl RegistryCache {
                     if let Some(refused) = self.authorize(ctx, Some(digest), false).await {
                         return refused;
                     }
-                    return match blob_from_store(self.store(), &self.evictor, ctx, digest, total).await {
+                    return match blob_from_store(self.store(), &self.evictor, ctx.headers, ctx.head, digest, total)
+                        .await
+                    {
                         Some(res) => (res, Outcome::Hit),
                         // Removed again meanwhile: fetch it for this client alone.
                         None => self.relay(ctx, Method::GET, Outcome::Bypass).await,
@@ -85,6 +89,7 @@ impl RegistryCache {
                     idle: self.body_idle,
                     digest: digest.clone(),
                     reply,
+                    peers: self.peers.clone(),
                 }));
                 match started.await {
                     Ok(Started::Streaming) => {
@@ -103,11 +108,14 @@ impl RegistryCache {
                         }
                         let total = self.store().blobs().stat(digest).await;
                         match total {
-                            Some(total) => match blob_from_store(self.store(), &self.evictor, ctx, digest, total).await
-                            {
-                                Some(res) => (res, Outcome::Hit),
-                                None => self.relay(ctx, Method::GET, Outcome::Bypass).await,
-                            },
+                            Some(total) => {
+                                match blob_from_store(self.store(), &self.evictor, ctx.headers, ctx.head, digest, total)
+                                    .await
+                                {
+                                    Some(res) => (res, Outcome::Hit),
+                                    None => self.relay(ctx, Method::GET, Outcome::Bypass).await,
+                                }
+                            }
                             None => self.relay(ctx, Method::GET, Outcome::Bypass).await,
                         }
                     }
@@ -121,6 +129,47 @@ impl RegistryCache {
                 }
             }
         }
+    }
+
+    /// The answer to another replica's `GET /_regcache/peer/blobs/<digest>` (see
+    /// [`super::peer`]): the blob as this replica's download of it goes (with `Range`, the last
+    /// byte only once verified, as for every follower), or from the store once committed.
+    pub async fn serve_peer(&self, headers: &HeaderMap, head: bool, digest: &str) -> Response<Body> {
+        let Some(peers) = &self.peers else {
+            return body::text(
+                StatusCode::NOT_FOUND,
+                "regcache: this replica serves no peers (--peer-secret-file)",
+            );
+        };
+        if !peers.authorizes(headers) {
+            let mut res = body::text(
+                StatusCode::UNAUTHORIZED,
+                "regcache: the fleet's peer secret is required",
+            );
+            res.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"regcache-peer\""),
+            );
+            return res;
+        }
+        let Ok(digest) = digest.parse::<Digest>() else {
+            return body::text(StatusCode::BAD_REQUEST, format!("regcache: {digest:?} is not a digest"));
+        };
+        if let Some(dl) = self.downloads.get(&digest) {
+            let state = dl.started().await;
+            if let Some(res) = blob_from_download(headers, head, &"this replica's upstream", &digest, &dl, state) {
+                return res;
+            }
+        }
+        if let Some(total) = self.store().blobs().stat(&digest).await
+            && let Some(res) = blob_from_store(self.store(), &self.evictor, headers, head, &digest, total).await
+        {
+            return res;
+        }
+        body::text(
+            StatusCode::NOT_FOUND,
+            format!("regcache: not downloading {digest} and not holding it"),
+        )
     }
 }
 
@@ -155,17 +204,18 @@ fn range_head(h: &HeaderMap, total: u64) -> Result<(StatusCode, u64, u64), Box<R
 async fn blob_from_store(
     store: &Store,
     evictor: &Arc<Evictor>,
-    ctx: &Ctx<'_>,
+    asked: &HeaderMap,
+    head: bool,
     digest: &Digest,
     total: u64,
 ) -> Option<Response<Body>> {
     // Content verified when written; clients verify again. Served with plain reads.
-    let (status, start, end) = match range_head(ctx.headers, total) {
+    let (status, start, end) = match range_head(asked, total) {
         Ok(r) => r,
         Err(res) => return Some(*res),
     };
     let guard = evictor.reading(digest);
-    let body = if ctx.head {
+    let body = if head {
         body::empty()
     } else {
         let reader = store
@@ -198,13 +248,15 @@ async fn blob_from_store(
 /// did (the caller then asks upstream itself).
 async fn follow(ctx: &Ctx<'_>, digest: &Digest, dl: &Arc<Download>) -> Option<Served> {
     let state = dl.started().await;
-    blob_from_download(ctx, digest, dl, state).map(|res| (res, Outcome::Miss))
+    blob_from_download(ctx.headers, ctx.head, &ctx.origin.host, digest, dl, state).map(|res| (res, Outcome::Miss))
 }
 
 /// A response following a download in progress, or `None` if it never started (the caller
 /// then asks upstream itself).
 fn blob_from_download(
-    ctx: &Ctx<'_>,
+    asked: &HeaderMap,
+    head: bool,
+    host: &dyn std::fmt::Display,
     digest: &Digest,
     dl: &Arc<Download>,
     state: DownloadState,
@@ -216,7 +268,7 @@ fn blob_from_download(
         DownloadState::Failed(why) => {
             return Some(
                 error(ProxyError::Upstream {
-                    target: ctx.origin.host.to_string(),
+                    target: host.to_string(),
                     reason: format!("blob download failed: {why}"),
                 })
                 .0,
@@ -224,14 +276,14 @@ fn blob_from_download(
         }
     };
     let (status, start, end) = match total {
-        Some(t) => match range_head(ctx.headers, t) {
+        Some(t) => match range_head(asked, t) {
             Ok((s, a, b)) => (s, a, Some(b)),
             Err(res) => return Some(*res),
         },
         // Unknown length: ranges cannot be checked yet; send everything.
         None => (StatusCode::OK, 0, None),
     };
-    let body = if ctx.head {
+    let body = if head {
         body::empty()
     } else {
         body::boxed(http_body_util::StreamBody::new(

@@ -3,86 +3,68 @@
 //! reports how it began to that client; every client reads the bytes through the download's
 //! followers ([`super::downloads`]).
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderMap, Method, Response, StatusCode, Uri};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use http::{Method, StatusCode};
 
-use crate::cache::StoreHealth;
 use crate::cache::downloads::DownloadHandle;
-use crate::cache::eviction::Evictor;
-use crate::error::ProxyError;
+use crate::cache::peer;
+use crate::cache::transfer::{DownloadJob, Source, Started, feed, store_unavailable};
 use crate::registry::Digest;
 use crate::registry::headers;
 use crate::store::{BlobWriter, Claim, Lease, Store};
-use crate::telemetry::{BodyKind, LeaseOutcome, Metrics};
-use crate::upstream::Requester;
-
-/// How a blob download began, told to the request that started it.
-pub(super) enum Started {
-    /// Upstream answered 200; bytes are flowing into the download.
-    Streaming,
-    /// Another replica on the same store downloaded it: it is in the store now.
-    Committed,
-    /// The store cannot be written: fetch for yourself.
-    StoreUnavailable,
-    /// Upstream answered something else (401, 404, …): pass it on.
-    Refused(Response<Incoming>),
-    /// Upstream could not be reached.
-    Failed(ProxyError),
-}
-
-/// Everything the download task needs.
-pub(super) struct DownloadJob {
-    pub(super) evictor: Arc<Evictor>,
-    pub(super) upstream: Requester,
-    pub(super) store: Store,
-    pub(super) metrics: Arc<Metrics>,
-    pub(super) health: Arc<StoreHealth>,
-    pub(super) url: Uri,
-    pub(super) headers: HeaderMap,
-    pub(super) handle: DownloadHandle,
-    pub(super) idle: Duration,
-    pub(super) digest: Digest,
-    pub(super) reply: tokio::sync::oneshot::Sender<Started>,
-}
+use crate::telemetry::{LeaseOutcome, Metrics};
 
 /// Fetches a blob into the store, reporting to the request that started it how it began.
 pub(super) async fn download_blob(job: DownloadJob) {
+    let (store, digest) = (job.store.clone(), job.digest.clone());
+    // Fleet-wide single flight: one replica sharing the store downloads; the others stream it
+    // from that one while it does, or wait for its commit (a store of one process always
+    // grants the claim).
+    let (lease, outcome) = match store.blobs().claim(&digest).await {
+        Ok(Claim::Won(lease)) => (lease, LeaseOutcome::Won),
+        Ok(Claim::TakenOver(lease)) => (lease, LeaseOutcome::TakenOver),
+        Ok(Claim::Held { holder, expires, peer }) => {
+            if let (Some(peers), Some(peer)) = (job.peers.clone(), peer.as_deref())
+                && !peers.is_self(peer)
+            {
+                match peers.open(peer, &digest, 0).await {
+                    Ok(from_peer) => return peer::copy_from_peer(job, peers, from_peer, &holder).await,
+                    Err(why) => tracing::info!(
+                        %digest,
+                        holder,
+                        why,
+                        "cannot stream the blob from the replica downloading it; waiting for its commit"
+                    ),
+                }
+            }
+            match wait_for_holder(&store, &digest, &holder, expires).await {
+                Waited::Committed(len) => {
+                    job.metrics.store.lease(LeaseOutcome::Followed);
+                    job.handle.done(len);
+                    let _ = job.reply.send(Started::Committed);
+                    return;
+                }
+                Waited::Claimed(claim) => claim,
+            }
+        }
+        Err(e) => {
+            tracing::warn!(%digest, error = %e, "no fleet download lease; downloading anyway");
+            (Lease::none(), LeaseOutcome::Won)
+        }
+    };
     let DownloadJob {
         evictor,
         upstream,
-        store,
         metrics,
         health,
         url,
         headers,
         handle,
         idle,
-        digest,
         reply,
+        ..
     } = job;
-    // Fleet-wide single flight: one replica sharing the store downloads, the others wait for
-    // its commit (a store of one process always grants the claim).
-    let (lease, outcome) = match store.blobs().claim(&digest).await {
-        Ok(Claim::Won(lease)) => (lease, LeaseOutcome::Won),
-        Ok(Claim::TakenOver(lease)) => (lease, LeaseOutcome::TakenOver),
-        Ok(Claim::Held { holder, expires }) => match wait_for_holder(&store, &digest, &holder, expires).await {
-            Waited::Committed(len) => {
-                metrics.store.lease(LeaseOutcome::Followed);
-                handle.done(len);
-                let _ = reply.send(Started::Committed);
-                return;
-            }
-            Waited::Claimed(claim) => claim,
-        },
-        Err(e) => {
-            tracing::warn!(%digest, error = %e, "no fleet download lease; downloading anyway");
-            (Lease::none(), LeaseOutcome::Won)
-        }
-    };
     if lease.is_shared() {
         // Another replica may have committed it and released its claim since our miss.
         if let Some(len) = store.blobs().stat(&digest).await {
@@ -96,12 +78,7 @@ pub(super) async fn download_blob(job: DownloadJob) {
     // Given back when this task ends (committed or not); dropped early, a task gives it back.
     let mut writer = match store.create_blob(&digest, None).await {
         Ok(w) => w,
-        Err(e) => {
-            health.failed(&e);
-            handle.abandon();
-            let _ = reply.send(Started::StoreUnavailable);
-            return;
-        }
+        Err(e) => return store_unavailable(&e, &health, handle, reply),
     };
     let res = match upstream.send(Method::GET, url, headers).await {
         Ok(res) => res,
@@ -123,7 +100,14 @@ pub(super) async fn download_blob(job: DownloadJob) {
     writer.expect_len(total);
     handle.running(writer.spool_path().to_path_buf(), total);
     let _ = reply.send(Started::Streaming);
-    run_download(handle, writer, res.into_body(), idle, digest, &metrics).await;
+    let source = Source::Upstream.bytes(res.into_body(), 0, &metrics);
+    match feed(&handle, &mut writer, source, idle, &digest).await {
+        Ok(()) => commit(handle, writer, &digest, &metrics).await,
+        Err(broke) => {
+            writer.discard().await;
+            handle.fail(broke.why());
+        }
+    }
     lease.release().await;
     drop(in_flight);
     evictor.added();
@@ -170,54 +154,8 @@ async fn wait_for_holder(store: &Store, digest: &Digest, holder: &str, expires: 
     }
 }
 
-/// Streams the upstream body into the store, publishing progress to readers.
-async fn run_download(
-    handle: DownloadHandle,
-    mut writer: BlobWriter,
-    mut body: Incoming,
-    idle: Duration,
-    digest: Digest,
-    metrics: &Metrics,
-) {
-    loop {
-        // `None` once upstream has sent everything: then whatever is gathered is written out.
-        let data = match tokio::time::timeout(idle, body.frame()).await {
-            Err(_) => {
-                tracing::warn!(%digest, "upstream stalled mid-blob; discarding");
-                writer.discard().await;
-                return handle.fail("upstream stalled");
-            }
-            Ok(None) => None,
-            Ok(Some(Err(e))) => {
-                tracing::warn!(%digest, error = %e, "upstream broke off mid-blob; discarding");
-                writer.discard().await;
-                return handle.fail("upstream closed the connection mid-blob");
-            }
-            Ok(Some(Ok(frame))) => match frame.into_data() {
-                Ok(data) => {
-                    metrics.upstream_bytes(BodyKind::Blob, data.len() as u64);
-                    Some(data)
-                }
-                Err(_) => continue,
-            },
-        };
-        let at_end = data.is_none();
-        let written = match data {
-            Some(data) => writer.write(data).await,
-            None => writer.flush().await,
-        };
-        match written {
-            Ok(chunks) => handle.append(chunks),
-            Err(e) => {
-                tracing::error!(%digest, error = %e, "cache write failed mid-blob; discarding");
-                writer.discard().await;
-                return handle.fail("cache write failed");
-            }
-        }
-        if at_end {
-            break;
-        }
-    }
+/// Verifies the spooled blob and commits it, telling its readers.
+async fn commit(handle: DownloadHandle, writer: BlobWriter, digest: &Digest, metrics: &Metrics) {
     match writer.commit().await {
         Ok(stored) => {
             tracing::debug!(%digest, bytes = stored.len, "blob cached");

@@ -25,12 +25,14 @@ mod download;
 mod downloads;
 mod eviction;
 mod manifests;
+mod peer;
 mod purge_watch;
 mod records;
 mod relay;
 mod repo_access;
 mod single_flight;
 mod tags;
+mod transfer;
 
 pub use eviction::Evictor;
 #[cfg(test)]
@@ -51,7 +53,7 @@ use crate::error::ProxyError;
 use crate::registry::{Digest, Reference, RegistryRequest, canonical_repository, classify};
 use crate::store::{Store, StoreError};
 use crate::telemetry::{Listener, Metrics, Outcome};
-use crate::upstream::{Origin, UpstreamAuth, UpstreamClient};
+use crate::upstream::{Origin, PeerClient, UpstreamAuth, UpstreamClient};
 use answers::{Fetched, Served, error, local_ping};
 use downloads::Downloads;
 use purge_watch::PurgeWatch;
@@ -73,7 +75,7 @@ pub fn open_store(
     match config {
         crate::config::StoreConfig::Local => Ok(Store::local(data_dir.join("cache"))),
         crate::config::StoreConfig::S3(s3) => {
-            Store::s3(s3.clone(), data_dir.join("spool"), data_dir.join("tier"), counter)
+            Store::s3((**s3).clone(), data_dir.join("spool"), data_dir.join("tier"), counter)
         }
     }
 }
@@ -107,6 +109,8 @@ pub struct RegistryCache {
     manifest_fetches: SingleFlight<String, Result<Fetched, ProxyError>>,
     revalidations: SingleFlight<String, Revalidation>,
     health: Arc<StoreHealth>,
+    /// The other replicas of a fleet, when they stream blobs in flight to each other.
+    peers: Option<PeerClient>,
     /// Purges by `regcache cache rm`/`verify --repair` in other processes: checked on each
     /// memory lookup, which then starts afresh.
     purges: PurgeWatch,
@@ -127,6 +131,8 @@ pub struct CacheParts {
     pub tasks: TaskTracker,
     /// Where cache events are counted.
     pub metrics: Arc<Metrics>,
+    /// The other replicas of a fleet, when they stream blobs in flight to each other.
+    pub peers: Option<PeerClient>,
 }
 
 /// Whether the store can be written; shared with download tasks. A write failure (disk full,
@@ -176,6 +182,7 @@ impl RegistryCache {
             evictor,
             tasks,
             metrics,
+            peers,
         } = parts;
         Self {
             purges: PurgeWatch::new(store.clone()),
@@ -200,6 +207,7 @@ impl RegistryCache {
                 failures: AtomicU64::new(0),
                 metrics: metrics.clone(),
             }),
+            peers,
             metrics,
         }
     }

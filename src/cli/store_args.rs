@@ -44,6 +44,17 @@ pub struct StoreArgs {
         value_name = "SIZE"
     )]
     pub store_local_cache_size: Option<SizeValue>,
+
+    /// This replica's listener as the other replicas reach it (`http://10.0.0.5:3128`): they
+    /// stream a blob it is downloading from it instead of waiting for the bucket; needs
+    /// --peer-secret-file [default: none, followers wait for the bucket].
+    #[arg(long = "peer-advertise", env = "REGCACHE_PEER_ADVERTISE", value_name = "URL")]
+    pub peer_advertise: Option<String>,
+
+    /// A file holding the secret every replica of the fleet shares for the peer endpoint
+    /// (at least 16 characters).
+    #[arg(long = "peer-secret-file", env = "REGCACHE_PEER_SECRET_FILE", value_name = "FILE")]
+    pub peer_secret_file: Option<std::path::PathBuf>,
 }
 
 impl StoreArgs {
@@ -57,6 +68,8 @@ impl StoreArgs {
             allow_http: self.store_allow_http.then_some(true),
             lease_ttl: self.store_lease_ttl.map(Parsed),
             local_cache_size: self.store_local_cache_size.map(Parsed),
+            peer_advertise: self.peer_advertise.clone(),
+            peer_secret_file: self.peer_secret_file.clone(),
             ..StoreLayer::default()
         }
     }

@@ -173,6 +173,12 @@ pub fn render(config: &Config) -> String {
         if s3.secret_access_key.is_some() {
             let _ = writeln!(out, "secret_access_key = \"<redacted>\"");
         }
+        if let Some(u) = &s3.peer_advertise {
+            let _ = writeln!(out, "peer_advertise = {}", q(u));
+        }
+        if s3.peer_secret.is_some() {
+            let _ = writeln!(out, "peer_secret = \"<redacted>\"");
+        }
     }
     if let Some(m) = &config.mirror {
         let _ = writeln!(out, "\n[mirror]\nlisten = {}", q(&m.listen.to_string()));

@@ -17,8 +17,8 @@ pub enum StoreConfig {
     /// A cacache directory under the data dir.
     #[default]
     Local,
-    /// A bucket.
-    S3(S3Config),
+    /// A bucket (boxed: it is much larger than the default).
+    S3(Box<S3Config>),
 }
 
 /// An S3-compatible bucket and how to reach it.
@@ -45,6 +45,11 @@ pub struct S3Config {
     pub lease_ttl: Duration,
     /// Bytes of the local disk tier in front of the bucket (`None`: no tier).
     pub local_cache_size: Option<u64>,
+    /// This replica's peer endpoint as the others reach it (`http://10.0.0.5:3128`), written
+    /// into its download leases so that they stream a blob in flight from it.
+    pub peer_advertise: Option<String>,
+    /// The secret replicas show each other on the peer endpoint (`None`: no peer streaming).
+    pub peer_secret: Option<String>,
 }
 
 impl std::fmt::Debug for S3Config {
@@ -63,6 +68,8 @@ impl std::fmt::Debug for S3Config {
             )
             .field("lease_ttl", &self.lease_ttl)
             .field("local_cache_size", &self.local_cache_size)
+            .field("peer_advertise", &self.peer_advertise)
+            .field("peer_secret", &self.peer_secret.as_ref().map(|_| "<redacted>"))
             .finish()
     }
 }
@@ -103,6 +110,12 @@ pub struct StoreLayer {
     pub lease_ttl: Option<Parsed<DurationValue>>,
     /// `local_cache_size = "20GiB"`: a local disk tier in front of the bucket.
     pub local_cache_size: Option<Parsed<SizeValue>>,
+    /// `peer_advertise = "http://10.0.0.5:3128"`: where the other replicas reach this one.
+    pub peer_advertise: Option<String>,
+    /// `peer_secret_file = "/run/secrets/regcache-peer"`
+    pub peer_secret_file: Option<PathBuf>,
+    /// `peer_secret_env = "REGCACHE_PEER_SECRET"`
+    pub peer_secret_env: Option<String>,
 }
 
 impl StoreLayer {
@@ -120,6 +133,9 @@ impl StoreLayer {
             secret_access_key_env: self.secret_access_key_env.or(lower.secret_access_key_env),
             lease_ttl: self.lease_ttl.or(lower.lease_ttl),
             local_cache_size: self.local_cache_size.or(lower.local_cache_size),
+            peer_advertise: self.peer_advertise.or(lower.peer_advertise),
+            peer_secret_file: self.peer_secret_file.or(lower.peer_secret_file),
+            peer_secret_env: self.peer_secret_env.or(lower.peer_secret_env),
         }
     }
 
@@ -143,6 +159,9 @@ impl StoreLayer {
                 ("secret_access_key_env", self.secret_access_key_env.is_some()),
                 ("lease_ttl", self.lease_ttl.is_some()),
                 ("local_cache_size", self.local_cache_size.is_some()),
+                ("peer_advertise", self.peer_advertise.is_some()),
+                ("peer_secret_file", self.peer_secret_file.is_some()),
+                ("peer_secret_env", self.peer_secret_env.is_some()),
             ];
             return match set.iter().find(|(_, on)| *on) {
                 Some((key, _)) => Err(err(
@@ -200,21 +219,53 @@ impl StoreLayer {
             (None, Some(var)) => Some(env("access_key_id_env", &var)?),
             (None, None) => None,
         };
-        let secret_access_key = match (self.secret_access_key_file, self.secret_access_key_env) {
-            (Some(_), Some(_)) => {
+        let secret = |file: Option<PathBuf>, var: Option<String>, name: &str| -> Result<Option<String>, ConfigError> {
+            let (file_key, env_key) = (format!("{name}_file"), format!("{name}_env"));
+            match (file, var) {
+                (Some(_), Some(_)) => Err(err(&file_key, format!("expected one of {file_key}, {env_key}"))),
+                (Some(file), None) => Ok(Some(
+                    std::fs::read_to_string(&file)
+                        .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+                        .map_err(|e| err(&file_key, format!("{}: {e}", file.display())))?,
+                )),
+                (None, Some(var)) => Ok(Some(env(&env_key, &var)?)),
+                (None, None) => Ok(None),
+            }
+        };
+        let secret_access_key = secret(
+            self.secret_access_key_file,
+            self.secret_access_key_env,
+            "secret_access_key",
+        )?;
+        let peer_secret = secret(self.peer_secret_file, self.peer_secret_env, "peer_secret")?;
+        if let Some(s) = &peer_secret
+            && s.len() < 16
+        {
+            return Err(err(
+                "peer_secret_file",
+                format!("the peer secret has {} characters: expected at least 16", s.len()),
+            ));
+        }
+        if let Some(url) = &self.peer_advertise {
+            let parsed = url.parse::<http::Uri>().ok().filter(|u| {
+                matches!(u.scheme_str(), Some("http" | "https"))
+                    && u.authority().is_some()
+                    && matches!(u.path(), "" | "/")
+                    && u.query().is_none()
+            });
+            if parsed.is_none() {
                 return Err(err(
-                    "secret_access_key_file",
-                    "expected one of secret_access_key_file, secret_access_key_env".into(),
+                    "peer_advertise",
+                    format!("{url:?}: expected http://HOST:PORT (this replica's listener as the others reach it)"),
                 ));
             }
-            (Some(file), None) => Some(
-                std::fs::read_to_string(&file)
-                    .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
-                    .map_err(|e| err("secret_access_key_file", format!("{}: {e}", file.display())))?,
-            ),
-            (None, Some(var)) => Some(env("secret_access_key_env", &var)?),
-            (None, None) => None,
-        };
+            if peer_secret.is_none() {
+                return Err(err(
+                    "peer_advertise",
+                    "needs the shared peer secret: set store.peer_secret_file (--peer-secret-file) or store.peer_secret_env".into(),
+                ));
+            }
+        }
         let lease_ttl = self.lease_ttl.map_or(DEFAULT_LEASE_TTL, |d| d.0.0);
         if lease_ttl < Duration::from_secs(3) {
             return Err(err(
@@ -222,7 +273,7 @@ impl StoreLayer {
                 "expected at least 3s (it is renewed every third of it)".into(),
             ));
         }
-        Ok(StoreConfig::S3(S3Config {
+        Ok(StoreConfig::S3(Box::new(S3Config {
             bucket: bucket.to_string(),
             prefix: prefix.to_string(),
             endpoint: self.endpoint,
@@ -233,7 +284,9 @@ impl StoreLayer {
             secret_access_key,
             lease_ttl,
             local_cache_size: self.local_cache_size.map(|s| s.0.0),
-        }))
+            peer_advertise: self.peer_advertise.map(|u| u.trim_end_matches('/').to_string()),
+            peer_secret,
+        })))
     }
 }
 
@@ -278,6 +331,18 @@ mod tests {
             "[store]\nurl = \"s3://bucket\"\nsecret_access_key_env = \"REGCACHE_TEST_SURELY_UNSET\"\n",
             "store.secret_access_key_env",
         );
+        refused(
+            "[store]\nurl = \"s3://bucket\"\npeer_advertise = \"http://10.0.0.5:3128\"\n",
+            "store.peer_advertise",
+        );
+        refused(
+            "[store]\nurl = \"s3://bucket\"\npeer_advertise = \"10.0.0.5:3128\"\n",
+            "store.peer_advertise",
+        );
+        refused(
+            "[store]\npeer_advertise = \"http://10.0.0.5:3128\"\n",
+            "store.peer_advertise",
+        );
     }
 
     #[test]
@@ -293,7 +358,13 @@ mod tests {
             secret_access_key: Some("hunter2".into()),
             lease_ttl: DEFAULT_LEASE_TTL,
             local_cache_size: None,
+            peer_advertise: Some("http://10.0.0.5:3128".into()),
+            peer_secret: Some("correct-horse-battery".into()),
         };
-        assert!(!format!("{c:?}").contains("hunter2"));
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("correct-horse"),
+            "{shown}"
+        );
     }
 }

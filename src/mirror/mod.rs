@@ -39,7 +39,7 @@ use crate::front::{AuthCheck, Gateway, Htpasswd, HtpasswdError, LeafCertCache, L
 use crate::registry::ErrorCode;
 use crate::registry::headers::DOCKER_API_VERSION;
 use crate::telemetry::{AccessRecord, Listener, Metrics, Outcome};
-use crate::upstream::Origin;
+use crate::upstream::{Origin, PEER_BLOB_PATH};
 
 pub use acme::{AcmeCertificate, AcmeError};
 pub use listener::MirrorListener;
@@ -181,8 +181,11 @@ impl Mirror {
         if path == "/healthz" {
             return answer(record(), Outcome::Local, body::text(StatusCode::OK, "ok"));
         }
+        // A replica of the fleet asking for a blob in flight shows the fleet's secret instead
+        // (mirror-only replicas serve their peers here).
+        let peer = path.starts_with(PEER_BLOB_PATH) && self.local.get().is_some();
         let login = self.login.load_full();
-        if let Some(h) = login.as_ref() {
+        if let Some(h) = login.as_ref().filter(|_| !peer) {
             match h.check(req.headers().get(header::AUTHORIZATION)).await {
                 AuthCheck::User(_) => {}
                 AuthCheck::Missing => return answer(record(), Outcome::Deny, challenge()),

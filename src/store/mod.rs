@@ -18,6 +18,7 @@ mod local;
 mod s3;
 mod s3_index;
 mod s3_lease;
+mod s3_use;
 mod spool;
 mod tier;
 mod upload;
@@ -157,6 +158,14 @@ pub struct VerifiedSpool {
     pub uploaded: bool,
 }
 
+impl VerifiedSpool {
+    /// Removes the spool file (the blob is committed by another process, or not wanted).
+    pub async fn discard(self) {
+        drop(self.file);
+        let _ = tokio::fs::remove_file(&self.path).await;
+    }
+}
+
 /// Content by digest. Implementations are shared by every request (`Arc<dyn BlobStore>`).
 #[async_trait::async_trait]
 pub trait BlobStore: Send + Sync + fmt::Debug + 'static {
@@ -288,6 +297,8 @@ pub enum Claim {
         holder: String,
         /// When its claim lapses unless renewed.
         expires: SystemTime,
+        /// Where it serves the blob while downloading it (its `--peer-advertise` URL).
+        peer: Option<String>,
     },
 }
 
@@ -468,6 +479,19 @@ impl Store {
         let mut writer = self.create_blob(digest, Some(bytes.len() as u64)).await?;
         writer.write(bytes.clone()).await?;
         writer.commit().await
+    }
+
+    /// Commits a spool [`BlobWriter::verify`] checked.
+    ///
+    /// # Errors
+    /// If the backend cannot take it (the spool is then removed).
+    pub async fn commit_verified(&self, spool: VerifiedSpool) -> Result<Committed, StoreError> {
+        let path = spool.path.clone();
+        let result = self.blobs.commit(spool).await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&path).await;
+        }
+        result
     }
 
     /// The spool directory's leftovers: files, and what they hold.

@@ -5,7 +5,9 @@
 //! was verified, so nothing unverified is ever visible under a digest key — a multipart
 //! upload is invisible until completed), `index/<readable key start>+<hash>` (one small JSON
 //! object per record, replaced whole by each write: a reader sees the old record or the new
-//! one, never a mix) and `purge-mark` (rewritten by every purge; running replicas poll it).
+//! one, never a mix), `used/<algorithm>/<hex>` (when a blob was last served, `s3_use.rs`),
+//! `leases/…` (`s3_lease.rs`) and `purge-mark` (rewritten by every purge; running replicas
+//! poll it).
 
 use std::io;
 use std::path::PathBuf;
@@ -33,6 +35,9 @@ use crate::store::{
 const PART: usize = 8 * 1024 * 1024;
 /// Parts uploaded at once: memory for an upload stays under `PART * PARALLEL_PARTS`.
 const PARALLEL_PARTS: usize = 4;
+/// How often one replica renews a blob's use marker, at most: the resolution of "last used"
+/// on the bucket (see `s3_use.rs`).
+pub(super) const USE_MARK_EVERY: Duration = Duration::from_secs(3600);
 /// How often a running server re-reads the purge mark.
 const PURGE_POLL: Duration = Duration::from_secs(5);
 
@@ -87,6 +92,8 @@ pub struct S3Store {
     pub(super) prefix: ObjectPath,
     /// Changes when the purge mark object does (polled).
     pub(super) purge_seen: Arc<AtomicU64>,
+    /// Blobs whose use marker this replica wrote lately (see `s3_use.rs`).
+    pub(super) marked: moka::sync::Cache<Digest, ()>,
 }
 
 impl S3Store {
@@ -113,6 +120,10 @@ impl S3Store {
             options,
             spool_dir,
             purge_seen: Arc::new(AtomicU64::new(0)),
+            marked: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(USE_MARK_EVERY)
+                .build(),
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(poll_purge_mark(Arc::downgrade(&store)));
@@ -131,6 +142,35 @@ impl S3Store {
             .join(area)
             .join(digest.algorithm().as_str())
             .join(digest.hex())
+    }
+
+    /// The objects under `<prefix>/<area>/<algorithm>/<hex>` by digest, and the keys there that
+    /// name no digest.
+    pub(super) async fn list_digests(
+        &self,
+        area: &str,
+    ) -> Result<(Vec<(Digest, object_store::ObjectMeta)>, Vec<String>), StoreError> {
+        let root = self.prefix.clone().join(area);
+        let (mut found, mut stray) = (Vec::new(), Vec::new());
+        self.counter.request("list", true);
+        let mut objects = self.objects.list(Some(&root));
+        while let Some(meta) = objects.next().await {
+            let meta = self.counted("list", meta).map_err(|e| self.err(&root, e))?;
+            let parts: Vec<_> = meta
+                .location
+                .prefix_match(&root)
+                .map(|p| p.collect())
+                .unwrap_or_default();
+            let digest = match parts.as_slice() {
+                [algo, hex] => format!("{}:{}", algo.as_ref(), hex.as_ref()).parse::<Digest>().ok(),
+                _ => None,
+            };
+            match digest {
+                Some(digest) => found.push((digest, meta)),
+                None => stray.push(meta.location.to_string()),
+            }
+        }
+        Ok((found, stray))
     }
 
     pub(super) fn purge_path(&self) -> ObjectPath {
@@ -232,7 +272,7 @@ fn fnv(bytes: &[u8]) -> u64 {
 }
 
 /// An object's `last_modified` (milliseconds since the epoch) as a `SystemTime`.
-fn system_time(unix_ms: i64) -> SystemTime {
+pub(super) fn system_time(unix_ms: i64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_millis(u64::try_from(unix_ms).unwrap_or(0))
 }
 
@@ -413,7 +453,9 @@ impl BlobStore for S3Store {
         if let Some(tier) = &self.tier {
             tier.remove(digest).await;
         }
-        match self.counted("delete", self.objects.delete(&path).await) {
+        let deleted = self.counted("delete", self.objects.delete(&path).await);
+        self.forget_use(digest).await;
+        match deleted {
             Ok(()) => Ok(true),
             Err(e) if not_found(&e) => Ok(false),
             Err(e) => Err(self.err(&path, e)),
@@ -421,37 +463,34 @@ impl BlobStore for S3Store {
     }
 
     async fn list(&self) -> Result<Listing, StoreError> {
-        let root = self.prefix.clone().join("blobs");
-        let mut listing = Listing::default();
-        self.counter.request("list", true);
-        let mut objects = self.objects.list(Some(&root));
-        while let Some(meta) = objects.next().await {
-            let meta = self.counted("list", meta).map_err(|e| self.err(&root, e))?;
-            let parts: Vec<_> = meta
-                .location
-                .prefix_match(&root)
-                .map(|p| p.collect())
-                .unwrap_or_default();
-            let digest = match parts.as_slice() {
-                [algo, hex] => format!("{}:{}", algo.as_ref(), hex.as_ref()).parse::<Digest>().ok(),
-                _ => None,
-            };
-            match digest {
-                Some(digest) => listing.blobs.push(BlobInfo {
+        let (found, stray) = self.list_digests("blobs").await?;
+        let mut listing = Listing {
+            blobs: found
+                .into_iter()
+                .map(|(digest, meta)| BlobInfo {
                     digest,
                     len: meta.size,
                     last_used: system_time(meta.last_modified.timestamp_millis()),
                     modified: system_time(meta.last_modified.timestamp_millis()),
-                }),
-                None => listing.stray.push(meta.location.to_string()),
+                })
+                .collect(),
+            stray,
+        };
+        match self.last_uses().await {
+            Ok(uses) => {
+                for blob in &mut listing.blobs {
+                    if let Some(used) = uses.get(&blob.digest) {
+                        blob.last_used = blob.last_used.max(*used);
+                    }
+                }
             }
+            Err(e) => tracing::warn!(error = %e, "cannot list the bucket's use markers; last use is write time"),
         }
         Ok(listing)
     }
 
-    async fn touch(&self, _digests: Vec<Digest>) {
-        // Objects have no access time that a GET updates; eviction on the bucket goes by
-        // write time.
+    async fn touch(&self, digests: Vec<Digest>) {
+        self.mark_used(digests).await;
     }
 
     async fn free_space(&self) -> Option<u64> {

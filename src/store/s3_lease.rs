@@ -3,7 +3,9 @@
 //! the others see who holds it and until when. The holder rewrites the lease every third of
 //! its life; a lease not renewed (its holder died mid-blob) is taken over with a PUT that
 //! succeeds only if the lease is still the one read (`If-Match`), so two replicas never both
-//! take it. The lease is deleted when the holder commits the blob or gives up.
+//! take it. The lease is deleted when the holder commits the blob or gives up. A holder with a
+//! peer endpoint (`--peer-advertise`) names it in the lease, so the others can stream the
+//! blob from it while it downloads.
 
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
@@ -20,6 +22,9 @@ use crate::store::{Claim, Lease, StoreError};
 struct LeaseRecord {
     holder: String,
     expires_ms: u64,
+    /// The holder's peer endpoint, where the blob in flight can be streamed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    peer: Option<String>,
 }
 
 /// This process, as lease holders are named: `host:pid:random`.
@@ -66,10 +71,7 @@ impl S3Store {
                 mode: PutMode::Create,
                 ..PutOptions::default()
             };
-            let created = self
-                .objects
-                .put_opts(&path, self_body(self.options.lease_ttl), create)
-                .await;
+            let created = self.objects.put_opts(&path, self.lease_body(), create).await;
             // Losing the race is an answer, not a failed request.
             self.counter.request("put", !matches!(&created, Err(e) if !conflict(e)));
             match created {
@@ -90,9 +92,11 @@ impl S3Store {
             let record: Option<LeaseRecord> = serde_json::from_slice(&bytes).ok();
             let expires_ms = record.as_ref().map_or(0, |r| r.expires_ms);
             if expires_ms > crate::clock::now_ms() {
+                let (holder, peer) = record.map_or_else(|| (String::new(), None), |r| (r.holder, r.peer));
                 return Ok(Claim::Held {
-                    holder: record.map_or_else(String::new, |r| r.holder),
+                    holder,
                     expires: SystemTime::UNIX_EPOCH + Duration::from_millis(expires_ms),
+                    peer,
                 });
             }
             // Lapsed: its holder stopped renewing it. Take it over if nobody did meanwhile.
@@ -100,16 +104,14 @@ impl S3Store {
                 mode: PutMode::Update(version),
                 ..PutOptions::default()
             };
-            let taken = self
-                .objects
-                .put_opts(&path, self_body(self.options.lease_ttl), take)
-                .await;
+            let taken = self.objects.put_opts(&path, self.lease_body(), take).await;
             self.counter.request("put", !matches!(&taken, Err(e) if !conflict(e)));
             match taken {
                 Ok(_) => {
                     tracing::warn!(
                         lease = what,
                         from = record.as_ref().map_or("", |r| r.holder.as_str()),
+                        lapsed_ms = crate::clock::now_ms().saturating_sub(expires_ms),
                         "took over a lapsed lease (its holder stopped renewing it)"
                     );
                     return Ok(Claim::TakenOver(self.hold(path)));
@@ -128,13 +130,13 @@ impl S3Store {
         };
         let objects = self.objects.clone();
         let every = self.options.lease_ttl / 3;
-        let ttl = self.options.lease_ttl;
+        let (ttl, peer) = (self.options.lease_ttl, self.options.peer_advertise.clone());
         let renew = {
             let (objects, path) = (objects.clone(), path.clone());
             rt.spawn(async move {
                 loop {
                     tokio::time::sleep(every).await;
-                    if let Err(e) = objects.put(&path, self_body(ttl)).await {
+                    if let Err(e) = objects.put(&path, self_body(ttl, peer.clone())).await {
                         tracing::warn!(lease = %path, error = %e, "cannot renew a download lease");
                     }
                 }
@@ -159,11 +161,19 @@ fn conflict(e: &object_store::Error) -> bool {
     )
 }
 
-/// A lease record of this process, valid for `ttl` from now.
-fn self_body(ttl: Duration) -> PutPayload {
+impl S3Store {
+    /// A lease record of this process, valid for the lease's life from now.
+    fn lease_body(&self) -> PutPayload {
+        self_body(self.options.lease_ttl, self.options.peer_advertise.clone())
+    }
+}
+
+/// A lease record of this process (reachable at `peer`), valid for `ttl` from now.
+fn self_body(ttl: Duration, peer: Option<String>) -> PutPayload {
     let record = LeaseRecord {
         holder: holder_name().to_string(),
         expires_ms: crate::clock::now_ms().saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
+        peer,
     };
     PutPayload::from(serde_json::to_vec(&record).unwrap_or_default())
 }

@@ -50,6 +50,8 @@ pub struct BlobWriter {
     last_dispatch: std::time::Instant,
     /// The backend's upload of the bytes while they arrive, if it takes one.
     upload: Option<UploadFeed>,
+    /// A copy of a blob another process is committing: never uploaded while it arrives.
+    copy_only: bool,
 }
 
 /// A finished write job: the sink back, its result, and the batch it wrote at its offset.
@@ -103,7 +105,20 @@ impl BlobWriter {
             flushed: 0,
             last_dispatch: std::time::Instant::now(),
             upload: None,
+            copy_only: false,
         })
+    }
+
+    /// Marks this as a verified copy of a blob another process is committing (a replica
+    /// streaming it from the one downloading it): no upload while it arrives, and it ends with
+    /// [`BlobWriter::verify`], not [`BlobWriter::commit`].
+    pub fn copy_only(&mut self) {
+        self.copy_only = true;
+    }
+
+    /// Bytes handed to [`BlobWriter::write`] so far (where a resumed transfer goes on from).
+    pub fn received(&self) -> u64 {
+        self.queued + self.pending_len as u64
     }
 
     /// Sets the length upstream announced, checked at commit; a backend that uploads while
@@ -111,6 +126,7 @@ impl BlobWriter {
     pub fn expect_len(&mut self, len: Option<u64>) {
         self.expected_len = len;
         if let Some(len) = len
+            && !self.copy_only
             && self.upload.is_none()
             && self.queued == 0
         {
@@ -221,7 +237,48 @@ impl BlobWriter {
         result
     }
 
+    /// Verifies length and digest and hands back the spool without committing it: the caller
+    /// commits it ([`crate::store::Store::commit_verified`]) or removes it.
+    ///
+    /// # Errors
+    /// On a mismatch or an I/O failure; the spool file is then removed.
+    pub async fn verify(mut self) -> Result<VerifiedSpool, StoreError> {
+        let result = self.check().await;
+        if let Some(upload) = self.upload.take() {
+            upload.finish(false).await;
+        }
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&self.path).await;
+        }
+        result.map(|file| VerifiedSpool {
+            digest: self.digest.clone(),
+            path: self.path.clone(),
+            file,
+            len: self.flushed,
+            uploaded: false,
+        })
+    }
+
     async fn finish(&mut self) -> Result<Committed, StoreError> {
+        let file = self.check().await?;
+        // Verified: an upload made while it downloaded may now become the stored blob.
+        let uploaded = match self.upload.take() {
+            Some(upload) => upload.finish(true).await,
+            None => false,
+        };
+        self.backend
+            .commit(VerifiedSpool {
+                digest: self.digest.clone(),
+                path: self.path.clone(),
+                file,
+                len: self.flushed,
+                uploaded,
+            })
+            .await
+    }
+
+    /// Writes out what is left, then checks length and digest; the file, when they match.
+    async fn check(&mut self) -> Result<std::fs::File, StoreError> {
         self.flush().await?;
         if let Some(expected) = self.expected_len
             && expected != self.flushed
@@ -239,20 +296,7 @@ impl BlobWriter {
                 actual,
             });
         }
-        // Verified: an upload made while it downloaded may now become the stored blob.
-        let uploaded = match self.upload.take() {
-            Some(upload) => upload.finish(true).await,
-            None => false,
-        };
-        self.backend
-            .commit(VerifiedSpool {
-                digest: self.digest.clone(),
-                path: self.path.clone(),
-                file: sink.file,
-                len: self.flushed,
-                uploaded,
-            })
-            .await
+        Ok(sink.file)
     }
 
     /// Abandons the blob and removes the spool file.

@@ -24,6 +24,8 @@ pub enum LeaseOutcome {
     Won,
     /// Another replica held it; this one served that replica's commit.
     Followed,
+    /// Another replica held it; this one streamed the blob from it while it downloaded.
+    Streamed,
     /// The holder stopped renewing it (died mid-blob); this one took over and downloaded.
     TakenOver,
 }
@@ -33,6 +35,7 @@ impl LeaseOutcome {
         match self {
             Self::Won => "won",
             Self::Followed => "followed",
+            Self::Streamed => "streamed",
             Self::TakenOver => "taken_over",
         }
     }
@@ -56,10 +59,15 @@ impl StoreMetrics {
         );
         r.register(
             "fleet_leases",
-            "Fleet download leases by outcome: won (downloaded), followed (served another replica's download), taken_over (its holder died)",
+            "Fleet download leases by outcome: won (downloaded), followed (served another replica's commit), streamed (streamed from the downloading replica), taken_over (its holder died)",
             me.leases.clone(),
         );
-        for outcome in [LeaseOutcome::Won, LeaseOutcome::Followed, LeaseOutcome::TakenOver] {
+        for outcome in [
+            LeaseOutcome::Won,
+            LeaseOutcome::Followed,
+            LeaseOutcome::Streamed,
+            LeaseOutcome::TakenOver,
+        ] {
             let _ = me.leases.get_or_create(&LeaseLabels {
                 outcome: outcome.as_str(),
             });

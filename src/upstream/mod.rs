@@ -4,7 +4,8 @@
 //! connections away from loopback, link-local and the proxy itself (SSRF).
 //!
 //! Owns: [`UpstreamClient`], [`Origin`], [`UpstreamAuth`] and [`Requester`] (a request as
-//! the client or as regcache), errors mapped to [`ProxyError`](crate::error::ProxyError).
+//! the client or as regcache), errors mapped to [`ProxyError`](crate::error::ProxyError), and
+//! [`PeerClient`], which streams a blob in flight from another replica of a fleet.
 //!
 //! Must not: cache anything beyond connections and tokens, or know about the store.
 //!
@@ -13,6 +14,8 @@
 mod auth;
 mod client;
 mod egress;
+mod peer;
 
 pub use auth::{Requester, UpstreamAuth};
 pub use client::{Origin, UpstreamClient, UpstreamSetupError};
+pub use peer::{PEER_BLOB_PATH, PeerBody, PeerClient, content_range};

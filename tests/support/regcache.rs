@@ -30,9 +30,16 @@ pub struct RegcacheBuilder {
     rust_log: Option<String>,
     data_dir: Option<PathBuf>,
     ca_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
 }
 
 impl RegcacheBuilder {
+    /// `--listen ADDR` instead of a port the system picks (for an address known in advance).
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = Some(addr);
+        self
+    }
+
     /// Extra `serve` argument (after `--listen/--data-dir/--ca-dir`).
     pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
         self.args.push(arg.as_ref().to_owned());
@@ -112,6 +119,7 @@ impl RegcacheBuilder {
             readers: Vec::new(),
             data_dir,
             ca_dir,
+            listen: self.listen.map_or_else(|| "127.0.0.1:0".to_owned(), |a| a.to_string()),
             args: self.args,
             envs: self.envs,
             rust_log: self.rust_log.unwrap_or_else(|| "info".to_owned()),
@@ -133,6 +141,7 @@ pub struct Regcache {
     readers: Vec<std::thread::JoinHandle<()>>,
     data_dir: PathBuf,
     ca_dir: PathBuf,
+    listen: String,
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
     rust_log: String,
@@ -284,7 +293,7 @@ impl Regcache {
         let mut cmd = Command::new(&self.binary);
         cmd.arg("serve")
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(&self.listen)
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--ca-dir")

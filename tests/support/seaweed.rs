@@ -94,6 +94,10 @@ impl Seaweed {
             (out.as_deref() == Some("200")).then_some(true)
         });
         if created == Some(true) {
+            // The first write to a new bucket makes SeaweedFS grow volumes, which stalls
+            // writes for seconds: long enough to let a short test lease lapse. Done here.
+            me.put("warm-up", "x");
+            me.delete("warm-up");
             return Ok(me);
         }
         me.stop();
