@@ -700,3 +700,51 @@ async fn eviction_on_the_bucket_goes_by_last_use_across_the_fleet() {
         "least recently used layers evicted first: {keys:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_blob_streamed_between_replicas_goes_only_to_clients_upstream_accepts() {
+    let w = PullWorld::new();
+    let s3 = Seaweed::start("regcache-private");
+    let (ghcr, _image, slow) = slow_upstream(&w, 4 * 1024 * 1024);
+    ghcr.require_basic("alice", "s3cret");
+    let (a, b, _) = peered_replicas(&w, ghcr.addr(), &s3);
+    let url = format!("https://ghcr.io/v2/org/app/blobs/{slow}");
+    let first = through(&a)
+        .get(&url)
+        .basic_auth("alice", Some("s3cret"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200, "{}", a.logs());
+    let first = tokio::spawn(first.bytes());
+    let started = support::poll_until(Duration::from_secs(30), || {
+        (ghcr.count("GET", &format!("/blobs/{slow}")) == 1).then_some(())
+    });
+    assert!(started.is_some(), "replica a never fetched the layer:\n{}", a.logs());
+
+    // While b copies it from a, a client upstream would refuse gets nothing from b.
+    let anonymous = through(&b).get(&url).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401, "{}", b.logs());
+    let wrong = through(&b)
+        .get(&url)
+        .basic_auth("alice", Some("nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401, "{}", b.logs());
+    let allowed = through(&b)
+        .get(&url)
+        .basic_auth("alice", Some("s3cret"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(allowed.status(), 200, "{}", b.logs());
+    assert_eq!(sha256_hex(&allowed.bytes().await.unwrap()), slow);
+    assert_eq!(sha256_hex(&first.await.unwrap().unwrap()), slow);
+    assert_eq!(
+        ghcr.count("GET", &format!("/blobs/{slow}")),
+        1,
+        "fetched from upstream once"
+    );
+    assert!(b.logs().contains("streaming the blob from the replica downloading it"));
+}

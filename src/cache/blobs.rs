@@ -100,6 +100,16 @@ impl RegistryCache {
                             None => self.relay(ctx, Method::GET, Outcome::Bypass).await,
                         }
                     }
+                    Ok(Started::Copying) => {
+                        // Upstream served it to another replica's client, not to this one.
+                        if let Some(refused) = self.authorize(ctx, Some(digest), false).await {
+                            return refused;
+                        }
+                        match follow(ctx, digest, &dl).await {
+                            Some(served) => served,
+                            None => self.relay(ctx, Method::GET, Outcome::Bypass).await,
+                        }
+                    }
                     Ok(Started::Committed) => {
                         // Another replica fetched it, for its own client: this one must be
                         // allowed to read it too.

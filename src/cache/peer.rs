@@ -56,7 +56,7 @@ pub(super) async fn copy_from_peer(job: DownloadJob, peers: PeerClient, from_pee
     writer.expect_len(from_peer.total);
     let in_flight = evictor.download_started(from_peer.total);
     handle.running(writer.spool_path().to_path_buf(), from_peer.total);
-    let _ = reply.send(Started::Streaming);
+    let _ = reply.send(Started::Copying);
     metrics.store.lease(LeaseOutcome::Streamed);
     tracing::info!(%digest, holder, "streaming the blob from the replica downloading it");
     let mut source = Source::Fleet.bytes(from_peer.body, from_peer.skip, &metrics);

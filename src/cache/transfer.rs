@@ -24,6 +24,9 @@ use crate::upstream::{PeerClient, Requester};
 pub(super) enum Started {
     /// Upstream answered 200; bytes are flowing into the download.
     Streaming,
+    /// Another replica is downloading it for its own client; its bytes are flowing into this
+    /// replica's copy (this client must still be allowed to read the blob).
+    Copying,
     /// Another replica on the same store downloaded it: it is in the store now.
     Committed,
     /// The store cannot be written: fetch for yourself.

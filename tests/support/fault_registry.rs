@@ -146,6 +146,8 @@ struct State {
     connections: AtomicUsize,
     active_connections: AtomicUsize,
     tokens_issued: AtomicUsize,
+    /// `Authorization` every `/v2/` request must carry (a private registry), if any.
+    required_auth: Mutex<Option<String>>,
 }
 
 /// The listener currently running (absent while stopped).
@@ -185,6 +187,7 @@ impl FaultRegistry {
             connections: AtomicUsize::new(0),
             active_connections: AtomicUsize::new(0),
             tokens_issued: AtomicUsize::new(0),
+            required_auth: Mutex::new(None),
         });
 
         let (handle_tx, handle_rx) = std::sync::mpsc::channel();
@@ -220,6 +223,17 @@ impl FaultRegistry {
         };
         registry.serve(listener);
         registry
+    }
+
+    /// Makes every `/v2/` request need HTTP basic `user:pass` (else `401` with a `Basic`
+    /// challenge): a private registry.
+    pub fn require_basic(&self, user: &str, pass: &str) {
+        use base64::Engine as _;
+        let value = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+        );
+        *self.state.required_auth.lock().expect("auth lock poisoned") = Some(value);
     }
 
     /// `127.0.0.1:PORT`.
@@ -611,7 +625,15 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Fa
         tokio::time::sleep(applied.delay).await;
     }
     let is_head = req.method() == Method::HEAD;
+    let required = state.required_auth.lock().expect("auth lock poisoned").clone();
+    let refused = required.is_some_and(|r| path.starts_with("/v2") && header("authorization") != Some(r));
     let planned = match applied.answer.clone() {
+        _ if refused => {
+            let mut p = error_status(401);
+            p.headers
+                .push(("www-authenticate".into(), "Basic realm=\"fault-registry\"".into()));
+            p
+        }
         Some(Fault::Status(code)) => error_status(code),
         Some(Fault::Redirect { location }) => redirect(307, &location),
         Some(Fault::RedirectWith { status, location }) => redirect(status, &location),
