@@ -150,15 +150,58 @@ async fn an_unreachable_bucket_passes_pulls_through() {
     support::push(&ghcr.url(), "org/app", "1.0", &image, None, &w.ca.cert_pem())
         .await
         .unwrap();
-    let rc = replica(&w, ghcr.addr(), &s3, "x", &w.tmp.path().join("data"), &[]);
-    let health = get(&rc, "/healthz").await;
+    let rc = replica(
+        &w,
+        ghcr.addr(),
+        &s3,
+        "x",
+        &w.tmp.path().join("data"),
+        &["--health-interval", "1s", "--health-threshold", "2"],
+    );
+    let status = |rc: &Regcache| {
+        let url = format!("{}/healthz", rc.proxy_url());
+        async move {
+            let r = reqwest::get(url).await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let mut health = (0, String::new());
+    for _ in 0..50 {
+        health = status(&rc).await;
+        if health.1.contains(": reachable") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert!(
-        health.starts_with("ok\n") && health.contains("s3://regcache-gone/x") && health.contains(": reachable"),
-        "{health}"
+        health.0 == 200 && health.1.starts_with("ok\n") && health.1.contains("s3://regcache-gone/x"),
+        "{health:?}"
     );
     s3.stop();
-    let health = get(&rc, "/healthz").await;
-    assert!(health.starts_with("ok\n") && health.contains("unreachable"), "{health}");
+    // Two failed checks in a row (write, read, delete of a small object): 503 with the reason.
+    for _ in 0..100 {
+        health = status(&rc).await;
+        if health.0 == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(health.0, 503, "{health:?}\n{}", rc.logs());
+    assert!(
+        health.1.starts_with("unhealthy\n") && health.1.contains("checks in a row failed"),
+        "{health:?}"
+    );
+    let verbose: serde_json::Value = serde_json::from_str(&get(&rc, "/healthz?verbose").await).unwrap();
+    assert_eq!(verbose["status"], "unhealthy");
+    assert_eq!(verbose["checks"][0]["name"], "store");
+    assert!(
+        verbose["checks"][0]["consecutive_failures"].as_u64().unwrap() >= 2,
+        "{verbose}"
+    );
+    assert_eq!(verbose["checks"][0]["threshold"], 2);
+    assert!(rc.logs().contains("/healthz is 503"));
+    assert!(metric(&get(&rc, "/metrics").await, "regcache_store_check_failures ") >= 2);
+    // Pulls still pass through meanwhile.
     w.pull_through(&rc, "docker://ghcr.io/org/app:1.0", None, &image);
     w.pull_through(&rc, "docker://ghcr.io/org/app:1.0", None, &image);
     assert!(

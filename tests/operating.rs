@@ -531,3 +531,68 @@ async fn json_logs_are_one_object_per_line_with_the_request_fields() {
     }
     assert!(found, "no access line for the blob: {logs}");
 }
+
+/// `/healthz` of `p`: status and body.
+async fn healthz(p: &Regcache, query: &str) -> (u16, String) {
+    let r = local_client()
+        .get(format!("{}/healthz{query}", p.proxy_url()))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// Polls `/healthz` until its status is `want` (up to 20 s); the last answer.
+async fn healthz_until(p: &Regcache, want: u16) -> (u16, String) {
+    let mut last = (0, String::new());
+    for _ in 0..100 {
+        last = healthz(p, "").await;
+        if last.0 == want && !last.1.contains("first check running") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    last
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_fails_after_threshold_store_checks_fail_and_recovers_after_one_passes() {
+    let w = world();
+    let reg = FaultRegistry::new(&w.ca, &["ghcr.io"]);
+    let blob = reg.put_blob(Bytes::from(random_bytes(64 * 1024)));
+    let p = Regcache::builder()
+        .connect_to("ghcr.io:443", reg.addr())
+        .upstream_ca(&w.ca_file)
+        .args(["--health-interval", "1s", "--health-threshold", "3"])
+        .start();
+    let ok = healthz_until(&p, 200).await;
+    assert!(ok.1.starts_with("ok\n") && ok.1.contains(": reachable"), "{ok:?}");
+
+    // The disk under the cache breaks: where the check (and every download) spools is a file.
+    let spools = p.data_dir().join("cache").join("tmp");
+    let _ = std::fs::remove_dir_all(&spools);
+    std::fs::write(&spools, "not a directory").unwrap();
+    let down = healthz_until(&p, 503).await;
+    assert_eq!(down.0, 503, "{down:?}\n{}", p.logs());
+    assert!(down.1.contains("3 checks in a row failed"), "{down:?}");
+    let verbose: serde_json::Value = serde_json::from_str(&healthz(&p, "?verbose").await.1).unwrap();
+    assert_eq!(verbose["status"], "unhealthy");
+    assert!(
+        verbose["checks"][0]["last_error"].as_str().unwrap().contains("tmp"),
+        "{verbose}"
+    );
+    // Pulls keep passing through uncached meanwhile.
+    let res = client(&p, &w)
+        .get(format!("https://ghcr.io/v2/org/app/blobs/{blob}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(support::sha256_digest(&res.bytes().await.unwrap()), blob);
+
+    // Repaired: one passing check is enough.
+    std::fs::remove_file(&spools).unwrap();
+    let up = healthz_until(&p, 200).await;
+    assert!(up.0 == 200 && up.1.contains(": reachable"), "{up:?}");
+    assert!(p.logs().contains("store check passed again"));
+}

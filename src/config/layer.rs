@@ -19,9 +19,10 @@ use crate::config::MirrorLayer;
 use crate::config::StoreLayer;
 use crate::config::canonical_registry;
 use crate::config::{
-    self, AccessPolicy, CacheBudget, CachePolicy, Config, ConnectTo, Credential, GlobText, HostPattern, HostPort,
-    LogFormat, NonRegistryPolicy, RegistryPolicy, TagTtlRule, Timeouts, UpstreamTls,
+    self, AccessPolicy, CacheBudget, CachePolicy, Config, ConnectTo, HostPattern, HostPort, LogFormat,
+    NonRegistryPolicy, RegistryPolicy, TagTtlRule, Timeouts, UpstreamTls,
 };
+use crate::config::{CredentialSection, HealthLayer, ProxyChoice, UpstreamLayer};
 
 /// The file read when `--config` is not given, if it exists in the working directory.
 pub const DEFAULT_FILE: &str = "regcache.toml";
@@ -158,6 +159,12 @@ pub struct Layer {
     /// `[mirror]`: the registry-mirror listener.
     #[serde(default)]
     pub mirror: MirrorLayer,
+    /// `[upstream]`: a parent proxy for upstream connections.
+    #[serde(default)]
+    pub upstream: UpstreamLayer,
+    /// `[health]`: the store check behind `/healthz`.
+    #[serde(default)]
+    pub health: HealthLayer,
 }
 
 /// `[timeouts]`
@@ -229,6 +236,8 @@ pub struct RegistrySection {
     pub tag_ttl: Dur,
     /// Overrides `cache.max_stale` for this registry.
     pub max_stale: Dur,
+    /// This registry's parent proxy, or `"direct"` (overrides `upstream.proxy`).
+    pub proxy: Option<Parsed<ProxyChoice>>,
 }
 
 impl RegistrySection {
@@ -241,26 +250,9 @@ impl RegistrySection {
             skip_verify: false,
             tag_ttl: None,
             max_stale: None,
+            proxy: None,
         }
     }
-}
-
-/// `[[credentials]]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CredentialSection {
-    /// The registry host as clients name it (`registry-1.docker.io`, `ghcr.io`).
-    pub registry: Parsed<HostPortValue>,
-    /// Repositories covered, a glob (`org/*`); all when absent.
-    pub repository: Option<Parsed<GlobText>>,
-    /// User name.
-    pub username: String,
-    /// The password itself (prefer `password_file` or `password_env`).
-    pub password: Option<String>,
-    /// A file holding the password (trailing newline ignored).
-    pub password_file: Option<PathBuf>,
-    /// An environment variable holding the password.
-    pub password_env: Option<String>,
 }
 
 /// A `HOST[:PORT]` (port 443 by default).
@@ -349,6 +341,8 @@ impl Layer {
             credentials: cat(self.credentials, lower.credentials),
             mirror: self.mirror.over(lower.mirror),
             store: self.store.over(lower.store),
+            upstream: self.upstream.over(lower.upstream),
+            health: self.health.over(lower.health),
         }
     }
 
@@ -364,6 +358,7 @@ impl Layer {
         let mut connect_to: Vec<ConnectTo> = self.connect_to.into_iter().map(|p| p.0).collect();
         let mut upstream_tls = Vec::new();
         let mut per_registry: Vec<RegistryPolicy> = Vec::new();
+        let mut proxies = Vec::new();
         for (i, r) in self.registries.into_iter().enumerate() {
             let host = r.host.0;
             if let Some(addr) = r.address {
@@ -378,7 +373,7 @@ impl Layer {
                     .map_err(|e| ConfigError::new(origin, format!("registry[{i}].host"), e))?;
                 connect_to.push(ConnectTo {
                     target,
-                    address: addr.0,
+                    address: addr.0.into(),
                 });
             }
             if r.upstream_ca.is_some() || r.skip_verify {
@@ -406,38 +401,12 @@ impl Layer {
                     max_stale: r.max_stale.map(|d| d.0.0),
                 });
             }
+            if let Some(choice) = r.proxy {
+                proxies.push((host.clone(), choice.0));
+            }
             registries.push(host);
         }
-        let mut credentials = Vec::new();
-        for (i, c) in self.credentials.into_iter().enumerate() {
-            let key = |k: &str| format!("credentials[{i}].{k}");
-            let password = match (c.password, c.password_file, c.password_env) {
-                (Some(p), None, None) => p,
-                (None, Some(file), None) => std::fs::read_to_string(&file)
-                    .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
-                    .map_err(|e| ConfigError::new(origin, key("password_file"), format!("{}: {e}", file.display())))?,
-                (None, None, Some(var)) => std::env::var(&var).map_err(|_| {
-                    ConfigError::new(
-                        origin,
-                        key("password_env"),
-                        format!("environment variable {var} is not set"),
-                    )
-                })?,
-                _ => {
-                    return Err(ConfigError::new(
-                        origin,
-                        key("password"),
-                        "expected exactly one of password, password_file, password_env",
-                    ));
-                }
-            };
-            credentials.push(Credential {
-                registry: c.registry.0.0,
-                repository: c.repository.map(|g| g.0),
-                username: c.username,
-                password,
-            });
-        }
+        let credentials = config::resolve_credentials(self.credentials, origin)?;
         let listener_tls = match (self.tls_cert, self.tls_key) {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
@@ -524,6 +493,8 @@ impl Layer {
             limits,
             mirror,
             store,
+            upstream_proxy: self.upstream.resolve(origin, proxies)?,
+            health: self.health.resolve(origin)?,
         })
     }
 }
@@ -637,7 +608,7 @@ password = "s3cret"
         assert_eq!(cfg.connect_to.len(), 2);
         assert!(cfg.is_registry(&HostPort::parse("reg.internal:5000", 443).unwrap()));
         assert!(cfg.upstream_tls[0].skip_verify);
-        assert_eq!(cfg.credentials[0].password, "s3cret");
+        assert!(matches!(&cfg.credentials[0].login, config::Login::Password { password, .. } if password == "s3cret"));
         let shown = render(&cfg);
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(shown.contains("<redacted>"), "{shown}");

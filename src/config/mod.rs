@@ -9,6 +9,7 @@
 //!
 //! May import: nothing else of the crate (it is the bottom layer).
 
+mod health;
 mod host;
 mod layer;
 mod limits;
@@ -18,18 +19,23 @@ mod rpardini;
 mod settings;
 mod source;
 mod store;
+mod upstream;
 
+pub use health::{HealthLayer, HealthPolicy};
 pub use host::{ConnectTo, HostPattern, HostPort, canonical_ip, canonical_registry};
 pub use layer::{
-    CacheLayer, ConfigError, CredentialSection, DEFAULT_FILE, DurationValue, HostPortValue, Layer, LimitsLayer, Parsed,
-    RegistrySection, SizeValue, TimeoutsLayer,
+    CacheLayer, ConfigError, DEFAULT_FILE, DurationValue, HostPortValue, Layer, LimitsLayer, Parsed, RegistrySection,
+    SizeValue, TimeoutsLayer,
 };
 pub use limits::{HYPER_DEFAULT_MAX_HEADERS, Limits};
 pub use mirror::{AcmeSettings, MirrorConfig, MirrorLayer, MirrorTls, upstream_of};
 pub use render::{format_duration, render};
 pub use settings::{
-    AccessPolicy, CacheBudget, CachePolicy, Config, Credential, DEFAULT_REGISTRIES, GlobText, LogFormat,
-    NonRegistryPolicy, RegistryPolicy, TagTtlRule, Timeouts, UpstreamTls, parse_duration, parse_size,
+    AccessPolicy, CacheBudget, CachePolicy, Config, Credential, CredentialHelper, DEFAULT_REGISTRIES, GlobText,
+    LogFormat, Login, NonRegistryPolicy, RegistryPolicy, TagTtlRule, Timeouts, UpstreamTls, parse_duration, parse_size,
 };
 pub use source::ConfigSource;
 pub use store::{S3Config, StoreConfig, StoreLayer};
+pub use upstream::{
+    CredentialSection, NoProxy, ParentProxy, ProxyChoice, UpstreamLayer, UpstreamProxy, resolve_credentials,
+};

@@ -139,14 +139,33 @@ pub fn render(config: &Config) -> String {
         }
     }
     for cr in &config.credentials {
-        let _ = write!(
-            out,
-            "\n[[credentials]]\nregistry = {}\nusername = {}\npassword = \"<redacted>\"\n",
-            q(&cr.registry.to_string()),
-            q(&cr.username)
-        );
+        let _ = write!(out, "\n[[credentials]]\nregistry = {}\n", q(&cr.registry.to_string()));
+        match &cr.login {
+            crate::config::Login::Password { username, .. } => {
+                let _ = writeln!(out, "username = {}\npassword = \"<redacted>\"", q(username));
+            }
+            crate::config::Login::Helper(h) => {
+                let _ = writeln!(
+                    out,
+                    "helper = {}\nhelper_timeout = {}\nhelper_ttl = {}",
+                    q(&h.program),
+                    q(&format_duration(h.timeout)),
+                    q(&format_duration(h.ttl))
+                );
+            }
+        }
         if let Some(g) = &cr.repository {
             let _ = writeln!(out, "repository = {}", q(&g.text));
+        }
+    }
+    let up = &config.upstream_proxy;
+    if up.default.is_some() || !up.no_proxy.is_empty() {
+        let _ = writeln!(out, "\n[upstream]");
+        if let Some(p) = &up.default {
+            let _ = writeln!(out, "proxy = {}", q(&p.redacted()));
+        }
+        if !up.no_proxy.is_empty() {
+            let _ = writeln!(out, "no_proxy = {}", q(&up.no_proxy.render()));
         }
     }
     if let crate::config::StoreConfig::S3(s3) = &config.store {

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::config::{ConnectTo, HostPattern, HostPort, Limits, MirrorConfig, StoreConfig};
+use crate::config::{ConnectTo, HealthPolicy, HostPattern, HostPort, Limits, MirrorConfig, StoreConfig, UpstreamProxy};
 
 /// Registry hosts intercepted (and later cached) with no configuration at all.
 ///
@@ -76,6 +76,10 @@ pub struct Config {
     pub mirror: Option<MirrorConfig>,
     /// Where the cache lives.
     pub store: StoreConfig,
+    /// Parent proxies for upstream connections.
+    pub upstream_proxy: UpstreamProxy,
+    /// The periodic store check behind `/healthz`.
+    pub health: HealthPolicy,
 }
 
 /// Who may use the proxy, and where non-registry tunnels may go.
@@ -161,26 +165,58 @@ pub struct UpstreamTls {
 
 /// An upstream account for one registry, optionally only for repositories matching a glob
 /// (several accounts on one host).
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Credential {
     /// The registry host (as clients name it, e.g. `registry-1.docker.io` or `ghcr.io`).
     pub registry: HostPort,
     /// Repositories covered (`*` crosses `/`); `None` = all of the registry's.
     pub repository: Option<GlobText>,
-    /// User name.
-    pub username: String,
-    /// Password or token. Never printed (see the `Debug` impl).
-    pub password: String,
+    /// Where the user name and secret come from.
+    pub login: Login,
 }
 
-impl fmt::Debug for Credential {
+/// An account's user name and secret: given, or asked of a docker credential helper.
+#[derive(Clone)]
+pub enum Login {
+    /// A fixed user name and password (or token). Never printed (see the `Debug` impl).
+    Password {
+        /// User name.
+        username: String,
+        /// Password or token.
+        password: String,
+    },
+    /// `docker-credential-<name>` (or a path), asked at run time.
+    Helper(CredentialHelper),
+}
+
+impl fmt::Debug for Login {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credential")
-            .field("registry", &self.registry)
-            .field("repository", &self.repository.as_ref().map(|g| g.text.as_str()))
-            .field("username", &self.username)
-            .field("password", &"<redacted>")
-            .finish()
+        match self {
+            Self::Password { username, .. } => write!(f, "Password({username:?}, <redacted>)"),
+            Self::Helper(h) => write!(f, "{h:?}"),
+        }
+    }
+}
+
+/// A docker credential helper (the docker-credential-helpers protocol: `get` with the server
+/// on stdin, `{"Username","Secret"}` on stdout), as ECR, GCR/GAR, ACR and `pass` provide.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialHelper {
+    /// The program: `docker-credential-<name>` from `PATH`, or the path given.
+    pub program: String,
+    /// How long one run may take before it is killed.
+    pub timeout: Duration,
+    /// How long an answer is reused when its secret carries no expiry of its own.
+    pub ttl: Duration,
+}
+
+impl Login {
+    /// The user name, when it is known before a helper runs (for display).
+    pub fn shown_user(&self) -> String {
+        match self {
+            Self::Password { username, .. } => username.clone(),
+            Self::Helper(h) => format!("(helper {})", h.program),
+        }
     }
 }
 
@@ -563,11 +599,15 @@ mod tests {
     fn connect_to_parsing() {
         let c: ConnectTo = "ghcr.io=127.0.0.1:5000".parse().unwrap();
         assert_eq!(c.target, hp("ghcr.io:443"));
-        assert_eq!(c.address, "127.0.0.1:5000".parse().unwrap());
+        assert_eq!(c.address.to_string(), "127.0.0.1:5000");
         let c: ConnectTo = "reg:8443=[::1]:9".parse().unwrap();
         assert_eq!(c.target.port, 8443);
         assert!("ghcr.io".parse::<ConnectTo>().is_err());
-        assert!("ghcr.io=localhost:5000".parse::<ConnectTo>().is_err());
+        // A name is resolved when dialled (an internal load balancer); a port is required.
+        let c: ConnectTo = "ghcr.io=lb.internal:5000".parse().unwrap();
+        assert_eq!(c.address, hp("lb.internal:5000"));
+        assert!("ghcr.io=lb.internal".parse::<ConnectTo>().is_err());
+        assert!("ghcr.io=bad host:1".parse::<ConnectTo>().is_err());
     }
 
     #[test]

@@ -110,6 +110,24 @@ impl BlobStore for LocalStore {
         shown(&self.root)
     }
 
+    async fn probe(&self) -> Result<(), StoreError> {
+        // A write, a read and a delete next to the spools: what a pull needs of the disk.
+        let dir = self.spool_dir();
+        let path = dir.join(format!(".health-check-{}", std::process::id()));
+        let stamp = format!("regcache health check {}\n", crate::clock::now_ms());
+        let fail = |e: std::io::Error| StoreError::io(&path, e);
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| StoreError::io(&dir, e))?;
+        tokio::fs::write(&path, stamp.as_bytes()).await.map_err(fail)?;
+        let read = tokio::fs::read(&path).await.map_err(fail)?;
+        tokio::fs::remove_file(&path).await.map_err(fail)?;
+        if read != stamp.as_bytes() {
+            return Err(fail(std::io::Error::other("read back other bytes than were written")));
+        }
+        Ok(())
+    }
+
     fn location(&self, digest: &Digest) -> String {
         shown(&self.content_path(digest))
     }

@@ -250,7 +250,8 @@ pub trait BlobStore: Send + Sync + fmt::Debug + 'static {
         Some(Lease::none())
     }
 
-    /// Whether the store answers (for `/healthz`): a remote store makes one cheap request.
+    /// Whether the store works (for `/healthz`): a write, a read and a delete of a small
+    /// object of this process's own.
     ///
     /// # Errors
     /// Why it does not.

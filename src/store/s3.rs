@@ -498,12 +498,28 @@ impl BlobStore for S3Store {
     }
 
     async fn probe(&self) -> Result<(), StoreError> {
-        let path = self.purge_path();
-        match self.counted("head", self.objects.head(&path).await) {
-            Ok(_) => Ok(()),
-            Err(e) if not_found(&e) => Ok(()),
-            Err(e) => Err(self.err(&path, e)),
+        // A write, a read and a delete of this replica's own object: what a pull needs.
+        let path = self
+            .prefix
+            .clone()
+            .join("health")
+            .join(format!("{}-{}", crate::os::hostname(), std::process::id()));
+        let stamp = Bytes::from(format!("regcache health check {}\n", crate::clock::now_ms()));
+        self.counted("put", self.objects.put(&path, stamp.clone().into()).await)
+            .map_err(|e| self.err(&path, e))?;
+        let read = match self.counted("get", self.objects.get(&path).await) {
+            Ok(r) => r.bytes().await.map_err(|e| self.err(&path, e))?,
+            Err(e) => return Err(self.err(&path, e)),
+        };
+        if read != stamp {
+            return Err(StoreError::io(
+                format!("s3://{}/{path}", self.options.bucket),
+                io::Error::other("read back other bytes than were written"),
+            ));
         }
+        self.counted("delete", self.objects.delete(&path).await)
+            .map_err(|e| self.err(&path, e))?;
+        Ok(())
     }
 
     async fn claim(&self, digest: &Digest) -> Result<crate::store::Claim, StoreError> {

@@ -154,6 +154,8 @@ pub struct Metrics {
     top_images: TopImages,
     /// The shared store's requests and leases.
     pub store: super::StoreMetrics,
+    /// Upstream connections and the store check.
+    pub upstream: super::UpstreamMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -265,6 +267,7 @@ impl Metrics {
             });
         }
         let store = super::StoreMetrics::register(&mut r);
+        let upstream = super::UpstreamMetrics::register(&mut r);
         let start_time = Gauge::<i64>::default();
         start_time.set(unix_seconds(SystemTime::now()));
         r.register_with_unit(
@@ -300,6 +303,7 @@ impl Metrics {
             tls_errors,
             top_images: TopImages::new(TOP_IMAGES_CAPACITY),
             store,
+            upstream,
         }
     }
 

@@ -13,6 +13,7 @@ mod access_log;
 mod metrics;
 mod store_metrics;
 mod top_images;
+mod upstream_metrics;
 
 pub use access_log::{AccessRecord, Listener, LoggedBody, Outcome};
 #[cfg(test)]
@@ -21,3 +22,4 @@ pub use metrics::{BodyKind, CONTENT_TYPE, Metrics, Snapshot, TlsFailure};
 pub use store_metrics::{LeaseOutcome, StoreMetrics};
 #[cfg(test)]
 pub use top_images::ImageCount;
+pub use upstream_metrics::{Route, UpstreamMetrics};

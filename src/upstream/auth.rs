@@ -18,9 +18,10 @@ use http::{Method, StatusCode, Uri};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
-use crate::config::{Credential, HostPort};
+use crate::config::{Credential, HostPort, Login};
 use crate::error::ProxyError;
 use crate::upstream::UpstreamClient;
+use crate::upstream::credential_helper::HelperLogins;
 
 /// Token responses larger than this are refused (they are a few KiB).
 const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
@@ -33,6 +34,22 @@ const TOKEN_MARGIN: Duration = Duration::from_secs(5);
 pub struct UpstreamAuth {
     accounts: arc_swap::ArcSwap<Vec<Credential>>,
     tokens: moka::sync::Cache<String, (String, Instant)>,
+    helpers: HelperLogins,
+}
+
+/// A user name and secret as sent upstream, and the key part that tells logins apart.
+struct Basic<'a> {
+    username: &'a str,
+    password: &'a str,
+}
+
+impl Basic<'_> {
+    /// The user and a digest of the secret: a rotated secret gets tokens of its own.
+    fn key(&self) -> String {
+        use sha2::Digest as _;
+        let d = sha2::Sha256::digest(self.password.as_bytes());
+        format!("{}#{:02x}{:02x}{:02x}{:02x}", self.username, d[0], d[1], d[2], d[3])
+    }
 }
 
 /// A `WWW-Authenticate` challenge.
@@ -60,6 +77,7 @@ impl UpstreamAuth {
                 .max_capacity(10_000)
                 .time_to_live(Duration::from_secs(3600))
                 .build(),
+            helpers: HelperLogins::default(),
         }
     }
 
@@ -67,6 +85,7 @@ impl UpstreamAuth {
     pub fn set_accounts(&self, accounts: Vec<Credential>) {
         self.accounts.store(Arc::new(accounts));
         self.tokens.invalidate_all();
+        self.helpers.clear();
     }
 
     /// The account for `repository` on `host`: the first whose registry and repository glob match.
@@ -101,7 +120,72 @@ impl UpstreamAuth {
         repository: &str,
         account: Option<Credential>,
     ) -> Result<hyper::Response<Incoming>, ProxyError> {
-        let user = account.as_ref().map_or("", |a| a.username.as_str());
+        let helper = match account.as_ref().map(|a| &a.login) {
+            None => {
+                return self
+                    .send_as(upstream, method, url, headers, host, repository, None)
+                    .await;
+            }
+            Some(Login::Password { username, password }) => {
+                let login = Basic { username, password };
+                return self
+                    .send_as(upstream, method, url, headers, host, repository, Some(&login))
+                    .await;
+            }
+            Some(Login::Helper(h)) => h,
+        };
+        let helper_failed = |e: super::credential_helper::HelperError| ProxyError::Upstream {
+            target: host.to_string(),
+            reason: e.to_string(),
+        };
+        let (login, fresh) = self.helpers.get(helper, host).await.map_err(helper_failed)?;
+        let basic = Basic {
+            username: &login.username,
+            password: &login.secret,
+        };
+        let res = self
+            .send_as(
+                upstream,
+                method.clone(),
+                url.clone(),
+                headers.clone(),
+                host,
+                repository,
+                Some(&basic),
+            )
+            .await;
+        let refused = match &res {
+            Ok(r) => matches!(r.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN),
+            Err(e) => matches!(e, ProxyError::Upstream { .. }),
+        };
+        if fresh || !refused {
+            return res;
+        }
+        // The remembered answer may have expired early or been rotated: ask once more.
+        tracing::debug!(registry = %host, helper = %helper.program, "upstream refused the helper's login; asking the helper again");
+        self.helpers.forget(helper, host).await;
+        let (login, _) = self.helpers.get(helper, host).await.map_err(helper_failed)?;
+        let basic = Basic {
+            username: &login.username,
+            password: &login.secret,
+        };
+        self.send_as(upstream, method, url, headers, host, repository, Some(&basic))
+            .await
+    }
+
+    /// [`Self::send`] with the login settled.
+    #[allow(clippy::too_many_arguments)]
+    async fn send_as(
+        &self,
+        upstream: &UpstreamClient,
+        method: Method,
+        url: Uri,
+        headers: HeaderMap,
+        host: &HostPort,
+        repository: &str,
+        account: Option<&Basic<'_>>,
+    ) -> Result<hyper::Response<Incoming>, ProxyError> {
+        let user = account.map_or_else(String::new, Basic::key);
         let remembered_key = format!("{host}|{repository}|{user}");
         let mut first = headers.clone();
         if let Some(auth) = self.remembered(&remembered_key) {
@@ -117,16 +201,13 @@ impl UpstreamAuth {
             return Ok(res);
         };
         let auth = match &challenge {
-            Challenge::Basic => match &account {
+            Challenge::Basic => match account {
                 Some(a) => basic(a),
                 None => return Ok(res),
             },
             Challenge::Bearer { realm, service, scope } => {
                 let scope = scope.clone().unwrap_or_else(|| format!("repository:{repository}:pull"));
-                let token = match self
-                    .token(upstream, realm, service.as_deref(), &scope, account.as_ref())
-                    .await
-                {
+                let token = match self.token(upstream, realm, service.as_deref(), &scope, account).await {
                     Ok(t) => t,
                     // Anonymous and refused: upstream's own challenge is the answer.
                     Err(e) if account.is_none() => {
@@ -170,10 +251,14 @@ impl UpstreamAuth {
         realm: &str,
         service: Option<&str>,
         scope: &str,
-        account: Option<&Credential>,
+        account: Option<&Basic<'_>>,
     ) -> Result<String, ProxyError> {
-        let user = account.map_or("", |a| a.username.as_str());
-        let key = format!("token|{realm}|{}|{scope}|{user}", service.unwrap_or(""));
+        let user = account.map_or("", |a| a.username);
+        let key = format!(
+            "token|{realm}|{}|{scope}|{}",
+            service.unwrap_or(""),
+            account.map_or_else(String::new, Basic::key)
+        );
         if let Some((token, until)) = self.tokens.get(&key)
             && Instant::now() < until
         {
@@ -329,7 +414,7 @@ fn bad_realm(realm: &str, why: &str) -> ProxyError {
     }
 }
 
-fn basic(c: &Credential) -> HeaderValue {
+fn basic(c: &Basic<'_>) -> HeaderValue {
     let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", c.username, c.password));
     let mut v = HeaderValue::from_str(&format!("Basic {encoded}")).unwrap_or_else(|_| HeaderValue::from_static(""));
     v.set_sensitive(true);
@@ -451,13 +536,18 @@ mod tests {
         let cred = |repo: Option<&str>, user: &str| Credential {
             registry: HostPort::parse("ghcr.io", 443).unwrap(),
             repository: repo.map(|r| r.parse().unwrap()),
-            username: user.into(),
-            password: "p".into(),
+            login: Login::Password {
+                username: user.into(),
+                password: "p".into(),
+            },
         };
         let auth = UpstreamAuth::new(vec![cred(Some("team-a/*"), "a"), cred(None, "fallback")]);
         let ghcr = HostPort::parse("ghcr.io", 443).unwrap();
-        assert_eq!(auth.account(&ghcr, "team-a/app").unwrap().username, "a");
-        assert_eq!(auth.account(&ghcr, "team-b/app").unwrap().username, "fallback");
+        assert_eq!(auth.account(&ghcr, "team-a/app").unwrap().login.shown_user(), "a");
+        assert_eq!(
+            auth.account(&ghcr, "team-b/app").unwrap().login.shown_user(),
+            "fallback"
+        );
         assert!(auth.account(&HostPort::parse("quay.io", 443).unwrap(), "x").is_none());
         assert!(auth.has_accounts_for(&ghcr));
     }

@@ -1,14 +1,11 @@
 //! The client side: one pooled, keep-alive HTTP client for every upstream registry.
 //!
 //! TLS is verified against the system roots plus `--upstream-ca` bundles, with SNI and `Host`
-//! of the name the client asked for. `--connect-to` changes only the address dialled.
+//! of the name the client asked for. `--connect-to` and a parent proxy change only how the
+//! TCP connection is made (see [`super::dial`]).
 
-use std::future::Future;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::header::{self, HeaderMap};
@@ -16,18 +13,17 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use tokio::net::TcpStream;
 
 use crate::body::{self, Body};
-use crate::config::{Config, ConnectTo, HostPattern, HostPort, Timeouts};
+use crate::config::{Config, HostPattern, HostPort, Timeouts};
 use crate::error::{ProxyError, chain_line};
 use crate::registry::headers::strip_hop_by_hop;
 use crate::telemetry::Metrics;
+use crate::upstream::dial::{Dialer, host_port_of};
 use crate::upstream::egress;
 
 /// Errors building the upstream client (bad `--upstream-ca` files).
@@ -87,11 +83,9 @@ pub struct UpstreamClient {
 }
 
 struct Inner {
-    client: Client<HttpsConnector<DialConnector>, Body>,
+    client: Client<HttpsConnector<Dialer>, Body>,
     timeouts: Timeouts,
-    overrides: Arc<Vec<ConnectTo>>,
-    /// The proxy's own listener, never dialled for a client.
-    listen: SocketAddr,
+    dialer: Dialer,
 }
 
 impl UpstreamClient {
@@ -101,7 +95,7 @@ impl UpstreamClient {
     /// If an `--upstream-ca` file is unreadable or holds no certificate.
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Self, UpstreamSetupError> {
         Ok(Self {
-            current: Arc::new(arc_swap::ArcSwap::from_pointee(Inner::build(config)?)),
+            current: Arc::new(arc_swap::ArcSwap::from_pointee(Inner::build(config, &metrics)?)),
             metrics,
         })
     }
@@ -111,7 +105,7 @@ impl UpstreamClient {
     /// # Errors
     /// As [`UpstreamClient::new`]; the current configuration then stays.
     pub fn reconfigure(&self, config: &Config) -> Result<(), UpstreamSetupError> {
-        let inner = Inner::build(config)?;
+        let inner = Inner::build(config, &self.metrics)?;
         self.current.store(Arc::new(inner));
         Ok(())
     }
@@ -122,7 +116,7 @@ impl UpstreamClient {
 }
 
 impl Inner {
-    fn build(config: &Config) -> Result<Self, UpstreamSetupError> {
+    fn build(config: &Config, metrics: &Metrics) -> Result<Self, UpstreamSetupError> {
         let mut roots = rustls::RootCertStore::empty();
         let native = rustls_native_certs::load_native_certs();
         let (added, _ignored) = roots.add_parsable_certificates(native.certs);
@@ -141,23 +135,14 @@ impl Inner {
             .with_custom_certificate_verifier(Arc::new(verifier))
             .with_no_client_auth();
 
-        let overrides = Arc::new(config.connect_to.clone());
-        let mut http = HttpConnector::new_with_resolver(GuardedResolver { listen: config.listen });
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(config.timeouts.upstream_connect));
-        let dial = DialConnector {
-            http,
-            overrides: overrides.clone(),
-            listen: config.listen,
-        };
+        let dialer = Dialer::new(config, metrics.upstream.clone());
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
             // HTTP/1.1 upstream: bulk blob transfers run ~2x faster than over h2 (flow-control
             // windows and 16 KiB frames), and the pool keeps connections alive anyway.
             .enable_http1()
-            .wrap_connector(dial);
+            .wrap_connector(dialer.clone());
         let client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
@@ -167,8 +152,7 @@ impl Inner {
         Ok(Self {
             client,
             timeouts: config.timeouts,
-            overrides,
-            listen: config.listen,
+            dialer,
         })
     }
 }
@@ -369,60 +353,27 @@ impl UpstreamClient {
         })
     }
 
-    /// Opens a raw TCP connection for a tunnel, honouring `--connect-to` and the connect timeout.
-    /// Without a `--connect-to` mapping, internal destinations are refused (see [`egress`]).
+    /// Opens a raw TCP connection for a tunnel, as the pooled client dials (`--connect-to`,
+    /// parent proxy, Happy Eyeballs), within the connect timeout. Without a `--connect-to`
+    /// mapping, internal destinations are refused (see [`egress`]).
     ///
     /// # Errors
     /// [`ProxyError::Forbidden`] for an internal destination, [`ProxyError::Connect`] on
-    /// failure or timeout.
+    /// failure, a parent proxy's refusal, or timeout.
     pub async fn dial(&self, target: &HostPort) -> Result<TcpStream, ProxyError> {
         let inner = self.inner();
-        let name = target.to_string();
         let after = inner.timeouts.upstream_connect;
         let connect_err = |reason: String| ProxyError::Connect {
-            target: name.clone(),
+            target: target.to_string(),
             reason,
         };
-        let fut = async {
-            let addrs: Vec<SocketAddr> = match ConnectTo::lookup(&inner.overrides, target) {
-                Some(a) => vec![a],
-                None => {
-                    let resolved: Vec<SocketAddr> = tokio::net::lookup_host((target.host.as_str(), target.port))
-                        .await
-                        .map_err(|e| connect_err(e.to_string()))?
-                        .collect();
-                    let allowed: Vec<SocketAddr> = resolved
-                        .iter()
-                        .copied()
-                        .filter(|a| egress::refusal(*a, inner.listen).is_none())
-                        .collect();
-                    if allowed.is_empty()
-                        && let Some(first) = resolved.first()
-                    {
-                        let why = egress::refusal(*first, inner.listen).unwrap_or("internal");
-                        return Err(ProxyError::Forbidden(format!(
-                            "CONNECT to {name} refused: it is {why} ({first}); map it with --connect-to to allow it"
-                        )));
-                    }
-                    allowed
-                }
-            };
-            let mut last = String::from("no address");
-            for addr in addrs {
-                match TcpStream::connect(addr).await {
-                    Ok(s) => return Ok(s),
-                    Err(e) => last = e.to_string(),
-                }
-            }
-            Err(connect_err(last))
-        };
-        match tokio::time::timeout(after, fut).await {
+        match tokio::time::timeout(after, inner.dialer.connect(target)).await {
             Err(_) => Err(connect_err(format!("timed out after {}s", after.as_secs()))),
-            Ok(Err(e)) => Err(e),
-            Ok(Ok(s)) => {
-                let _ = s.set_nodelay(true);
-                Ok(s)
-            }
+            Ok(Err(e)) => match egress::Refused::find(&e) {
+                Some(r) => Err(ProxyError::Forbidden(format!("CONNECT to {target} refused: {r}"))),
+                None => Err(connect_err(e.to_string())),
+            },
+            Ok(Ok(s)) => Ok(s),
         }
     }
 }
@@ -450,20 +401,6 @@ fn resolve_location(base: &Uri, location: &str) -> Option<Uri> {
         format!("{scheme}://{authority}{dir}/{location}")
     };
     joined.parse().ok()
-}
-
-/// The host and port an absolute URI points at (the scheme's default port when none is given).
-fn host_port_of(uri: &Uri) -> Option<HostPort> {
-    let default = if uri.scheme_str() == Some("http") { 80 } else { 443 };
-    let host = uri
-        .host()?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_ascii_lowercase();
-    Some(HostPort {
-        host,
-        port: uri.port_u16().unwrap_or(default),
-    })
 }
 
 fn target_of(uri: &Uri) -> String {
@@ -516,22 +453,6 @@ fn strip_client_prefix(reason: &str) -> String {
         .to_string()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn locations_resolve_like_a_browser() {
-        let base: Uri = "https://ghcr.io/v2/org/app/blobs/sha256:aa".parse().unwrap();
-        let r = |l: &str| resolve_location(&base, l).map(|u| u.to_string());
-        assert_eq!(r("https://cdn.example/x?sig=1").unwrap(), "https://cdn.example/x?sig=1");
-        assert_eq!(r("//cdn.example/x").unwrap(), "https://cdn.example/x");
-        assert_eq!(r("/blobs/x?y=1").unwrap(), "https://ghcr.io/blobs/x?y=1");
-        assert_eq!(r("other").unwrap(), "https://ghcr.io/v2/org/app/blobs/other");
-        assert!(r("ftp://x/y").is_none());
-    }
-}
-
 fn load_bundle(path: &Path) -> Result<Vec<CertificateDer<'static>>, UpstreamSetupError> {
     let bytes = std::fs::read(path).map_err(|source| UpstreamSetupError::Read {
         path: path.to_path_buf(),
@@ -552,96 +473,18 @@ fn load_bundle(path: &Path) -> Result<Vec<CertificateDer<'static>>, UpstreamSetu
     Ok(certs)
 }
 
-/// TCP connector that applies `--connect-to`: it swaps the address dialled and leaves the
-/// URI the TLS layer sees (for SNI and certificate checks) untouched.
-#[derive(Clone)]
-struct DialConnector {
-    http: HttpConnector<GuardedResolver>,
-    overrides: Arc<Vec<ConnectTo>>,
-    listen: SocketAddr,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// DNS resolution that drops internal addresses (see [`egress`]): a registry name, or a plain
-/// `http://` request's host, that resolves to loopback or link-local is not dialled.
-#[derive(Clone)]
-struct GuardedResolver {
-    listen: SocketAddr,
-}
-
-impl tower_service::Service<Name> for GuardedResolver {
-    type Response = std::vec::IntoIter<SocketAddr>;
-    type Error = std::io::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, name: Name) -> Self::Future {
-        let listen = self.listen;
-        Box::pin(async move {
-            let resolved: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
-            let allowed: Vec<SocketAddr> = resolved
-                .iter()
-                .copied()
-                .filter(|a| egress::refusal(*a, listen).is_none())
-                .collect();
-            match (allowed.is_empty(), resolved.first()) {
-                (true, Some(first)) => Err(egress::Refused(format!(
-                    "{} resolves to {} ({}); map it with --connect-to to allow it",
-                    name.as_str(),
-                    first.ip(),
-                    egress::refusal(*first, listen).unwrap_or("internal")
-                ))
-                .into_io()),
-                _ => Ok(allowed.into_iter()),
-            }
-        })
-    }
-}
-
-impl DialConnector {
-    fn override_for(&self, dst: &Uri) -> Option<SocketAddr> {
-        ConnectTo::lookup(&self.overrides, &host_port_of(dst)?)
-    }
-}
-
-type DialFuture = Pin<
-    Box<
-        dyn Future<Output = Result<hyper_util::rt::TokioIo<TcpStream>, Box<dyn std::error::Error + Send + Sync>>>
-            + Send,
-    >,
->;
-
-impl tower_service::Service<Uri> for DialConnector {
-    type Response = hyper_util::rt::TokioIo<TcpStream>;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-    type Future = DialFuture;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        tower_service::Service::<Uri>::poll_ready(&mut self.http, cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, dst: Uri) -> Self::Future {
-        // IP literals skip the resolver: check them here.
-        if self.override_for(&dst).is_none()
-            && let Some(hp) = host_port_of(&dst)
-            && let Ok(ip) = hp.host.parse::<std::net::IpAddr>()
-            && let Some(why) = egress::refusal(SocketAddr::new(ip, hp.port), self.listen)
-        {
-            let err = egress::Refused(format!("{hp} is {why}; map it with --connect-to to allow it")).into_io();
-            return Box::pin(async move { Err(err.into()) });
-        }
-        let dst = match self.override_for(&dst) {
-            Some(addr) => Uri::builder()
-                .scheme("http")
-                .authority(addr.to_string())
-                .path_and_query("/")
-                .build()
-                .unwrap_or(dst),
-            None => dst,
-        };
-        let fut = tower_service::Service::<Uri>::call(&mut self.http, dst);
-        Box::pin(async move { fut.await.map_err(Into::into) })
+    #[test]
+    fn locations_resolve_like_a_browser() {
+        let base: Uri = "https://ghcr.io/v2/org/app/blobs/sha256:aa".parse().unwrap();
+        let r = |l: &str| resolve_location(&base, l).map(|u| u.to_string());
+        assert_eq!(r("https://cdn.example/x?sig=1").unwrap(), "https://cdn.example/x?sig=1");
+        assert_eq!(r("//cdn.example/x").unwrap(), "https://cdn.example/x");
+        assert_eq!(r("/blobs/x?y=1").unwrap(), "https://ghcr.io/blobs/x?y=1");
+        assert_eq!(r("other").unwrap(), "https://ghcr.io/v2/org/app/blobs/other");
+        assert!(r("ftp://x/y").is_none());
     }
 }

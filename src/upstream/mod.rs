@@ -13,6 +13,8 @@
 
 mod auth;
 mod client;
+mod credential_helper;
+mod dial;
 mod egress;
 mod peer;
 

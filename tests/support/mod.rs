@@ -20,6 +20,7 @@ pub mod regcache;
 pub mod registry;
 pub mod seaweed;
 pub mod skopeo;
+pub mod squid;
 pub mod token;
 pub mod world;
 

@@ -31,6 +31,7 @@ pub struct RegcacheBuilder {
     data_dir: Option<PathBuf>,
     ca_dir: Option<PathBuf>,
     listen: Option<SocketAddr>,
+    hosts_file: Option<PathBuf>,
 }
 
 impl RegcacheBuilder {
@@ -97,6 +98,13 @@ impl RegcacheBuilder {
 
     /// Run another executable instead of the regcache binary (for testing
     /// this fixture itself). It gets the same arguments.
+    /// Runs regcache in a private mount namespace whose `/etc/hosts` is `file` (the system
+    /// resolver's answers for names a test chooses, e.g. one name with IPv6 and IPv4 addresses).
+    pub fn hosts_file(mut self, file: &Path) -> Self {
+        self.hosts_file = Some(file.to_owned());
+        self
+    }
+
     pub fn binary(mut self, path: &Path) -> Self {
         self.binary = Some(path.to_owned());
         self
@@ -124,6 +132,7 @@ impl RegcacheBuilder {
             envs: self.envs,
             rust_log: self.rust_log.unwrap_or_else(|| "info".to_owned()),
             starts: 0,
+            hosts_file: self.hosts_file,
             _tmp: tmp,
         };
         rc.spawn_and_wait();
@@ -146,6 +155,7 @@ pub struct Regcache {
     envs: Vec<(OsString, OsString)>,
     rust_log: String,
     starts: usize,
+    hosts_file: Option<PathBuf>,
     _tmp: tempfile::TempDir,
 }
 
@@ -290,7 +300,19 @@ impl Regcache {
             .lock()
             .expect("log buffer lock poisoned")
             .push_str(&format!("=== regcache start #{} ===\n", self.starts));
-        let mut cmd = Command::new(&self.binary);
+        let mut cmd = match &self.hosts_file {
+            None => Command::new(&self.binary),
+            Some(hosts) => {
+                // unshare and sh exec in turn: the child's pid stays regcache's.
+                let mut c = Command::new("/usr/bin/unshare");
+                c.args(["--mount", "--propagation", "private", "sh", "-c"])
+                    .arg("mount --bind \"$1\" /etc/hosts && shift && exec \"$@\"")
+                    .arg("sh")
+                    .arg(hosts)
+                    .arg(&self.binary);
+                c
+            }
+        };
         cmd.arg("serve")
             .arg("--listen")
             .arg(&self.listen)
