@@ -93,9 +93,9 @@ fn terraform_render(template: &Path, vars: &str) -> Option<String> {
     child.stdin.take().unwrap().write_all(expr.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    // The console prints a heredoc: <<EOT ... EOT.
+    // The console prints a heredoc: <<EOT, the value, a newline of its own, EOT.
     let text = String::from_utf8(out.stdout).unwrap();
-    let body = text.trim().strip_prefix("<<EOT\n")?.strip_suffix("EOT")?;
+    let body = text.trim().strip_prefix("<<EOT\n")?.strip_suffix("\nEOT")?;
     Some(body.to_string())
 }
 
