@@ -527,11 +527,7 @@ fn peered_replicas(w: &PullWorld, upstream: SocketAddr, s3: &Seaweed) -> (Regcac
 
 /// A client of `rc` as a proxy, trusting its CA.
 fn through(rc: &Regcache) -> reqwest::Client {
-    support::reqwest_builder(&[&rc.ca_cert_pem()])
-        .proxy(reqwest::Proxy::all(rc.proxy_url()).unwrap())
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap()
+    support::regcache::client_through(rc)
 }
 
 /// `GET` of the blob `digest` of `ghcr.io/org/app` through `rc`, started.

@@ -22,11 +22,7 @@ fn own_loopback_ip() -> std::net::IpAddr {
 }
 
 fn through(rc: &Regcache) -> reqwest::Client {
-    support::reqwest_builder(&[&rc.ca_cert_pem()])
-        .proxy(reqwest::Proxy::all(rc.proxy_url()).unwrap())
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap()
+    support::regcache::client_through(rc)
 }
 
 /// Connections regcache opened through its parent proxy (its `/metrics`).

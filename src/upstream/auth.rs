@@ -138,39 +138,37 @@ impl UpstreamAuth {
             target: host.to_string(),
             reason: e.to_string(),
         };
-        let (login, fresh) = self.helpers.get(helper, host).await.map_err(helper_failed)?;
-        let basic = Basic {
-            username: &login.username,
-            password: &login.secret,
-        };
-        let res = self
-            .send_as(
-                upstream,
-                method.clone(),
-                url.clone(),
-                headers.clone(),
-                host,
-                repository,
-                Some(&basic),
-            )
-            .await;
-        let refused = match &res {
-            Ok(r) => matches!(r.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN),
-            Err(e) => matches!(e, ProxyError::Upstream { .. }),
-        };
-        if fresh || !refused {
-            return res;
+        // At most twice: a remembered answer may have expired early or been rotated, and a
+        // refusal of it asks the helper once more.
+        let mut asked_again = false;
+        loop {
+            let (login, fresh) = self.helpers.get(helper, host).await.map_err(helper_failed)?;
+            let basic = Basic {
+                username: &login.username,
+                password: &login.secret,
+            };
+            let res = self
+                .send_as(
+                    upstream,
+                    method.clone(),
+                    url.clone(),
+                    headers.clone(),
+                    host,
+                    repository,
+                    Some(&basic),
+                )
+                .await;
+            let refused = match &res {
+                Ok(r) => matches!(r.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN),
+                Err(e) => matches!(e, ProxyError::Upstream { .. }),
+            };
+            if fresh || asked_again || !refused {
+                return res;
+            }
+            tracing::debug!(registry = %host, helper = %helper.program, "upstream refused the helper's login; asking the helper again");
+            self.helpers.forget(helper, host).await;
+            asked_again = true;
         }
-        // The remembered answer may have expired early or been rotated: ask once more.
-        tracing::debug!(registry = %host, helper = %helper.program, "upstream refused the helper's login; asking the helper again");
-        self.helpers.forget(helper, host).await;
-        let (login, _) = self.helpers.get(helper, host).await.map_err(helper_failed)?;
-        let basic = Basic {
-            username: &login.username,
-            password: &login.secret,
-        };
-        self.send_as(upstream, method, url, headers, host, repository, Some(&basic))
-            .await
     }
 
     /// [`Self::send`] with the login settled.

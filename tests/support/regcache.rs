@@ -466,3 +466,13 @@ pub fn run_cli_with_env<S: AsRef<OsStr>>(args: &[S], envs: &[(&str, &str)]) -> O
     }
     cmd.output().unwrap_or_else(|e| panic!("run {REGCACHE_BIN}: {e}"))
 }
+
+/// A reqwest client that sends everything through `rc` (`HTTPS_PROXY`) and trusts only its CA,
+/// with a 60 s timeout.
+pub fn client_through(rc: &Regcache) -> reqwest::Client {
+    super::reqwest_builder(&[&rc.ca_cert_pem()])
+        .proxy(reqwest::Proxy::all(rc.proxy_url()).unwrap())
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
