@@ -60,7 +60,7 @@ SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 DOCKER_REGISTRY = shutil.which("docker-registry") or "/usr/bin/docker-registry"
 NGINX = "/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else (shutil.which("nginx") or "nginx")
 
-ALL_FIGURES = [1, 2, 3, 4, 5, 6, 7, 8]
+ALL_FIGURES = [1, 2, 3, 4, 5, 6, 7, 8, 9]
 
 TARGETS = {
     1: "regcache ≥ 1.3× nginx TLS, and ≥ 70 % of nginx plain HTTP",
@@ -71,6 +71,7 @@ TARGETS = {
     6: "p99 ≤ 2 ms at 1,000 req/s",
     7: "(no target)",
     8: "a fleet of 3 replicas on one bucket: upstream bytes ≤ 1.02× the image for 16 concurrent cold pulls",
+    9: "the seed's droplet (1 CPU, 256 MiB): 16 concurrent cold and warm medium pulls all succeed, peak RSS ≤ 64 MiB",
 }
 WEED = shutil.which("weed") or "weed"
 HAPROXY = "/usr/sbin/haproxy"
@@ -513,6 +514,45 @@ class Registry:
         return f"https://127.0.0.1:{self.port}{path}"
 
 
+class MemoryCgroup:
+    """A memory cgroup (v2 or v1) holding one process, with a limit; None where none can be made."""
+
+    def __init__(self, path: Path, v2: bool):
+        self.path, self.v2 = path, v2
+
+    @staticmethod
+    def around(pid: int, limit: int):
+        try:
+            lines = Path("/proc/self/cgroup").read_text().splitlines()
+            v1 = [l.split(":", 2)[2] for l in lines if l.split(":", 2)[1] == "memory"]
+            if v1:
+                base, v2 = Path("/sys/fs/cgroup/memory") / v1[0].lstrip("/"), False
+            else:
+                own = [l.split(":", 2)[2] for l in lines if l.startswith("0::")]
+                base, v2 = Path("/sys/fs/cgroup") / own[0].lstrip("/"), True
+            path = base / f"regcache-bench-{pid}"
+            path.mkdir()
+            (path / ("memory.max" if v2 else "memory.limit_in_bytes")).write_text(str(limit))
+            (path / "cgroup.procs").write_text(str(pid))
+            return MemoryCgroup(path, v2)
+        except (OSError, IndexError) as e:
+            log(f"  no memory cgroup ({e}): RSS only")
+            return None
+
+    def peak(self) -> int:
+        name = "memory.peak" if self.v2 else "memory.max_usage_in_bytes"
+        try:
+            return int((self.path / name).read_text().strip())
+        except (OSError, ValueError):
+            return 0
+
+    def remove(self):
+        try:
+            self.path.rmdir()
+        except OSError:
+            pass
+
+
 class Regcache:
     def __init__(self, bench: "Bench", name: str = "regcache", extra=(), ca_dir: Path | None = None,
                  listen: str = "127.0.0.1:0"):
@@ -529,6 +569,7 @@ class Regcache:
         self.port = 0
         self.starts = 0
         self.exits: list = []  # (start number, return code) of unexpected exits
+        self.prefix: list = []  # a wrapper that execs regcache (taskset for figure 9)
 
     @property
     def ca(self) -> Path:
@@ -548,6 +589,7 @@ class Regcache:
             self.proc = Proc(
                 "regcache",
                 [
+                    *self.prefix,
                     self.b.regcache_bin, "serve",
                     "--listen", self.listen,
                     "--data-dir", self.data,
@@ -920,7 +962,7 @@ class Bench:
             figs = {int(x) for x in re.split(r"[ ,]+", args.only.strip()) if x}
             bad = figs - set(ALL_FIGURES)
             if bad:
-                raise SystemExit(f"--only: no figure {sorted(bad)}; figures are 1-8")
+                raise SystemExit(f"--only: no figure {sorted(bad)}; figures are 1-9")
             if 5 in figs:
                 figs |= {1, 2, 4}  # peak RSS is measured during figures 1, 2 and 4
         self.figs = sorted(figs)
@@ -1051,6 +1093,8 @@ class Bench:
             need.add("small")
         if 8 in self.figs:
             need |= {"medium", "large"}
+        if 9 in self.figs:
+            need.add("medium")
         layout = Layout(self.work / "oci")
         self.layout = layout
         specs = {
@@ -1539,6 +1583,63 @@ class Bench:
                  f"GETs). Peak RSS of the distribution proxy in the same runs: {dist_peak.cell()} MiB.")
         self.emit(4, f"{n} concurrent cold pulls of the medium image", body)
 
+    # ---- figure 9: the seed's droplet
+
+    def fig9(self):
+        """regcache as on a 1-vCPU / 1 GiB droplet with a 256 MiB budget: one core (taskset), a
+        memory cgroup of 256 MiB around it; 16 concurrent cold pulls of medium, then 16 warm."""
+        img = self.images["medium"]
+        n = self.concurrency
+        log(f"figure 9: the seed's droplet: {n} concurrent cold then warm pulls of medium on 1 CPU / 256 MiB")
+        node = Regcache(self, "droplet")
+        node.prefix = ["taskset", "-c", "0"]
+        cold, warm, rss, cg_peak, up = Series(), Series(), Series(), Series(), Series()
+        failures = 0
+        limited = None
+        for i in range(self.runs):
+            node.start(fresh=True)
+            cg = MemoryCgroup.around(node.proc.pid, 256 * MiB)
+            limited = limited if limited is not None else (cg is not None)
+            src, cd, px = f"docker://{REGISTRY_HOST}/{REPO_PREFIX}/medium:{TAG}", node.cert_dir, node.proxy_url
+            offset = self.upstream.log_offset()
+            secs, failed = self.concurrent_pulls(f"figure 9 cold run {i + 1}", src, cd, px, n)
+            failures += failed
+            cold.add(secs)
+            fetched, _ = self.upstream_since(offset)
+            up.add(fetched)
+            secs, failed = self.concurrent_pulls(f"figure 9 warm run {i + 1}", src, cd, px, n)
+            failures += failed
+            warm.add(secs)
+            peak = kib_field(node.proc.pid, "VmHWM") if node.proc else None
+            rss.add(peak / 1024 if peak else None)
+            if cg:
+                cg_peak.add(cg.peak() / MiB)
+            node.check_alive("figure 9")
+            node.stop()
+            if cg:
+                cg.remove()
+            log(f"  run {i + 1}: cold {num(cold.values[-1])} s, warm {num(warm.values[-1])} s, peak RSS {num(rss.values[-1])} MiB")
+        size = img.total_bytes
+        b = up.median
+        rows = [["regcache, 1 CPU, 256 MiB", cold.cell(), warm.cell(), rss.cell(), cg_peak.cell() if limited else "n/a",
+                 f"{num(b / size)}×" if b is not None else "n/a", str(failures)]]
+        worst = max(rss.ok) if rss.ok else None
+        body = md_table(["contender", f"{n} cold pulls, wall s", f"{n} warm pulls, wall s", "peak RSS MiB",
+                         "cgroup peak MiB (incl. page cache)", "upstream × image", "failed pulls"], rows)
+        body += "\n\n" + md_table(
+            ["target", "measured (worst run)", ""],
+            [["all pulls succeed", f"{failures} failed", verdict(failures == 0)],
+             ["peak RSS ≤ 64 MiB", f"{num(worst)} MiB" if worst else "n/a", verdict(None if worst is None else worst <= 64)]],
+        )
+        how = ("a memory cgroup limited to 256 MiB around it" if limited
+               else "no memory cgroup could be made here: RSS only, no limit")
+        body += (f"\n\nregcache pinned to one core (`taskset -c 0`) with {how}, as the seed's $5 droplet "
+                 f"(1 vCPU, 1 GiB, most of it left to the system and the page cache). {n} `skopeo copy` "
+                 f"processes started together against a fresh cache, then {n} again against the warm one "
+                 f"(same process); the clients and the upstream registry are not pinned (they share the machine's 2 cores with it). The image is "
+                 f"{size:,} bytes; figure 4 has the 2-core figures of the same pulls.")
+        self.emit(9, "The seed's droplet: 1 CPU and 256 MiB", body)
+
     # ---- concurrent pulls (figures 4 and 8), and figure 8: a fleet on one bucket
 
     def concurrent_pulls(self, what: str, src: str, cert_dir: Path, proxy: str, n: int):
@@ -1991,7 +2092,7 @@ class Bench:
         self.regcache.stop()
         self.rss_series("idle after start").add(idle / 1024 if idle else None)
         self.rss_notes["idle after start"] = "VmRSS right after start, no request yet"
-        order = [f for f in (1, 2, 3, 4, 6, 7, 8) if f in self.figs]
+        order = [f for f in (1, 2, 3, 4, 6, 7, 8, 9) if f in self.figs]
         for fig in order:
             self.wait_quiet(fig)
             f0 = time.monotonic()
@@ -2062,7 +2163,7 @@ def parse_duration(s: str) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1 run each, a 256 MiB large image, 3 s load tests (smoke test)")
-    ap.add_argument("--only", metavar="FIG,...", help="only these figures (1-7; 5 implies 1, 2 and 4)")
+    ap.add_argument("--only", metavar="FIG,...", help="only these figures (1-9; 5 implies 1, 2 and 4)")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs, configs, images)")
     ap.add_argument("--runs", type=int, help="runs per skopeo / load figure (default 3, quick 1)")
     ap.add_argument("--curl-runs", type=int, help="runs per curl figure (default 5, quick 1)")

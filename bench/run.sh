@@ -5,7 +5,8 @@
 #
 #   bench/run.sh                 full run (about 10-15 minutes on 2 cores)
 #   bench/run.sh --quick         smoke test: 1 run each, a 256 MiB "large" image, short load tests
-#   bench/run.sh --only 1,2,5    only these figures (5 = regcache RSS, measured during 1, 2 and 4)
+#   bench/run.sh --only 1,2,5    only these figures (5 = regcache RSS, measured during 1, 2 and 4;
+#                                8 = a fleet on one bucket, 9 = the seed's droplet: 1 CPU, 256 MiB)
 #   bench/run.sh --keep          keep the work dir (logs, configs, images) and print where it is
 #   bench/run.sh --help          all options of bench/bench.py
 #
