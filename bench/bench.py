@@ -590,6 +590,7 @@ class Regcache:
                 "regcache",
                 [
                     *self.prefix,
+                    *self.b.profiler_prefix(self.dir.name, self.starts),
                     self.b.regcache_bin, "serve",
                     "--listen", self.listen,
                     "--data-dir", self.data,
@@ -958,6 +959,10 @@ class Bench:
         self.duration = args.duration or ("3s" if self.quick else "10s")
         self.concurrency = args.concurrency
         figs = set(ALL_FIGURES)
+        if args.profile is not None:
+            if args.profile not in ALL_FIGURES or args.profile == 5:
+                raise SystemExit(f"--profile: figure {args.profile} is not one regcache serves alone; pick 1-4 or 6-9")
+            args.only = str(args.profile)
         if args.only:
             figs = {int(x) for x in re.split(r"[ ,]+", args.only.strip()) if x}
             bad = figs - set(ALL_FIGURES)
@@ -984,6 +989,44 @@ class Bench:
         self.client_ctx: ssl.SSLContext | None = None
         # S3 credentials for regcache processes (figure 8's bucket).
         self.store_env: dict = {}
+
+    # ---- profiling (--profile FIG)
+
+    def profiler_prefix(self, name: str, start: int) -> list:
+        """`perf record …  --` before a regcache command line when profiling, else nothing."""
+        if self.a.profile is None:
+            return []
+        out = self.work / "perf" / f"{name}-{start}.data"
+        out.parent.mkdir(exist_ok=True)
+        # DWARF unwinding (release builds keep no frame pointers); 199 Hz and 8 KiB of stack a
+        # sample keep a minute's data in the hundreds of MB.
+        return ["perf", "record", "-q", "-F", "199", "--call-graph", "dwarf,8192", "-o", out, "--"]
+
+    def flame_graph(self) -> Path | None:
+        """All perf data of this run folded into one SVG flame graph under bench/results/."""
+        files = sorted((self.work / "perf").glob("*.data")) if (self.work / "perf").exists() else []
+        if not files:
+            self.problem("--profile: no perf data was recorded")
+            return None
+        folded = self.work / "perf" / "folded.txt"
+        with open(folded, "w") as out:
+            for f in files:
+                script = subprocess.run(["perf", "script", "-i", str(f)], capture_output=True, timeout=1800)
+                if script.returncode != 0:
+                    self.problem(f"perf script {f.name}: {script.stderr.decode(errors='replace')[-300:]}")
+                    continue
+                collapse = subprocess.run(["inferno-collapse-perf"], input=script.stdout, capture_output=True, timeout=600)
+                out.write(collapse.stdout.decode(errors="replace"))
+        svg = self.repo / "bench" / "results" / f"{datetime.date.today().isoformat()}-profile-fig{self.a.profile}.svg"
+        title = f"regcache, figure {self.a.profile}: {TARGETS[self.a.profile]}"
+        with open(svg, "wb") as out:
+            r = subprocess.run(["inferno-flamegraph", "--title", title, str(folded)], stdout=out, stderr=subprocess.PIPE,
+                               timeout=600)
+        if r.returncode != 0:
+            self.problem(f"inferno-flamegraph: {r.stderr.decode(errors='replace')[-300:]}")
+            return None
+        log(f"flame graph written to {svg.relative_to(self.repo)}")
+        return svg
 
     # ---- bookkeeping
 
@@ -2123,6 +2166,8 @@ class Bench:
             self.regcache.stop()
         if 5 in self.figs:
             self.fig5()
+        if self.a.profile is not None:
+            self.flame_graph()
         self.report(time.monotonic() - t0)
         return 0
 
@@ -2178,6 +2223,9 @@ def main() -> int:
                     help="before each figure, wait up to this long for other processes to leave the CPU idle (default 120)")
     ap.add_argument("--label", help="name this run (e.g. the regcache build given with --regcache); goes into the "
                     "results file name; such a run never rewrites BENCHMARKS.md")
+    ap.add_argument("--profile", type=int, metavar="FIG",
+                    help="run only figure FIG with every regcache process under `perf record` and write a flame "
+                    "graph (SVG, inferno) to bench/results/; its RSS figures then include perf's cost")
     ap.add_argument("--from-run-sh", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--no-update", action="store_true", help="do not rewrite BENCHMARKS.md after a full run")
     args = ap.parse_args()

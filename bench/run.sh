@@ -7,6 +7,8 @@
 #   bench/run.sh --quick         smoke test: 1 run each, a 256 MiB "large" image, short load tests
 #   bench/run.sh --only 1,2,5    only these figures (5 = regcache RSS, measured during 1, 2 and 4;
 #                                8 = a fleet on one bucket, 9 = the seed's droplet: 1 CPU, 256 MiB)
+#   bench/run.sh --profile 2    one figure with regcache under `perf record`: an SVG flame graph
+#                                (inferno) in bench/results/<date>-profile-fig2.svg
 #   bench/run.sh --keep          keep the work dir (logs, configs, images) and print where it is
 #   bench/run.sh --help          all options of bench/bench.py
 #
@@ -59,6 +61,19 @@ if [ ${#need[@]} -gt 0 ]; then
     $sudo rm -f /usr/sbin/policy-rc.d
   fi
 fi
+
+# --profile: perf (Debian's linux-perf) records, inferno (a crate) draws the flame graph.
+for arg in "$@"; do
+  if [ "$arg" = --profile ]; then
+    if ! command -v perf >/dev/null; then
+      DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends linux-perf >/dev/null
+    fi
+    if ! command -v inferno-flamegraph >/dev/null; then
+      echo "bench/run.sh: installing inferno (cargo install)" >&2
+      cargo install -q --locked inferno
+    fi
+  fi
+done
 
 # Everything talks to 127.0.0.1 only; no proxy from the environment may get in between.
 unset HTTPS_PROXY HTTP_PROXY https_proxy http_proxy ALL_PROXY all_proxy NO_PROXY no_proxy
