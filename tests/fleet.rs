@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use support::haproxy::Haproxy;
+use support::metric_value as metric;
 use support::seaweed::{SECRET_KEY, Seaweed};
 use support::{Fault, FaultRegistry, PullWorld, Regcache, RegcacheBuilder, Registry, RegistryAuth, TestImage};
 
@@ -39,15 +40,6 @@ async fn get(rc: &Regcache, path: &str) -> String {
         .text()
         .await
         .unwrap()
-}
-
-/// The value of the metric line starting with `prefix` (0 when absent).
-fn metric(text: &str, prefix: &str) -> u64 {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
 }
 
 fn cli(s3: &Seaweed, prefix: &str, args: &[&str]) -> std::process::Output {

@@ -33,11 +33,10 @@ async fn parent_connections(rc: &Regcache) -> u64 {
         .text()
         .await
         .unwrap();
-    text.lines()
-        .find(|l| l.starts_with("regcache_upstream_connections_total{route=\"parent\",result=\"ok\"}"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
+    support::metric_value(
+        &text,
+        "regcache_upstream_connections_total{route=\"parent\",result=\"ok\"}",
+    )
 }
 
 /// A raw `CONNECT authority` to `proxy`: the status line and body of its answer.

@@ -58,12 +58,10 @@ impl StoreCheck {
         let store = cache.store().blobs();
         let started = Instant::now();
         // A store that hangs fails its check rather than stalling the next ones.
-        let result = match tokio::time::timeout(self.policy.interval.max(Duration::from_secs(5)), store.probe()).await {
+        let limit = self.policy.interval.max(Duration::from_secs(5));
+        let result = match tokio::time::timeout(limit, store.probe()).await {
             Ok(r) => r.map_err(|e| e.to_string()),
-            Err(_) => Err(format!(
-                "no answer within {}s",
-                self.policy.interval.max(Duration::from_secs(5)).as_secs()
-            )),
+            Err(_) => Err(format!("no answer within {}s", limit.as_secs())),
         };
         let mut s = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         s.last_checked = Some(Instant::now());

@@ -16,6 +16,7 @@ mod limits;
 mod mirror;
 mod render;
 mod rpardini;
+mod secret;
 mod settings;
 mod source;
 mod store;
@@ -30,6 +31,7 @@ pub use layer::{
 pub use limits::{HYPER_DEFAULT_MAX_HEADERS, Limits};
 pub use mirror::{AcmeSettings, MirrorConfig, MirrorLayer, MirrorTls, upstream_of};
 pub use render::{format_duration, render};
+pub use secret::read_secret;
 pub use settings::{
     AccessPolicy, CacheBudget, CachePolicy, Config, Credential, CredentialHelper, DEFAULT_REGISTRIES, GlobText,
     LogFormat, Login, NonRegistryPolicy, RegistryPolicy, TagTtlRule, Timeouts, UpstreamTls, parse_duration, parse_size,

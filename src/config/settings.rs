@@ -210,16 +210,6 @@ pub struct CredentialHelper {
     pub ttl: Duration,
 }
 
-impl Login {
-    /// The user name, when it is known before a helper runs (for display).
-    pub fn shown_user(&self) -> String {
-        match self {
-            Self::Password { username, .. } => username.clone(),
-            Self::Helper(h) => format!("(helper {})", h.program),
-        }
-    }
-}
-
 /// A compiled glob that remembers its text (for display).
 #[derive(Debug, Clone)]
 pub struct GlobText {

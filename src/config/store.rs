@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{ConfigError, DurationValue, Parsed, SizeValue};
+use crate::config::{self, ConfigError, DurationValue, Parsed, SizeValue};
 
 /// A download lease lasts this long unless renewed (every third of it).
 const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
@@ -219,18 +219,9 @@ impl StoreLayer {
             (None, Some(var)) => Some(env("access_key_id_env", &var)?),
             (None, None) => None,
         };
-        let secret = |file: Option<PathBuf>, var: Option<String>, name: &str| -> Result<Option<String>, ConfigError> {
+        let secret = |file: Option<PathBuf>, var: Option<String>, name: &str| {
             let (file_key, env_key) = (format!("{name}_file"), format!("{name}_env"));
-            match (file, var) {
-                (Some(_), Some(_)) => Err(err(&file_key, format!("expected one of {file_key}, {env_key}"))),
-                (Some(file), None) => Ok(Some(
-                    std::fs::read_to_string(&file)
-                        .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
-                        .map_err(|e| err(&file_key, format!("{}: {e}", file.display())))?,
-                )),
-                (None, Some(var)) => Ok(Some(env(&env_key, &var)?)),
-                (None, None) => Ok(None),
-            }
+            config::read_secret(file, var, (&file_key, &env_key), &err)
         };
         let secret_access_key = secret(
             self.secret_access_key_file,

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use crate::config::{
     ConfigError, Credential, CredentialHelper, DurationValue, GlobText, HostPattern, HostPort, HostPortValue, Login,
-    Parsed,
+    Parsed, read_secret,
 };
 
 /// A parent proxy, `http://[user:pass@]host:port`: upstream connections are opened through it
@@ -226,11 +226,6 @@ impl UpstreamProxy {
         }
         self.default.as_ref()
     }
-
-    /// Whether any connection may go through a parent.
-    pub fn is_used(&self) -> bool {
-        self.default.is_some() || self.per_registry.iter().any(|(_, c)| matches!(c, ProxyChoice::Via(_)))
-    }
 }
 
 /// `[upstream]`
@@ -268,24 +263,12 @@ impl UpstreamLayer {
         per_registry: Vec<(HostPattern, ProxyChoice)>,
     ) -> Result<UpstreamProxy, ConfigError> {
         let err = |key: &str, msg: String| ConfigError::new(origin, format!("upstream.{key}"), msg);
-        let password = match (self.proxy_password_file, self.proxy_password_env) {
-            (None, None) => None,
-            (Some(file), None) => Some(
-                std::fs::read_to_string(&file)
-                    .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
-                    .map_err(|e| err("proxy_password_file", format!("{}: {e}", file.display())))?,
-            ),
-            (None, Some(var)) => Some(
-                std::env::var(&var)
-                    .map_err(|_| err("proxy_password_env", format!("environment variable {var} is not set")))?,
-            ),
-            (Some(_), Some(_)) => {
-                return Err(err(
-                    "proxy_password_file",
-                    "expected at most one of proxy_password_file, proxy_password_env".into(),
-                ));
-            }
-        };
+        let password = read_secret(
+            self.proxy_password_file,
+            self.proxy_password_env,
+            ("proxy_password_file", "proxy_password_env"),
+            &err,
+        )?;
         let default = match (self.proxy.map(|p| p.0), password) {
             (Some(p), Some(pass)) => Some(p.with_password(pass).map_err(|e| err("proxy", e))?),
             (None, Some(_)) => return Err(err("proxy", "a proxy password is set but no proxy".into())),
@@ -332,24 +315,21 @@ pub fn resolve_credentials(sections: Vec<CredentialSection>, origin: &str) -> Re
     for (i, c) in sections.into_iter().enumerate() {
         let key = |k: &str| format!("credentials[{i}].{k}");
         let err = |k: &str, m: String| ConfigError::new(origin, key(k), m);
-        let password = match (c.password, c.password_file, c.password_env, &c.helper) {
-            (Some(p), None, None, None) => Some(p),
-            (None, Some(file), None, None) => Some(
-                std::fs::read_to_string(&file)
-                    .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
-                    .map_err(|e| err("password_file", format!("{}: {e}", file.display())))?,
-            ),
-            (None, None, Some(var), None) => Some(
-                std::env::var(&var)
-                    .map_err(|_| err("password_env", format!("environment variable {var} is not set")))?,
-            ),
-            (None, None, None, Some(_)) => None,
-            _ => {
-                return Err(err(
-                    "password",
-                    "expected exactly one of password, password_file, password_env, helper".into(),
-                ));
-            }
+        let sources = [
+            c.password.is_some(),
+            c.password_file.is_some(),
+            c.password_env.is_some(),
+            c.helper.is_some(),
+        ];
+        if sources.iter().filter(|s| **s).count() != 1 {
+            return Err(err(
+                "password",
+                "expected exactly one of password, password_file, password_env, helper".into(),
+            ));
+        }
+        let password = match c.password {
+            Some(p) => Some(p),
+            None => read_secret(c.password_file, c.password_env, ("password_file", "password_env"), &err)?,
         };
         let login = match (password, c.helper, c.username) {
             (Some(password), None, Some(username)) => Login::Password { username, password },
@@ -461,8 +441,6 @@ mod tests {
             routes.parent_for(&hp("auth.docker.io")).unwrap().to_string(),
             "http://proxy:3128"
         );
-        assert!(routes.is_used());
-        assert!(!UpstreamProxy::default().is_used());
     }
 
     #[test]

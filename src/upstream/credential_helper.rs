@@ -120,22 +120,7 @@ async fn run(helper: &CredentialHelper, server: &str) -> Result<HelperLogin, Hel
             stdin.write_all(server.as_bytes()).await?;
             stdin.write_all(b"\n").await?;
         }
-        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-        let read_all = |pipe: Option<tokio::process::ChildStdout>| async move {
-            let mut buf = Vec::new();
-            if let Some(p) = pipe {
-                p.take(MAX_ANSWER).read_to_end(&mut buf).await?;
-            }
-            Ok::<_, std::io::Error>(buf)
-        };
-        let read_err = async move {
-            let mut buf = Vec::new();
-            if let Some(p) = stderr {
-                p.take(MAX_ANSWER).read_to_end(&mut buf).await?;
-            }
-            Ok::<_, std::io::Error>(buf)
-        };
-        let (out, err) = tokio::try_join!(read_all(stdout), read_err)?;
+        let (out, err) = tokio::try_join!(read_capped(child.stdout.take()), read_capped(child.stderr.take()))?;
         let status = child.wait().await?;
         Ok::<_, std::io::Error>((status, out, err))
     };
@@ -177,6 +162,15 @@ async fn run(helper: &CredentialHelper, server: &str) -> Result<HelperLogin, Hel
         secret: answer.secret,
         until: Instant::now() + lifetime,
     })
+}
+
+/// What a child's pipe carries, up to [`MAX_ANSWER`] bytes (nothing for a missing pipe).
+async fn read_capped<R: tokio::io::AsyncRead + Unpin>(pipe: Option<R>) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    if let Some(p) = pipe {
+        p.take(MAX_ANSWER).read_to_end(&mut buf).await?;
+    }
+    Ok(buf)
 }
 
 /// How long a secret says it stays valid: a JWT's `exp`, or the `expiration` of an ECR

@@ -169,6 +169,15 @@ pub fn reqwest_builder(ca_pems: &[&str]) -> reqwest::ClientBuilder {
         .tls_backend_preconfigured(rustls_client_config(ca_pems).as_ref().clone())
 }
 
+/// The value of the Prometheus text line starting with `prefix` (0 when absent).
+pub fn metric_value(text: &str, prefix: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
 /// Reads a log file for display, never failing (missing file → note).
 pub(crate) fn read_log_lossy(path: &Path) -> String {
     match std::fs::read(path) {
