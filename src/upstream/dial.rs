@@ -21,6 +21,7 @@ use tokio::net::TcpStream;
 
 use crate::config::{Config, ConnectTo, HostPort, ParentProxy, UpstreamProxy};
 use crate::telemetry::{Route, UpstreamMetrics};
+use crate::upstream::buffered_tcp::BufferedTcp;
 use crate::upstream::egress;
 
 /// RFC 8305 §5's connection attempt delay (hyper-util's default is the same).
@@ -200,10 +201,11 @@ async fn tunnel(mut stream: TcpStream, parent: &ParentProxy, target: &HostPort) 
 }
 
 type DialFuture =
-    Pin<Box<dyn Future<Output = Result<TokioIo<TcpStream>, Box<dyn std::error::Error + Send + Sync>>> + Send>>;
+    Pin<Box<dyn Future<Output = Result<TokioIo<BufferedTcp>, Box<dyn std::error::Error + Send + Sync>>> + Send>>;
 
+/// For the pooled client: its connections carry TLS, read through a buffer.
 impl tower_service::Service<Uri> for Dialer {
-    type Response = TokioIo<TcpStream>;
+    type Response = TokioIo<BufferedTcp>;
     type Error = Box<dyn std::error::Error + Send + Sync>;
     type Future = DialFuture;
 
@@ -216,7 +218,7 @@ impl tower_service::Service<Uri> for Dialer {
         Box::pin(async move {
             let target = host_port_of(&dst)
                 .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{dst}: no host")))?;
-            Ok(TokioIo::new(dialer.connect(&target).await?))
+            Ok(TokioIo::new(BufferedTcp::new(dialer.connect(&target).await?)))
         })
     }
 }

@@ -12,6 +12,7 @@
 //! May import: `registry`, `telemetry`, `config`, `body`, `error`.
 
 mod auth;
+mod buffered_tcp;
 mod client;
 mod credential_helper;
 mod dial;
