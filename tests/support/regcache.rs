@@ -16,6 +16,9 @@ pub const REGCACHE_BIN: &str = env!("CARGO_BIN_EXE_regcache");
 /// Readiness timeout.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Five of regcache's log flush intervals (50 ms): long enough for a written line to be out.
+const LOG_SETTLE: Duration = Duration::from_millis(250);
+
 /// Prefix of the readiness line on stdout.
 const READY_PREFIX: &str = "regcache listening on ";
 /// The mirror's banner line.
@@ -226,13 +229,21 @@ impl Regcache {
 
     /// Everything it printed so far (stdout and stderr, all runs; each
     /// restart is marked by a `=== regcache start #N ===` line).
+    /// regcache writes its lines out every 50 ms (`telemetry::LogBuffer`), so this first waits
+    /// [`LOG_SETTLE`]: a line for a request that has been answered is then in.
     pub fn logs(&self) -> String {
+        std::thread::sleep(LOG_SETTLE);
+        self.logs_now()
+    }
+
+    /// What has reached the log so far, without waiting for the next flush.
+    fn logs_now(&self) -> String {
         self.logs.lock().expect("log buffer lock poisoned").clone()
     }
 
     /// Polls until the logs contain `needle` (true) or `timeout` passes.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
-        super::poll_until(timeout, || self.logs().contains(needle).then_some(())).is_some()
+        super::poll_until(timeout, || self.logs_now().contains(needle).then_some(())).is_some()
     }
 
     /// Whether the child is still running.
