@@ -1530,6 +1530,11 @@ class Bench:
         log(f"figure 3: whole-image pulls of {', '.join(names)}, {self.runs} runs each")
         cols = ["direct", "regcache cold", "regcache warm", "dist. proxy cold", "dist. proxy warm"]
         table = {n: {c: Series() for c in cols} for n in names}
+        # CPU seconds: the whole machine's during a direct pull, regcache's own during a cold one.
+        # Their sum over the cores is the shortest a cold pull through regcache could take if its
+        # work fitted into the cores the direct pull leaves idle (skopeo's chain of requests
+        # would also have to keep going while regcache works).
+        cpu = {n: {"direct": Series(), "regcache": Series()} for n in names}
         for n in names:
             img = self.images[n]
             allp = img.is_index
@@ -1538,10 +1543,19 @@ class Bench:
             for i in range(runs):
                 tag = f"figure 3 {n} run {i + 1}"
                 s, cd, px = self.src("direct", n)
-                table[n]["direct"].add(self.pull(f"{tag} direct", s, cert_dir=cd, proxy=px, all_platforms=allp))
+                busy0 = machine_busy_secs()
+                secs = self.pull(f"{tag} direct", s, cert_dir=cd, proxy=px, all_platforms=allp)
+                table[n]["direct"].add(secs)
+                if secs is not None:
+                    cpu[n]["direct"].add(machine_busy_secs() - busy0)
                 self.regcache.start(fresh=True)
                 s, cd, px = self.src("regcache", n)
-                table[n]["regcache cold"].add(self.pull(f"{tag} regcache cold", s, cert_dir=cd, proxy=px, all_platforms=allp))
+                rc0 = cpu_secs(self.regcache.proc.pid)
+                secs = self.pull(f"{tag} regcache cold", s, cert_dir=cd, proxy=px, all_platforms=allp)
+                table[n]["regcache cold"].add(secs)
+                rc1 = cpu_secs(self.regcache.proc.pid)
+                if secs is not None and rc0 is not None and rc1 is not None:
+                    cpu[n]["regcache"].add(rc1 - rc0)
                 table[n]["regcache warm"].add(self.pull(f"{tag} regcache warm", s, cert_dir=cd, proxy=px, all_platforms=allp))
                 self.regcache.check_alive(tag)
                 self.regcache.stop()
@@ -1551,7 +1565,7 @@ class Bench:
                 table[n]["dist. proxy warm"].add(self.pull(f"{tag} dist warm", s, cert_dir=cd, proxy=px, all_platforms=allp))
                 self.dist.stop()
             log(f"  {n}: " + ", ".join(f"{c} {num(table[n][c].median)} s" for c in cols))
-        rows, trows = [], []
+        rows, trows, crows = [], [], []
         for n in names:
             img = self.images[n]
             t = table[n]
@@ -1560,6 +1574,10 @@ class Bench:
             cold = ratio(t["regcache cold"].median, d)
             label = n + (" (`--all`)" if img.is_index else "")
             rows.append([label, img.describe(), *[t[c].cell() for c in cols]])
+            dc, rc = cpu[n]["direct"].median, cpu[n]["regcache"].median
+            floor = max(d, (dc + rc) / (os.cpu_count() or 1)) if d and dc is not None and rc is not None else None
+            crows.append([label, num(dc), num(rc), num(floor),
+                          f"{num(ratio(floor, d))}×" if floor else "n/a"])
             trows.append([label, f"{num(warm)}×" if warm else "n/a", verdict(None if warm is None else warm <= 1.0),
                           f"{num(cold)}×" if cold else "n/a", verdict(None if cold is None else cold <= 1.10),
                           f"{num(ratio(t['dist. proxy cold'].median, d))}×" if d else "n/a",
@@ -1569,6 +1587,12 @@ class Bench:
         body += "\n\nRatios to direct (medians of this run):\n\n"
         body += md_table(["image", "regcache warm / direct", "≤ 1", "regcache cold / direct", "≤ 1.10",
                           "dist. cold / direct", "dist. warm / direct"], trows)
+        body += ("\n\nThe CPU behind the cold ratio (seconds, medians): the whole machine's during a direct pull "
+                 "(skopeo, the upstream registry), regcache's own during a cold pull, and the floor "
+                 f"max(direct wall, (machine + regcache) / {os.cpu_count() or 1} cores): a cold pull cannot be "
+                 "shorter while regcache needs that CPU on the same cores.\n\n")
+        body += md_table(["image", "machine CPU, direct pull", "regcache CPU, cold pull", "floor s",
+                          "floor / direct"], crows)
         small_runs = "" if self.quick else f" ({max(self.runs, 5)} for the images under 50 MB)"
         body += (f"\n\n{self.runs} runs each{small_runs}. Cold = fresh cache and restarted process before the pull; warm = the "
                  f"pull right after it. regcache is reached as `docker://{REGISTRY_HOST}/…` through "
