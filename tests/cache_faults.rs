@@ -1004,6 +1004,111 @@ async fn tag_ttl_rule_overrides_the_default_per_repo_and_tag() {
     assert_eq!(reg.count("HEAD", "/manifests/edge"), 1, "default 0: always revalidated");
 }
 
+/// `Cache-Control: VALUE` from upstream on every answer for `path`.
+fn cache_control(reg: &FaultRegistry, path: &str, value: &str) {
+    reg.add_fault(FaultRule::new(
+        path,
+        Fault::Header {
+            name: "cache-control".into(),
+            value: value.into(),
+        },
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_first_revalidates_a_tag_when_upstreams_max_age_ends() {
+    let w = world();
+    let reg = FaultRegistry::new(&w.ca, &[H]);
+    let img = put_image(&reg, REPO, Some("v1"), OCI_MANIFEST, &[1000]);
+    cache_control(&reg, "/manifests/v1", "max-age=5");
+    // tag_ttl says an hour; upstream says five seconds and comes first.
+    let p = proxy(
+        &w,
+        &[(H, &reg)],
+        &["--tag-ttl", "1h", "--tag-ttl-mode", "upstream-first"],
+    );
+    let c = client(&p);
+    let accept = [("accept", OCI_MANIFEST)];
+    let url = manifest_url(H, REPO, "v1");
+    assert_eq!(get(&c, &url, &accept).await.x_cache(), Some("MISS"));
+    assert_eq!(get(&c, &url, &accept).await.x_cache(), Some("HIT"), "fresh for 5 s");
+    assert_eq!(reg.count("HEAD", "/manifests/v1"), 0);
+    tokio::time::sleep(Duration::from_millis(5_500)).await;
+    let again = get(&c, &url, &accept).await;
+    assert_eq!(again.x_cache(), Some("REVALIDATED"), "stale after upstream's 5 s");
+    assert_eq!(again.body(), &Bytes::from(img.manifest.clone()));
+    assert_eq!(reg.count("HEAD", "/manifests/v1"), 1);
+    // The revalidation sent upstream's ETag back; the registry answered 304.
+    let heads: Vec<_> = reg
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "HEAD" && r.path.ends_with("/manifests/v1"))
+        .collect();
+    assert_eq!(
+        heads[0].if_none_match.as_deref(),
+        Some(format!("\"{}\"", img.digest).as_str())
+    );
+    assert_eq!(heads[0].status, 304);
+    assert_eq!(
+        get(&c, &url, &accept).await.x_cache(),
+        Some("HIT"),
+        "fresh again for 5 s"
+    );
+    assert_eq!(reg.count("GET", "/manifests/v1"), 1, "the manifest itself fetched once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn override_mode_ignores_upstreams_cache_control() {
+    let w = world();
+    let reg = FaultRegistry::new(&w.ca, &[H]);
+    put_image(&reg, REPO, Some("v1"), OCI_MANIFEST, &[1000]);
+    cache_control(&reg, "/manifests/v1", "max-age=5");
+    let p = proxy(&w, &[(H, &reg)], &["--tag-ttl", "0"]);
+    let c = client(&p);
+    let accept = [("accept", OCI_MANIFEST)];
+    let url = manifest_url(H, REPO, "v1");
+    assert_eq!(get(&c, &url, &accept).await.x_cache(), Some("MISS"));
+    assert_eq!(
+        get(&c, &url, &accept).await.x_cache(),
+        Some("REVALIDATED"),
+        "tag_ttl 0 decides"
+    );
+    assert_eq!(reg.count("HEAD", "/manifests/v1"), 1);
+    assert!(
+        reg.requests().iter().all(|r| r.if_none_match.is_none()),
+        "no conditional requests"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_no_store_keeps_a_tag_out_of_the_cache_but_not_its_manifest() {
+    let w = world();
+    let reg = FaultRegistry::new(&w.ca, &[H]);
+    let img = put_image(&reg, REPO, Some("v1"), OCI_MANIFEST, &[1000]);
+    cache_control(&reg, "/manifests/v1", "no-store");
+    let p = proxy(
+        &w,
+        &[(H, &reg)],
+        &["--tag-ttl", "1h", "--tag-ttl-mode", "upstream-first"],
+    );
+    let c = client(&p);
+    let accept = [("accept", OCI_MANIFEST)];
+    let url = manifest_url(H, REPO, "v1");
+    for _ in 0..3 {
+        let got = get(&c, &url, &accept).await;
+        assert_eq!(got.x_cache(), Some("MISS"), "never answered from a kept tag");
+        assert_eq!(got.body(), &Bytes::from(img.manifest.clone()));
+    }
+    assert_eq!(reg.count("GET", "/manifests/v1"), 3);
+    // Content by digest is kept all the same.
+    let by_digest = get(&c, &manifest_url(H, REPO, &img.digest), &accept).await;
+    assert_eq!(by_digest.x_cache(), Some("HIT"));
+    assert_eq!(reg.count_any(&format!("/manifests/{}", img.digest)), 0);
+    // A HEAD-only client is not given a kept tag either.
+    assert_eq!(head(&c, &url, &accept).await.x_cache(), Some("MISS"));
+    assert_eq!(head(&c, &url, &accept).await.x_cache(), Some("MISS"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_authorization_goes_upstream_on_misses_and_revalidations() {
     let w = world();

@@ -162,6 +162,11 @@ fn broken_config_files_give_one_line_naming_file_line_and_key_and_exit_2() {
             &[":4:", "cache.tag_ttl", "expected a duration"],
         ),
         (
+            "bad-ttl-mode.toml",
+            "[cache]\ntag_ttl_mode = \"sometimes\"\n",
+            &[":2:", "cache.tag_ttl_mode", "expected override or upstream-first"],
+        ),
+        (
             "unknown-key.toml",
             "listen = \"127.0.0.1:3128\"\nlisten_adress = \"x\"\n",
             &[":2:", "unknown field `listen_adress`"],

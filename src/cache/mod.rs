@@ -24,6 +24,7 @@ mod blobs;
 mod download;
 mod downloads;
 mod eviction;
+mod freshness;
 mod manifests;
 mod peer;
 mod purge_watch;
@@ -37,7 +38,7 @@ mod transfer;
 pub use eviction::Evictor;
 #[cfg(test)]
 pub use records::tag_key;
-pub use records::{RecordKey, Records, StoredManifest, TagRecord, manifest_media_type, seeded_tag_key};
+pub use records::{RecordKey, Records, StoredManifest, TagFreshness, TagRecord, manifest_media_type, seeded_tag_key};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

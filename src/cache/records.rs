@@ -29,6 +29,34 @@ pub struct TagRecord {
     pub size: u64,
     /// Unix milliseconds of the last successful validation with upstream.
     pub validated_at_ms: u64,
+    /// What upstream said about this answer's freshness (read only under
+    /// `tag_ttl_mode = "upstream-first"`).
+    #[serde(default, skip_serializing_if = "TagFreshness::is_unstated")]
+    pub upstream: TagFreshness,
+}
+
+/// Upstream's freshness information for a tag's answer, from the response that validated it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagFreshness {
+    /// How long it stays fresh from `validated_at_ms`, when upstream stated it
+    /// (`Cache-Control`, `Expires`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
+    /// Upstream's `ETag`, sent back as `If-None-Match` when revalidating.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+}
+
+impl TagFreshness {
+    /// Upstream said nothing.
+    pub fn is_unstated(&self) -> bool {
+        self.ttl_ms.is_none() && self.etag.is_none()
+    }
+
+    /// The stated lifetime.
+    pub fn ttl(&self) -> Option<std::time::Duration> {
+        self.ttl_ms.map(std::time::Duration::from_millis)
+    }
 }
 
 /// A manifest present in the store, with its media type.
@@ -257,6 +285,14 @@ impl Records {
         self.store.index().put(key, Some(&digest), record.size, meta).await
     }
 
+    /// Forgets a tag resolution (upstream said `no-store`).
+    ///
+    /// # Errors
+    /// On an I/O failure.
+    pub async fn forget_tag(&self, key: &str) -> Result<(), StoreError> {
+        self.store.index().remove(key).await
+    }
+
     /// Every tag record of `registry`/`repository`:`tag`, one per Accept set clients used, with
     /// its key. Walks the whole index: for one-shot commands (`cache export`), not for requests.
     pub async fn tag_records(&self, registry: &str, repository: &str, tag: &str) -> Vec<(String, TagRecord)> {
@@ -356,6 +392,7 @@ mod tests {
             media_type: "t".into(),
             size: 19,
             validated_at_ms: 5,
+            upstream: TagFreshness::default(),
         };
         records.put_tag(&key, &rec).await.unwrap();
         assert_eq!(records.tag(&key).await.unwrap(), rec);

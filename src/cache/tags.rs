@@ -3,16 +3,20 @@
 //! as is; a stale one is revalidated with an upstream `HEAD` (Docker Hub counts manifest GETs
 //! as pulls, HEADs are free), one per tag however many clients ask at once; when upstream is
 //! unreachable, times out or answers 5xx/429, the cached tag is served stale (`Warning: 110`)
-//! up to `max_stale`.
+//! up to `max_stale`. How long a record is fresh is `tag_ttl`, or under `tag_ttl_mode =
+//! "upstream-first"` what upstream said of it ([`super::freshness`]): then its `no-store` keeps
+//! the tag out of the records (the manifest is still kept by digest) and its `ETag` goes back
+//! as `If-None-Match`, a `304` meaning the tag has not moved.
 
-use http::header::HeaderMap;
+use http::header::{HeaderMap, HeaderValue, IF_NONE_MATCH};
 use http::{Method, Response, StatusCode, Uri};
 
 use crate::body;
 use crate::cache::answers::Served;
 use crate::cache::answers::{content_type, manifest_response, set_manifest_headers};
 use crate::cache::answers::{error, fetched_response, head_only, passthrough, upstream_unavailable};
-use crate::cache::records::{TagRecord, seeded_tag_key, tag_key};
+use crate::cache::freshness::UpstreamFreshness;
+use crate::cache::records::{TagFreshness, TagRecord, seeded_tag_key, tag_key};
 use crate::cache::{Ctx, RegistryCache};
 use crate::clock::now_ms;
 use crate::error::ProxyError;
@@ -27,7 +31,14 @@ pub(super) const TAG_PERSIST_EVERY_MS: u64 = 10 * 60 * 1000;
 #[derive(Debug, Clone)]
 pub(super) enum Revalidation {
     /// 200 with a digest.
-    Current(TagRecord),
+    Current {
+        /// The tag's answer now.
+        record: TagRecord,
+        /// `false` when upstream said `no-store`.
+        storable: bool,
+    },
+    /// 304 to the record's `ETag`: the tag has not moved.
+    NotModified(TagFreshness),
     /// 200 without `Docker-Content-Digest`: only a GET can tell.
     NoDigest,
     /// Upstream is in trouble (unreachable, timeout, 5xx, 429): stale content may be served.
@@ -51,11 +62,11 @@ impl RegistryCache {
         let accept = AcceptSet::from_headers(ctx.headers);
         let key = tag_key(&ctx.registry, &ctx.repository, tag, &accept.key());
         let policy = self.policy.load_full();
-        let ttl = policy.tag_ttl(&ctx.registry, &ctx.repository, tag);
         let now = now_ms();
         let Some(memo) = self.tag_memo_or_seeded(ctx, tag, &key, &accept).await else {
             return self.tag_miss(ctx, &key, &accept).await;
         };
+        let ttl = policy.tag_freshness(&ctx.registry, &ctx.repository, tag, memo.record.upstream.ttl());
         let age = now.saturating_sub(memo.record.validated_at_ms);
         if !ttl.is_zero() && age < ttl.as_millis() as u64 {
             if let Some(refused) = self.authorize(ctx, None, true).await {
@@ -69,9 +80,13 @@ impl RegistryCache {
         let head_url = ctx.url.clone();
         let head_headers = headers::for_upstream(ctx.headers);
         let upstream = self.requester(ctx);
+        let etag = policy
+            .upstream_first()
+            .then(|| memo.record.upstream.etag.clone())
+            .flatten();
         let result = self
             .revalidations
-            .run(key.clone(), move || revalidate(upstream, head_url, head_headers))
+            .run(key.clone(), move || revalidate(upstream, head_url, head_headers, etag))
             .await
             .unwrap_or(Revalidation::Unavailable {
                 reason: "revalidation task panicked".into(),
@@ -80,17 +95,38 @@ impl RegistryCache {
 
         // The revalidation may have been another client's (coalesced): this one's access is
         // checked on its own (free for public repositories).
-        let serving = matches!(result, Revalidation::Current(_) | Revalidation::Unavailable { .. });
+        let serving = matches!(
+            result,
+            Revalidation::Current { .. } | Revalidation::NotModified(_) | Revalidation::Unavailable { .. }
+        );
         if serving && let Some(refused) = self.authorize(ctx, None, true).await {
             return refused;
         }
         match result {
-            Revalidation::Current(fresh) if fresh.digest == memo.record.digest => {
+            Revalidation::Current {
+                record: fresh,
+                storable: false,
+            } if policy.upstream_first() => {
+                self.forget_tag(&key).await;
+                self.serve_tag(ctx, &key, &accept, &fresh, Outcome::Revalidated, false)
+                    .await
+            }
+            Revalidation::NotModified(stated) => {
+                // A 304 may restate the lifetime or bring a new validator; the rest stands.
+                let mut fresh = memo.record.clone();
+                fresh.validated_at_ms = now_ms();
+                fresh.upstream.ttl_ms = stated.ttl_ms.or(fresh.upstream.ttl_ms);
+                fresh.upstream.etag = stated.etag.or(fresh.upstream.etag);
                 self.remember_tag(&key, fresh.clone(), Some(&memo)).await;
                 self.serve_tag(ctx, &key, &accept, &fresh, Outcome::Revalidated, false)
                     .await
             }
-            Revalidation::Current(fresh) => {
+            Revalidation::Current { record: fresh, .. } if fresh.digest == memo.record.digest => {
+                self.remember_tag(&key, fresh.clone(), Some(&memo)).await;
+                self.serve_tag(ctx, &key, &accept, &fresh, Outcome::Revalidated, false)
+                    .await
+            }
+            Revalidation::Current { record: fresh, .. } => {
                 tracing::info!(registry = %ctx.registry, repository = %ctx.repository, tag, old = %memo.record.digest, new = %fresh.digest, "tag moved upstream");
                 self.remember_tag(&key, fresh.clone(), None).await;
                 self.serve_tag(ctx, &key, &accept, &fresh, Outcome::Revalidated, false)
@@ -129,9 +165,11 @@ impl RegistryCache {
                 Ok(res) => res,
                 Err(e) => return error(e),
             };
+            let fresh = UpstreamFreshness::of(&Method::HEAD, &ctx.url, res.status(), res.headers());
             if res.status() == StatusCode::OK
-                && let Some(record) = record_from_head(res.headers())
+                && let Some(record) = record_from_head(res.headers(), fresh.record)
                 && accept.allows(&record.media_type)
+                && self.keeps_tag(fresh.storable)
             {
                 self.remember_tag(key, record, None).await;
             }
@@ -160,14 +198,20 @@ impl RegistryCache {
             return fetched_response(&fetched, Outcome::Miss);
         }
         if accept.allows(&media_type) {
+            // Kept by digest even when upstream says `no-store`: content by digest never changes;
+            // only the tag's answer is not to be kept.
             self.store_manifest(ctx, &digest, &media_type, &fetched.body).await;
-            let record = TagRecord {
-                digest: digest.to_string(),
-                media_type: media_type.clone(),
-                size: fetched.body.len() as u64,
-                validated_at_ms: now_ms(),
-            };
-            self.remember_tag(key, record, None).await;
+            let fresh = UpstreamFreshness::of(&Method::GET, &ctx.url, fetched.status, &fetched.headers);
+            if self.keeps_tag(fresh.storable) {
+                let record = TagRecord {
+                    digest: digest.to_string(),
+                    media_type: media_type.clone(),
+                    size: fetched.body.len() as u64,
+                    validated_at_ms: now_ms(),
+                    upstream: fresh.record,
+                };
+                self.remember_tag(key, record, None).await;
+            }
         }
         (
             manifest_response(false, &fetched.body, &media_type, &digest, Outcome::Miss, false),
@@ -268,6 +312,22 @@ impl RegistryCache {
         Some(memo)
     }
 
+    /// Whether a tag's answer is kept: always under `tag_ttl_mode = "override"`, unless upstream
+    /// said `no-store` under `"upstream-first"`.
+    fn keeps_tag(&self, storable: bool) -> bool {
+        storable || !self.policy.load().upstream_first()
+    }
+
+    /// Drops a tag's record (upstream now says `no-store`), in memory and on disk.
+    async fn forget_tag(&self, key: &str) {
+        self.tags.invalidate(key);
+        if self.store_usable()
+            && let Err(e) = self.records.forget_tag(key).await
+        {
+            self.store_failed(&e);
+        }
+    }
+
     /// Remembers a tag resolution; writes it to disk when the digest changed or the stored
     /// validation time is old (so revalidations do not grow the index without bound).
     pub(super) async fn remember_tag(&self, key: &str, record: TagRecord, previous: Option<&TagMemo>) {
@@ -287,9 +347,21 @@ impl RegistryCache {
     }
 }
 
-/// Asks upstream for a tag's current digest with a HEAD.
-pub(super) async fn revalidate(upstream: Requester, url: Uri, headers: HeaderMap) -> Revalidation {
-    match upstream.send(Method::HEAD, url, headers).await {
+/// Asks upstream for a tag's current digest with a HEAD (conditional on `etag` when given).
+pub(super) async fn revalidate(
+    upstream: Requester,
+    url: Uri,
+    mut headers: HeaderMap,
+    etag: Option<String>,
+) -> Revalidation {
+    let conditional = match etag.as_deref().map(HeaderValue::from_str) {
+        Some(Ok(v)) => {
+            headers.insert(IF_NONE_MATCH, v);
+            true
+        }
+        _ => false,
+    };
+    match upstream.send(Method::HEAD, url.clone(), headers).await {
         Err(e) => Revalidation::Unavailable {
             reason: e.to_string(),
             head: None,
@@ -303,9 +375,17 @@ pub(super) async fn revalidate(upstream: Requester, url: Uri, headers: HeaderMap
                     reason: format!("upstream answered {status}"),
                     head: Some((status, h)),
                 }
+            } else if status == StatusCode::NOT_MODIFIED && conditional {
+                // The 304's headers update the stored answer's (RFC 9111 "Freshening Stored
+                // Responses upon Validation"): judged as the 200 they now describe.
+                Revalidation::NotModified(UpstreamFreshness::of(&Method::HEAD, &url, StatusCode::OK, &h).record)
             } else if status == StatusCode::OK {
-                match record_from_head(&h) {
-                    Some(r) => Revalidation::Current(r),
+                let fresh = UpstreamFreshness::of(&Method::HEAD, &url, status, &h);
+                match record_from_head(&h, fresh.record) {
+                    Some(record) => Revalidation::Current {
+                        record,
+                        storable: fresh.storable,
+                    },
                     None => Revalidation::NoDigest,
                 }
             } else {
@@ -315,13 +395,14 @@ pub(super) async fn revalidate(upstream: Requester, url: Uri, headers: HeaderMap
     }
 }
 
-/// A tag record from manifest response headers (HEAD or GET).
-pub(super) fn record_from_head(h: &HeaderMap) -> Option<TagRecord> {
+/// A tag record from manifest response headers (HEAD or GET) and what they say of freshness.
+pub(super) fn record_from_head(h: &HeaderMap, upstream: TagFreshness) -> Option<TagRecord> {
     let digest = h.get(DOCKER_CONTENT_DIGEST)?.to_str().ok()?.parse::<Digest>().ok()?;
     Some(TagRecord {
         digest: digest.to_string(),
         media_type: content_type(h),
         size: headers::content_length(h)?,
         validated_at_ms: now_ms(),
+        upstream,
     })
 }

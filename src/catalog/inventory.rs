@@ -487,7 +487,7 @@ mod tests {
     use super::*;
     use bytes::Bytes;
 
-    use crate::cache::{Records, tag_key};
+    use crate::cache::{Records, TagFreshness, tag_key};
     use crate::registry::Algorithm;
 
     fn d(c: char) -> Digest {
@@ -553,6 +553,7 @@ mod tests {
             media_type: mt.into(),
             size: manifest.len() as u64,
             validated_at_ms: 1,
+            upstream: TagFreshness::default(),
         };
         for accept in ["a", "b"] {
             store

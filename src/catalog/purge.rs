@@ -457,7 +457,7 @@ mod tests {
 
     use bytes::Bytes;
 
-    use crate::cache::{Records, TagRecord, tag_key};
+    use crate::cache::{Records, TagFreshness, TagRecord, tag_key};
     use crate::registry::Algorithm;
 
     struct Fixture {
@@ -499,6 +499,7 @@ mod tests {
             media_type: "t".into(),
             size: manifest.len() as u64,
             validated_at_ms: 1,
+            upstream: TagFreshness::default(),
         };
         store
             .put_tag(&tag_key(registry, repo, tag, "x"), &record)
@@ -652,6 +653,7 @@ mod tests {
             media_type: "index".into(),
             size: index.len() as u64,
             validated_at_ms: 1,
+            upstream: TagFreshness::default(),
         };
         f.store
             .put_tag(&tag_key("ghcr.io", "org/multi", "1", "x"), &record)

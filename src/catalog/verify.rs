@@ -185,7 +185,7 @@ mod tests {
     use super::*;
     use bytes::Bytes;
 
-    use crate::cache::{Records, TagRecord, tag_key};
+    use crate::cache::{Records, TagFreshness, TagRecord, tag_key};
     use crate::registry::Algorithm;
     use crate::store::LocalStore;
 
@@ -214,6 +214,7 @@ mod tests {
             media_type: "t".into(),
             size: manifest.len() as u64,
             validated_at_ms: 1,
+            upstream: TagFreshness::default(),
         };
         store
             .put_tag(&tag_key("ghcr.io", "org/app", "1", "x"), &record)

@@ -13,7 +13,7 @@ use crate::config::{
     self as config_file, CacheLayer, ConfigSource, DurationValue, Layer, LimitsLayer, Parsed, RegistrySection,
     SizeValue, TimeoutsLayer,
 };
-use crate::config::{self, Config, ConnectTo, HostPattern, LogFormat, NonRegistryPolicy, TagTtlRule};
+use crate::config::{self, Config, ConnectTo, HostPattern, LogFormat, NonRegistryPolicy, TagTtlMode, TagTtlRule};
 use crate::registry::ImageRef;
 use crate::registry::manifest::PlatformArg;
 
@@ -122,6 +122,12 @@ pub struct ServeArgs {
     /// (free on Docker Hub, unlike a GET). 0 revalidates on every pull [default: 60s].
     #[arg(long, env = "REGCACHE_TAG_TTL", value_name = "DURATION", value_parser = config::parse_duration)]
     pub tag_ttl: Option<Duration>,
+
+    /// Whose word decides a tag's freshness: `override` (--tag-ttl and its rules alone) or
+    /// `upstream-first` (upstream's Cache-Control max-age/no-cache/Expires where it sends them,
+    /// and its no-store: such a tag is never kept; --tag-ttl otherwise) [default: override].
+    #[arg(long, env = "REGCACHE_TAG_TTL_MODE", value_name = "MODE")]
+    pub tag_ttl_mode: Option<TagTtlMode>,
 
     /// Per-registry/repository/tag override of --tag-ttl; the first matching rule wins.
     /// Example: docker.io/library/*:latest=5m (registry names are canonical: docker.io for Hub).
@@ -487,6 +493,7 @@ impl ServeArgs {
             },
             cache: CacheLayer {
                 tag_ttl: dur(self.tag_ttl),
+                tag_ttl_mode: self.tag_ttl_mode.map(Parsed),
                 tag_ttl_rules: self.tag_ttl_rules.iter().cloned().map(Parsed).collect(),
                 max_stale: dur(self.max_stale),
                 max_size: self.max_size.map(|n| Parsed(SizeValue(n))),

@@ -20,7 +20,7 @@ use crate::config::StoreLayer;
 use crate::config::canonical_registry;
 use crate::config::{
     self, AccessPolicy, CacheBudget, CachePolicy, Config, ConnectTo, HostPattern, HostPort, LogFormat,
-    NonRegistryPolicy, RegistryPolicy, TagTtlRule, Timeouts, UpstreamTls,
+    NonRegistryPolicy, RegistryPolicy, TagTtlMode, TagTtlRule, Timeouts, UpstreamTls,
 };
 use crate::config::{CredentialSection, HealthLayer, ProxyChoice, UpstreamLayer};
 
@@ -199,6 +199,8 @@ pub struct LimitsLayer {
 pub struct CacheLayer {
     /// Tag revalidation interval.
     pub tag_ttl: Dur,
+    /// `"override"` or `"upstream-first"`.
+    pub tag_ttl_mode: Option<Parsed<TagTtlMode>>,
     /// `["docker.io/library/*:latest=5m"]`
     #[serde(default)]
     pub tag_ttl_rules: Vec<Parsed<TagTtlRule>>,
@@ -328,6 +330,7 @@ impl Layer {
             },
             cache: CacheLayer {
                 tag_ttl: self.cache.tag_ttl.or(lower.cache.tag_ttl),
+                tag_ttl_mode: self.cache.tag_ttl_mode.or(lower.cache.tag_ttl_mode),
                 tag_ttl_rules: cat(self.cache.tag_ttl_rules, lower.cache.tag_ttl_rules),
                 max_stale: self.cache.max_stale.or(lower.cache.max_stale),
                 max_size: self.cache.max_size.or(lower.cache.max_size),
@@ -471,6 +474,7 @@ impl Layer {
             },
             cache: CachePolicy {
                 tag_ttl: self.cache.tag_ttl.map_or(policy.tag_ttl, |v| v.0.0),
+                tag_ttl_mode: self.cache.tag_ttl_mode.map_or(policy.tag_ttl_mode, |v| v.0),
                 tag_ttl_rules,
                 max_stale: self.cache.max_stale.map_or(policy.max_stale, |v| v.0.0),
                 per_registry,

@@ -34,7 +34,8 @@ pub use render::{format_duration, render};
 pub use secret::read_secret;
 pub use settings::{
     AccessPolicy, CacheBudget, CachePolicy, Config, Credential, CredentialHelper, DEFAULT_REGISTRIES, GlobText,
-    LogFormat, Login, NonRegistryPolicy, RegistryPolicy, TagTtlRule, Timeouts, UpstreamTls, parse_duration, parse_size,
+    LogFormat, Login, NonRegistryPolicy, RegistryPolicy, TagTtlMode, TagTtlRule, Timeouts, UpstreamTls, parse_duration,
+    parse_size,
 };
 pub use source::ConfigSource;
 pub use store::{S3Config, StoreConfig, StoreLayer};

@@ -94,8 +94,9 @@ pub fn render(config: &Config) -> String {
     let c = &config.cache;
     let _ = writeln!(
         out,
-        "\n[cache]\ntag_ttl = {}\nmax_stale = {}\npublic_recheck = {}\nprivate_grace = {}",
+        "\n[cache]\ntag_ttl = {}\ntag_ttl_mode = {}\nmax_stale = {}\npublic_recheck = {}\nprivate_grace = {}",
         dur(c.tag_ttl),
+        q(&c.tag_ttl_mode.to_string()),
         dur(c.max_stale),
         dur(c.public_recheck),
         dur(c.private_grace)

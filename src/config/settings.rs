@@ -260,11 +260,44 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     n.checked_mul(mult).ok_or_else(expected)
 }
 
+/// Whose word decides how long a tag stays fresh.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TagTtlMode {
+    /// regcache's `tag_ttl` rules alone (upstream's `Cache-Control` and `Expires` are ignored).
+    #[default]
+    Override,
+    /// Upstream's own freshness (`Cache-Control: max-age`, `no-cache`, `Expires`) where it
+    /// states one, and its `no-store` (the tag is not kept); `tag_ttl` rules otherwise.
+    UpstreamFirst,
+}
+
+impl FromStr for TagTtlMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "override" => Ok(Self::Override),
+            "upstream-first" => Ok(Self::UpstreamFirst),
+            other => Err(format!("{other:?}: expected override or upstream-first")),
+        }
+    }
+}
+
+impl fmt::Display for TagTtlMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Override => "override",
+            Self::UpstreamFirst => "upstream-first",
+        })
+    }
+}
+
 /// Freshness of tags: manifests and blobs by digest never change and need no policy.
 #[derive(Debug, Clone)]
 pub struct CachePolicy {
     /// How long a tag → digest answer is used before an upstream `HEAD` revalidates it.
     pub tag_ttl: Duration,
+    /// Whether upstream's `Cache-Control`/`Expires` on a tag comes before `tag_ttl`.
+    pub tag_ttl_mode: TagTtlMode,
     /// Overrides of `tag_ttl` by registry, repository glob and tag glob; the first match wins.
     pub tag_ttl_rules: Vec<TagTtlRule>,
     /// How long after its last successful validation a tag may still be served when upstream
@@ -295,6 +328,7 @@ impl Default for CachePolicy {
     fn default() -> Self {
         Self {
             tag_ttl: Duration::from_secs(60),
+            tag_ttl_mode: TagTtlMode::Override,
             tag_ttl_rules: Vec::new(),
             max_stale: Duration::from_secs(7 * 86_400),
             per_registry: Vec::new(),
@@ -314,6 +348,21 @@ impl CachePolicy {
             .map(|r| r.ttl)
             .or_else(|| self.registry(registry).and_then(|p| p.tag_ttl))
             .unwrap_or(self.tag_ttl)
+    }
+
+    /// How long a tag's answer stays fresh: what upstream said of it (`upstream`, when it
+    /// said anything) under [`TagTtlMode::UpstreamFirst`], else [`CachePolicy::tag_ttl`].
+    pub fn tag_freshness(&self, registry: &str, repository: &str, tag: &str, upstream: Option<Duration>) -> Duration {
+        match (self.tag_ttl_mode, upstream) {
+            (TagTtlMode::UpstreamFirst, Some(ttl)) => ttl,
+            _ => self.tag_ttl(registry, repository, tag),
+        }
+    }
+
+    /// Whether upstream has the first word on tags: its `no-store` obeyed (the tag is never
+    /// kept), its `ETag` sent back when revalidating.
+    pub fn upstream_first(&self) -> bool {
+        self.tag_ttl_mode == TagTtlMode::UpstreamFirst
     }
 
     /// How long a tag of `registry` may be served stale.

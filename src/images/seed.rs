@@ -11,7 +11,7 @@
 
 use bytes::Bytes;
 
-use crate::cache::{Records, TagRecord, seeded_tag_key};
+use crate::cache::{Records, TagFreshness, TagRecord, seeded_tag_key};
 use crate::clock::now_ms;
 use crate::registry::{Digest, ImageRef, Reference};
 use crate::store::StoreError;
@@ -75,6 +75,7 @@ pub async fn record(store: &Records, seed: &SeedImage<'_>) -> Result<(), StoreEr
             media_type: seed.top.media_type.clone(),
             size: seed.top.bytes.len() as u64,
             validated_at_ms: now_ms(),
+            upstream: TagFreshness::default(),
         };
         store
             .put_tag(&seeded_tag_key(registry, repository, tag), &record)

@@ -30,7 +30,7 @@ use crate::error::ProxyError;
 use crate::images::Progress;
 use crate::registry::headers::{self as hdr, DOCKER_CONTENT_DIGEST};
 use crate::registry::manifest::{
-    self, Descriptor, MANIFEST_ACCEPT, MAX_MANIFEST, Manifest, ManifestError, PlatformFilter,
+    self, Descriptor, DescriptorExt, MANIFEST_ACCEPT, MAX_MANIFEST, Manifest, ManifestError, PlatformFilter,
 };
 use crate::registry::{Algorithm, Digest, ImageRef, Reference};
 use crate::store::StoreError;
@@ -179,10 +179,10 @@ impl Warmer {
         let mut pending = vec![(Manifest::parse(&top.manifest.media_type, &top.manifest.bytes)?, 0)];
         while let Some((parsed, depth)) = pending.pop() {
             let entries = match parsed {
-                Manifest::Index(entries) => entries,
-                image_manifest @ Manifest::Image { .. } => {
+                Manifest::Index(index) => index.manifests().clone(),
+                image_manifest @ Manifest::Image(_) => {
                     for b in image_manifest.blobs() {
-                        if !blobs.iter().any(|x| x.digest == b.digest) {
+                        if !blobs.iter().any(|x| x.digest() == b.digest()) {
                             blobs.push(b.clone());
                         }
                     }
@@ -197,10 +197,7 @@ impl Warmer {
             }
             let chosen: Vec<&Descriptor> = entries.iter().filter(|d| platforms.wants(d)).collect();
             if chosen.is_empty() {
-                let available: Vec<String> = entries
-                    .iter()
-                    .filter_map(|d| d.platform.as_ref().map(ToString::to_string))
-                    .collect();
+                let available: Vec<String> = entries.iter().filter_map(DescriptorExt::platform_name).collect();
                 return Err(WarmError::NoPlatform {
                     wanted: platforms.to_string(),
                     available: if available.is_empty() {
@@ -213,8 +210,8 @@ impl Warmer {
             for d in chosen {
                 let child = self.manifest_by_digest(&req, image, &d.parsed_digest()?).await?;
                 report.manifests_fetched += usize::from(child.fetched);
-                if let Some(p) = &d.platform {
-                    report.platforms.push(p.to_string());
+                if let Some(p) = d.platform_name() {
+                    report.platforms.push(p);
                 }
                 pending.push((
                     Manifest::parse(&child.manifest.media_type, &child.manifest.bytes)?,
@@ -235,7 +232,7 @@ impl Warmer {
         }
         report.blobs_total = blobs.len();
         if !missing.is_empty() {
-            let bytes: u64 = missing.iter().map(|b| b.size).sum();
+            let bytes: u64 = missing.iter().map(|b| b.size()).sum();
             progress.add_total(bytes);
             progress.stage(&format!(
                 "fetching {} of {} blobs ({})",
@@ -416,7 +413,7 @@ impl Warmer {
         if res.status() != StatusCode::OK {
             return Err(refused(res.status(), what));
         }
-        let expected = (desc.size > 0).then_some(desc.size);
+        let expected = (desc.size() > 0).then_some(desc.size());
         if let (Some(e), Some(announced)) = (expected, hdr::content_length(res.headers()))
             && e != announced
         {

@@ -1,14 +1,26 @@
-//! Just enough of image manifests and indexes (OCI image-spec, Docker schema 2) to walk an
-//! image: which child manifests an index has and for which platform, which blobs (config and
-//! layers) an image manifest needs. Used by `regcache warm` and the OCI layout export/import.
+//! Image manifests and indexes, read with `oci-spec`'s image-spec types: which child manifests
+//! an index has and for which platform, which blobs (config and layers) an image manifest
+//! needs. Used by `regcache warm`, the OCI layout export/import and the cache's walk of
+//! references. A manifest is parsed only to read what it references: what is stored and served
+//! is always the bytes upstream sent (unknown fields, annotations and media types included),
+//! never a re-serialization.
+//!
+//! Docker schema 2 manifests (`…distribution.manifest.v2+json`) and manifest lists
+//! (`…manifest.list.v2+json`) have no types of their own in `oci-spec`, and need none:
+//! image-spec was made from them, and their documents have the same shape (`schemaVersion`,
+//! `config` and `layers`, or `manifests` with a `platform` each), so they are read into
+//! `ImageManifest` and `ImageIndex`. What is Docker's own is the media type constants below
+//! and [`is_index`].
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
+use oci_spec::image::{ImageIndex, ImageManifest};
+use serde_json::Value;
 
 use crate::registry::Digest;
+
+pub use oci_spec::image::{Descriptor, Platform as DescriptorPlatform};
 
 /// OCI image index.
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -33,7 +45,7 @@ pub const MAX_MANIFEST: usize = 4 * 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     /// Not JSON of the expected shape.
-    #[error("manifest is not valid JSON: {0}")]
+    #[error("manifest is not valid JSON of its kind: {0}")]
     Json(#[from] serde_json::Error),
     /// A descriptor's digest does not parse.
     #[error("manifest has a bad digest {0:?}")]
@@ -43,77 +55,48 @@ pub enum ManifestError {
     Unsupported(String),
 }
 
-/// A content descriptor (OCI image-spec "Descriptor").
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Descriptor {
-    /// Media type of the target.
-    #[serde(default)]
-    pub media_type: String,
-    /// Digest of the target.
-    pub digest: String,
-    /// Length of the target.
-    #[serde(default)]
-    pub size: u64,
-    /// Platform of a child manifest in an index.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub platform: Option<DescriptorPlatform>,
-    /// Where non-distributable layers must be fetched from instead (Windows base layers).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub urls: Vec<String>,
-    /// Annotations.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
-}
-
-impl Descriptor {
-    /// The target's digest.
+/// What regcache reads of a descriptor beside `oci-spec`'s own getters.
+pub trait DescriptorExt {
+    /// The target's digest as regcache's [`Digest`] (sha256 or sha512).
     ///
     /// # Errors
-    /// When it does not parse (or is an unsupported algorithm).
-    pub fn parsed_digest(&self) -> Result<Digest, ManifestError> {
-        self.digest
-            .parse()
-            .map_err(|_| ManifestError::BadDigest(self.digest.clone()))
+    /// When its algorithm is not one regcache verifies.
+    fn parsed_digest(&self) -> Result<Digest, ManifestError>;
+    /// One annotation.
+    fn annotation(&self, key: &str) -> Option<&str>;
+    /// `os/arch[/variant]` of an index entry, if it names its platform.
+    fn platform_name(&self) -> Option<String>;
+}
+
+impl DescriptorExt for Descriptor {
+    fn parsed_digest(&self) -> Result<Digest, ManifestError> {
+        let digest = self.digest().to_string();
+        digest.parse().map_err(|_| ManifestError::BadDigest(digest))
+    }
+
+    fn annotation(&self, key: &str) -> Option<&str> {
+        self.annotations().as_ref()?.get(key).map(String::as_str)
+    }
+
+    fn platform_name(&self) -> Option<String> {
+        self.platform().as_ref().map(|p| {
+            let mut name = format!("{}/{}", p.os(), p.architecture());
+            if let Some(v) = p.variant() {
+                name.push('/');
+                name.push_str(v);
+            }
+            name
+        })
     }
 }
 
-/// `platform` of an index entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DescriptorPlatform {
-    /// `linux`, `windows`, …
-    #[serde(default)]
-    pub os: String,
-    /// `amd64`, `arm64`, …
-    #[serde(default)]
-    pub architecture: String,
-    /// `v7`, `v8`, …
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub variant: Option<String>,
-}
-
-impl fmt::Display for DescriptorPlatform {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.os, self.architecture)?;
-        if let Some(v) = &self.variant {
-            write!(f, "/{v}")?;
-        }
-        Ok(())
-    }
-}
-
-/// What a manifest points at.
+/// A manifest regcache can walk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Manifest {
     /// An index (manifest list): child manifests.
-    Index(Vec<Descriptor>),
+    Index(Box<ImageIndex>),
     /// An image manifest: its config and layers (the blobs a pull fetches).
-    Image {
-        /// The config blob.
-        config: Descriptor,
-        /// Layer blobs, in order.
-        layers: Vec<Descriptor>,
-    },
+    Image(Box<ImageManifest>),
 }
 
 impl Manifest {
@@ -123,31 +106,18 @@ impl Manifest {
     /// # Errors
     /// When it is not an index or an image manifest regcache can walk.
     pub fn parse(media_type: &str, bytes: &[u8]) -> Result<Self, ManifestError> {
-        #[derive(Deserialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Doc {
-            #[serde(default)]
-            schema_version: Option<u32>,
-            #[serde(default)]
-            media_type: Option<String>,
-            #[serde(default)]
-            manifests: Option<Vec<Descriptor>>,
-            #[serde(default)]
-            config: Option<Descriptor>,
-            #[serde(default)]
-            layers: Option<Vec<Descriptor>>,
-        }
-        let doc: Doc = serde_json::from_slice(bytes)?;
-        let declared = doc.media_type.clone().unwrap_or_else(|| media_type.to_string());
-        if doc.schema_version == Some(1) {
+        let doc: Value = serde_json::from_slice(bytes)?;
+        let declared = doc
+            .get("mediaType")
+            .and_then(Value::as_str)
+            .unwrap_or(media_type)
+            .to_string();
+        if doc.get("schemaVersion").and_then(Value::as_u64) == Some(1) {
             return Err(ManifestError::Unsupported(declared));
         }
-        let manifest = match (doc.manifests, doc.config) {
-            (Some(children), None) => Self::Index(children),
-            (None, Some(config)) => Self::Image {
-                config,
-                layers: doc.layers.unwrap_or_default(),
-            },
+        let manifest = match (doc.get("manifests").is_some(), doc.get("config").is_some()) {
+            (true, false) => Self::Index(Box::new(serde_json::from_value(doc)?)),
+            (false, true) => Self::Image(Box::new(serde_json::from_value(doc)?)),
             _ => return Err(ManifestError::Unsupported(declared)),
         };
         for d in manifest.descriptors() {
@@ -156,11 +126,12 @@ impl Manifest {
         Ok(manifest)
     }
 
-    /// Every descriptor: children of an index, or config then layers.
+    /// Every descriptor: children of an index, or config then layers (not `subject`, which is
+    /// another image).
     pub fn descriptors(&self) -> Vec<&Descriptor> {
         match self {
-            Self::Index(children) => children.iter().collect(),
-            Self::Image { config, layers } => std::iter::once(config).chain(layers).collect(),
+            Self::Index(index) => index.manifests().iter().collect(),
+            Self::Image(image) => std::iter::once(image.config()).chain(image.layers()).collect(),
         }
     }
 
@@ -169,8 +140,13 @@ impl Manifest {
     pub fn blobs(&self) -> Vec<&Descriptor> {
         match self {
             Self::Index(_) => Vec::new(),
-            Self::Image { config, layers } => std::iter::once(config)
-                .chain(layers.iter().filter(|l| l.urls.is_empty()))
+            Self::Image(image) => std::iter::once(image.config())
+                .chain(
+                    image
+                        .layers()
+                        .iter()
+                        .filter(|l| l.urls().as_ref().is_none_or(Vec::is_empty)),
+                )
                 .collect(),
         }
     }
@@ -226,9 +202,9 @@ impl Platform {
     /// Whether an index entry is for this platform. A variant is compared only when both sides
     /// name one (`linux/arm64` matches `linux/arm64/v8`).
     pub fn matches(&self, p: &DescriptorPlatform) -> bool {
-        self.os == p.os
-            && self.architecture == p.architecture
-            && match (&self.variant, &p.variant) {
+        self.os == p.os().to_string()
+            && self.architecture == p.architecture().to_string()
+            && match (&self.variant, p.variant()) {
                 (Some(a), Some(b)) => a == b,
                 _ => true,
             }
@@ -295,7 +271,7 @@ impl PlatformFilter {
 
     /// Whether an index entry is wanted. Entries without a platform are taken only by `all`.
     pub fn wants(&self, d: &Descriptor) -> bool {
-        match (self, &d.platform) {
+        match (self, d.platform()) {
             (Self::All, _) => true,
             (Self::Only(ps), Some(p)) => ps.iter().any(|want| want.matches(p)),
             (Self::Only(_), None) => false,
@@ -346,24 +322,30 @@ pub struct References {
 }
 
 /// Config, layers and child manifests of an OCI/Docker manifest or index (`subject` is another
-/// image, not part of this one). Unparsable bytes reference nothing.
+/// image, not part of this one; non-distributable layers are counted too). Unparsable bytes
+/// reference nothing.
+///
+/// Deliberately lenient, and so not `oci-spec`'s types, which refuse a whole document over one
+/// bad field: these references keep shared layers from being purged and make blobs members of
+/// a repository, so every digest that can be read counts, even in a manifest a registry
+/// accepted that the spec would not (a descriptor missing its size, one unknown algorithm).
 pub fn parse_references(manifest: &[u8]) -> References {
     #[derive(serde::Deserialize)]
-    struct Descriptor {
+    struct Target {
         digest: Option<String>,
     }
     #[derive(serde::Deserialize)]
-    struct Manifest {
-        config: Option<Descriptor>,
+    struct Walk {
+        config: Option<Target>,
         #[serde(default)]
-        layers: Vec<Descriptor>,
+        layers: Vec<Target>,
         #[serde(default)]
-        manifests: Vec<Descriptor>,
+        manifests: Vec<Target>,
     }
-    let Ok(m) = serde_json::from_slice::<Manifest>(manifest) else {
+    let Ok(m) = serde_json::from_slice::<Walk>(manifest) else {
         return References::default();
     };
-    let parse = |d: Descriptor| d.digest?.parse::<Digest>().ok();
+    let parse = |t: Target| t.digest?.parse::<Digest>().ok();
     References {
         blobs: m.config.into_iter().chain(m.layers).filter_map(parse).collect(),
         children: m.manifests.into_iter().filter_map(parse).collect(),
@@ -376,40 +358,77 @@ mod tests {
 
     const A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     const B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+    const LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+
+    fn digests(ds: &[&Descriptor]) -> Vec<String> {
+        ds.iter().map(|d| d.digest().to_string()).collect()
+    }
 
     #[test]
-    fn image_manifests_and_indexes() {
+    fn image_manifests_and_their_blobs() {
         let m = format!(
-            r#"{{"schemaVersion":2,"config":{{"mediaType":"c","digest":"{A}","size":3}},
-            "layers":[{{"digest":"{B}","size":5}},{{"digest":"{A}","size":9,"urls":["https://x"]}}]}}"#
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"c/d","digest":"{A}","size":3}},
+            "layers":[{{"mediaType":"{LAYER}","digest":"{B}","size":5}},
+            {{"mediaType":"{LAYER}","digest":"{A}","size":9,"urls":["https://x"]}}]}}"#
         );
         let parsed = Manifest::parse(OCI_MANIFEST, m.as_bytes()).unwrap();
-        let blobs: Vec<&str> = parsed.blobs().iter().map(|d| d.digest.as_str()).collect();
-        assert_eq!(blobs, vec![A, B], "config, then distributable layers");
-
-        let idx = format!(
-            r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[
-            {{"digest":"{A}","size":1,"platform":{{"os":"linux","architecture":"amd64"}}}},
-            {{"digest":"{B}","size":1,"platform":{{"os":"linux","architecture":"arm64","variant":"v8"}}}}]}}"#
-        );
-        let Manifest::Index(children) = Manifest::parse("application/json", idx.as_bytes()).unwrap() else {
-            panic!("an index")
-        };
-        let arm: PlatformFilter = PlatformFilter::from_args(&["linux/arm64".parse().unwrap()]);
-        let picked: Vec<&str> = children
-            .iter()
-            .filter(|d| arm.wants(d))
-            .map(|d| d.digest.as_str())
-            .collect();
-        assert_eq!(picked, vec![B]);
-        let v7 = PlatformFilter::from_args(&["linux/arm64/v7".parse().unwrap()]);
-        assert!(!children.iter().any(|d| v7.wants(d)));
-        let all = PlatformFilter::from_args(&["linux/amd64".parse().unwrap(), "ALL".parse().unwrap()]);
-        assert!(children.iter().all(|d| all.wants(d)));
         assert_eq!(
-            effective_media_type("application/json", idx.as_bytes()),
-            OCI_INDEX.to_string()
+            digests(&parsed.blobs()),
+            vec![A, B],
+            "config, then distributable layers"
         );
+        assert_eq!(parse_references(m.as_bytes()).blobs.len(), 3, "references: every layer");
+    }
+
+    /// An OCI index and a Docker manifest list both expand to their platforms.
+    #[test]
+    fn indexes_and_manifest_lists_expand_to_their_platforms() {
+        for (media_type, child) in [(OCI_INDEX, OCI_MANIFEST), (DOCKER_LIST, DOCKER_MANIFEST)] {
+            let idx = format!(
+                r#"{{"schemaVersion":2,"mediaType":"{media_type}","manifests":[
+                {{"mediaType":"{child}","digest":"{A}","size":1,"platform":{{"os":"linux","architecture":"amd64"}}}},
+                {{"mediaType":"{child}","digest":"{B}","size":1,"platform":{{"os":"linux","architecture":"arm64","variant":"v8"}}}}]}}"#
+            );
+            let parsed = Manifest::parse("application/json", idx.as_bytes()).unwrap();
+            let Manifest::Index(index) = &parsed else {
+                panic!("{media_type}: an index")
+            };
+            let names: Vec<Option<String>> = index.manifests().iter().map(DescriptorExt::platform_name).collect();
+            assert_eq!(
+                names,
+                vec![Some("linux/amd64".into()), Some("linux/arm64/v8".into())],
+                "{media_type}"
+            );
+            let arm = PlatformFilter::from_args(&["linux/arm64".parse().unwrap()]);
+            let picked: Vec<&Descriptor> = index.manifests().iter().filter(|d| arm.wants(d)).collect();
+            assert_eq!(digests(&picked), vec![B]);
+            let v7 = PlatformFilter::from_args(&["linux/arm64/v7".parse().unwrap()]);
+            assert!(!index.manifests().iter().any(|d| v7.wants(d)));
+            let all = PlatformFilter::from_args(&["linux/amd64".parse().unwrap(), "ALL".parse().unwrap()]);
+            assert!(index.manifests().iter().all(|d| all.wants(d)));
+            assert_eq!(effective_media_type("application/json", idx.as_bytes()), media_type);
+            assert_eq!(parse_references(idx.as_bytes()).children.len(), 2);
+        }
+    }
+
+    /// Unknown fields, annotations and media types are read past: the references are found
+    /// (and what is served stays the upstream's bytes, which nothing here rewrites).
+    #[test]
+    fn unknown_fields_and_types_are_read_past() {
+        let m = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","artifactType":"application/x.example+type",
+            "x-vendor":{{"nested":[1,2,3]}},"annotations":{{"com.example.unknown":"yes"}},
+            "config":{{"mediaType":"application/x.example.config","digest":"{A}","size":2,"x-extra":true}},
+            "layers":[{{"mediaType":"application/x.example.layer","digest":"{B}","size":5,
+            "annotations":{{"org.example.note":"n"}}}}],
+            "subject":{{"mediaType":"{OCI_MANIFEST}","digest":"{A}","size":7}}}}"#
+        );
+        let refs = parse_references(m.as_bytes());
+        assert_eq!(
+            refs.blobs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            vec![A, B]
+        );
+        assert!(refs.children.is_empty(), "subject is another image");
     }
 
     #[test]
@@ -419,10 +438,18 @@ mod tests {
             Err(ManifestError::Unsupported(_))
         ));
         assert!(Manifest::parse("x", b"not json").is_err());
+        let md5 = r#"{"schemaVersion":2,"config":{"mediaType":"c/d","digest":"md5:00","size":1},"layers":[]}"#;
         assert!(matches!(
-            Manifest::parse("x", br#"{"config":{"digest":"md5:00","size":1},"layers":[]}"#),
+            Manifest::parse("x", md5.as_bytes()),
             Err(ManifestError::BadDigest(_))
         ));
+        // A descriptor without its required size is not a manifest of this kind.
+        let sizeless = format!(r#"{{"schemaVersion":2,"config":{{"mediaType":"c/d","digest":"{A}"}},"layers":[]}}"#);
+        assert!(matches!(
+            Manifest::parse("x", sizeless.as_bytes()),
+            Err(ManifestError::Json(_))
+        ));
+        assert_eq!(parse_references(b"\xff not json"), References::default());
     }
 
     #[test]

@@ -63,6 +63,8 @@ pub enum Fault {
     Redirect { location: String },
     /// A redirect with another status (301, 302, 303, 308).
     RedirectWith { status: u16, location: String },
+    /// One more response header (e.g. `Cache-Control: max-age=5`), on whatever is answered.
+    Header { name: String, value: String },
 }
 
 /// A programmed fault: which requests it hits, and how many times.
@@ -112,6 +114,8 @@ pub struct RequestRecord {
     pub accept: Option<String>,
     /// The `Range` header, if any.
     pub range: Option<String>,
+    /// The `If-None-Match` header, if any.
+    pub if_none_match: Option<String>,
     /// `Host` header or `:authority`.
     pub host: Option<String>,
     /// `HTTP/1.1` or `HTTP/2.0`.
@@ -557,6 +561,7 @@ struct Applied {
     cut_after: Option<u64>,
     wrong_bytes: bool,
     slow: Option<(usize, Duration)>,
+    headers: Vec<(String, String)>,
 }
 
 fn applicable_faults(state: &State, method: &str, path: &str) -> Applied {
@@ -577,6 +582,7 @@ fn applicable_faults(state: &State, method: &str, path: &str) -> Applied {
             Fault::CutAfter(n) => applied.cut_after = Some(applied.cut_after.map_or(*n, |m| m.min(*n))),
             Fault::WrongBytes => applied.wrong_bytes = true,
             Fault::SlowBody { chunk, every } => applied.slow = Some(((*chunk).max(1), *every)),
+            Fault::Header { name, value } => applied.headers.push((name.clone(), value.clone())),
             f @ (Fault::Status(_) | Fault::Redirect { .. } | Fault::RedirectWith { .. }) => {
                 if applied.answer.is_none() {
                     applied.answer = Some(f.clone());
@@ -609,6 +615,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Fa
         authorization: header("authorization"),
         accept: (!accept_values.is_empty()).then(|| accept_values.join(", ")),
         range: header("range"),
+        if_none_match: header("if-none-match"),
         host: header("host").or_else(|| req.uri().authority().map(|a| a.to_string())),
         version: format!("{:?}", req.version()),
         status: 0,
@@ -639,6 +646,8 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Fa
         Some(Fault::RedirectWith { status, location }) => redirect(status, &location),
         _ => route(&state, &req, &accept_values),
     };
+    let mut planned = planned;
+    planned.headers.extend(applied.headers.iter().cloned());
     let status = planned.status;
     let body = match planned.body {
         Some(data) if !is_head => Some(data),
@@ -775,7 +784,31 @@ fn route(state: &State, req: &Request<Incoming>, accept: &[String]) -> Planned {
         && !repo.is_empty()
         && !reference.is_empty()
     {
-        return manifest_response(state, repo, reference, accept);
+        let planned = manifest_response(state, repo, reference, accept);
+        // Conditional requests as the distribution registry answers them: the ETag is the
+        // quoted digest.
+        let etag = planned
+            .headers
+            .iter()
+            .find(|(k, _)| k == "etag")
+            .map(|(_, v)| v.clone());
+        let if_none_match = req.headers().get("if-none-match").and_then(|v| v.to_str().ok());
+        if planned.status == 200
+            && let (Some(etag), Some(asked)) = (etag, if_none_match)
+            && asked.split(',').any(|t| t.trim() == etag)
+        {
+            let keep = ["etag", "docker-content-digest", "docker-distribution-api-version"];
+            return Planned {
+                status: 304,
+                headers: planned
+                    .headers
+                    .into_iter()
+                    .filter(|(k, _)| keep.contains(&k.as_str()))
+                    .collect(),
+                body: None,
+            };
+        }
+        return planned;
     }
     if let Some(repo) = rest.strip_suffix("/tags/list") {
         let content = state.content.lock().expect("content lock poisoned");

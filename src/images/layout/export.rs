@@ -1,19 +1,20 @@
 //! `regcache cache export`: cached images written to an OCI image layout, each blob re-hashed
 //! on the way out (a blob corrupted on disk since it was cached is never exported).
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use futures_util::StreamExt as _;
+use oci_spec::image::{ImageIndex, MediaType, OciLayoutBuilder};
 use tokio::io::AsyncWriteExt as _;
 
 use super::{
-    CONTAINERD_NAME, INDEX_FILE, IndexJson, LAYOUT_FILE, LAYOUT_VERSION, LayoutError, LayoutMarker, PUBLIC, REF_NAME,
-    Walked, blob_path, io_err, partial_path, write_file,
+    CONTAINERD_NAME, INDEX_FILE, LAYOUT_FILE, LAYOUT_VERSION, LayoutError, PUBLIC, REF_NAME, Walked, blob_path, io_err,
+    partial_path, write_file,
 };
 use crate::cache::{Records, TagRecord, seeded_tag_key};
 use crate::images::seed::SeedManifest;
-use crate::registry::manifest::{self, Descriptor, Manifest, OCI_INDEX};
+use crate::registry::manifest::{self, Descriptor, DescriptorExt, Manifest};
 use crate::registry::{Digest, ImageRef, Reference};
 use crate::store::Access;
 
@@ -54,11 +55,12 @@ impl Exporter {
             });
         }
         std::fs::create_dir_all(dir.join("blobs")).map_err(io_err(dir))?;
-        let marker = serde_json::to_vec(&LayoutMarker {
-            image_layout_version: LAYOUT_VERSION.into(),
-        })
-        .map_err(|e| std::io::Error::other(e.to_string()))
-        .map_err(io_err(dir))?;
+        let marker = OciLayoutBuilder::default()
+            .image_layout_version(LAYOUT_VERSION)
+            .build()
+            .and_then(|m| m.to_string())
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .map_err(io_err(dir))?;
         let path = dir.join(LAYOUT_FILE);
         std::fs::write(&path, marker).map_err(io_err(&path))?;
         Ok(Self {
@@ -101,20 +103,18 @@ impl Exporter {
         }
         let public = self.store.public_since(registry, repository).await.is_some();
         let name = image.to_string();
-        let annotations = BTreeMap::from([
+        let annotations = HashMap::from([
             (REF_NAME.to_string(), name.clone()),
             (CONTAINERD_NAME.to_string(), name.clone()),
             (PUBLIC.to_string(), public.to_string()),
         ]);
-        self.entries.retain(|e| e.annotations.get(REF_NAME) != Some(&name));
-        self.entries.push(Descriptor {
-            media_type: top.media_type.clone(),
-            digest: top.digest.to_string(),
-            size: top.bytes.len() as u64,
-            platform: None,
-            urls: Vec::new(),
-            annotations,
-        });
+        let digest: oci_spec::image::Digest = top.digest.to_string().parse().map_err(|e: oci_spec::OciSpecError| {
+            LayoutError::Manifest(manifest::ManifestError::BadDigest(e.to_string()))
+        })?;
+        let mut entry = Descriptor::new(MediaType::from(top.media_type.as_str()), top.bytes.len() as u64, digest);
+        entry.set_annotations(Some(annotations));
+        self.entries.retain(|e| e.annotation(REF_NAME) != Some(name.as_str()));
+        self.entries.push(entry);
         Ok(Exported {
             digest: top.digest,
             blobs: walked.blobs.len(),
@@ -129,15 +129,17 @@ impl Exporter {
     /// # Errors
     /// If it cannot be written.
     pub fn finish(self) -> Result<PathBuf, LayoutError> {
-        let index = IndexJson {
-            schema_version: 2,
-            media_type: Some(OCI_INDEX.into()),
-            manifests: self.entries,
-        };
-        let json = serde_json::to_vec_pretty(&index).map_err(|e| LayoutError::Layout {
-            path: self.dir.join(INDEX_FILE),
-            reason: e.to_string(),
-        })?;
+        let mut index = ImageIndex::default();
+        index.set_media_type(Some(MediaType::ImageIndex));
+        index.set_manifests(self.entries);
+        // Through a `serde_json::Value`, whose maps are sorted: `oci-spec` keeps annotations in
+        // a `HashMap`, and the same export must give the same bytes every time.
+        let json = serde_json::to_value(&index)
+            .and_then(|v| serde_json::to_vec_pretty(&v))
+            .map_err(|e| LayoutError::Layout {
+                path: self.dir.join(INDEX_FILE),
+                reason: e.to_string(),
+            })?;
         write_file(&self.dir.join(INDEX_FILE), &json)?;
         Ok(self.dir)
     }
@@ -178,13 +180,10 @@ impl Exporter {
         let mut pending = vec![(Manifest::parse(&top.media_type, &top.bytes)?, None::<String>, 0)];
         while let Some((parsed, platform, depth)) = pending.pop() {
             match parsed {
-                Manifest::Index(entries) if depth < 2 => {
+                Manifest::Index(index) if depth < 2 => {
                     let before = walked.children.len();
-                    for d in entries {
-                        let label = d
-                            .platform
-                            .as_ref()
-                            .map_or_else(|| d.digest.clone(), ToString::to_string);
+                    for d in index.manifests() {
+                        let label = d.platform_name().unwrap_or_else(|| d.digest().to_string());
                         let digest = d.parsed_digest()?;
                         match self.store.manifest(registry, repository, &digest).await {
                             Some(m) => {
@@ -212,7 +211,7 @@ impl Exporter {
                 Manifest::Index(_) => {
                     return Err(LayoutError::NotCached("indexes nested more than 2 deep".into()));
                 }
-                image_manifest @ Manifest::Image { .. } => {
+                image_manifest @ Manifest::Image(_) => {
                     if let Some(missing) = self.first_missing_blob(&image_manifest).await {
                         return Err(LayoutError::NotCached(format!(
                             "not fully cached: blob {missing} is missing (run regcache warm first)"
@@ -222,7 +221,7 @@ impl Exporter {
                         walked.platforms.push(p);
                     }
                     for b in image_manifest.blobs() {
-                        if !walked.blobs.iter().any(|x| x.digest == b.digest) {
+                        if !walked.blobs.iter().any(|x| x.digest() == b.digest()) {
                             walked.blobs.push(b.clone());
                         }
                     }
@@ -236,7 +235,7 @@ impl Exporter {
         for b in m.blobs() {
             match b.parsed_digest() {
                 Ok(d) if self.store.store().blobs().stat(&d).await.is_some() => {}
-                _ => return Some(b.digest.clone()),
+                _ => return Some(b.digest().to_string()),
             }
         }
         None

@@ -8,14 +8,16 @@ use bytes::{Bytes, BytesMut};
 use indicatif::HumanBytes;
 use tokio::io::AsyncReadExt as _;
 
+use oci_spec::image::{ImageIndex, OciLayout};
+
 use super::{
-    CHUNK, CONTAINERD_NAME, INDEX_FILE, IndexJson, LAYOUT_FILE, LayoutError, LayoutMarker, MAX_INDEX, PUBLIC, REF_NAME,
-    Walked, blob_path, io_err,
+    CHUNK, CONTAINERD_NAME, INDEX_FILE, LAYOUT_FILE, LayoutError, MAX_INDEX, PUBLIC, REF_NAME, Walked, blob_path,
+    io_err,
 };
 use crate::cache::Records;
 use crate::images::Progress;
 use crate::images::seed::{self, SeedImage, SeedManifest};
-use crate::registry::manifest::{self, Descriptor, MAX_MANIFEST, Manifest};
+use crate::registry::manifest::{self, Descriptor, DescriptorExt, MAX_MANIFEST, Manifest};
 use crate::registry::{Digest, ImageRef, Reference};
 use crate::store::StoreError;
 
@@ -69,16 +71,16 @@ impl Importer {
             path: marker_path.clone(),
             reason: format!("not an OCI image layout: {e}"),
         })?;
-        let marker: LayoutMarker = serde_json::from_slice(&marker).map_err(|e| LayoutError::Layout {
+        let marker: OciLayout = serde_json::from_slice(&marker).map_err(|e| LayoutError::Layout {
             path: marker_path.clone(),
             reason: format!("not an OCI layout marker: {e}"),
         })?;
-        if marker.image_layout_version.split('.').next() != Some("1") {
+        if marker.image_layout_version().split('.').next() != Some("1") {
             return Err(LayoutError::Layout {
                 path: marker_path,
                 reason: format!(
                     "imageLayoutVersion {:?} is not supported (1.x is)",
-                    marker.image_layout_version
+                    marker.image_layout_version()
                 ),
             });
         }
@@ -91,21 +93,20 @@ impl Importer {
             });
         }
         let bytes = std::fs::read(&index_path).map_err(io_err(&index_path))?;
-        let index: IndexJson = serde_json::from_slice(&bytes).map_err(|e| LayoutError::Layout {
+        let index: ImageIndex = serde_json::from_slice(&bytes).map_err(|e| LayoutError::Layout {
             path: index_path.clone(),
             reason: format!("not an image index: {e}"),
         })?;
         let mut out = Vec::new();
-        for (i, d) in index.manifests.into_iter().enumerate() {
+        for (i, d) in index.manifests().iter().enumerate() {
             let bad = |reason: String| LayoutError::Layout {
                 path: index_path.clone(),
-                reason: format!("manifests[{i}] ({}): {reason}", d.digest),
+                reason: format!("manifests[{i}] ({}): {reason}", d.digest()),
             };
             let name = d
-                .annotations
-                .get(REF_NAME)
+                .annotation(REF_NAME)
                 .filter(|n| ImageRef::parse_qualified(n).is_ok())
-                .or_else(|| d.annotations.get(CONTAINERD_NAME))
+                .or_else(|| d.annotation(CONTAINERD_NAME))
                 .ok_or_else(|| {
                     bad(format!(
                         "no {REF_NAME} annotation naming the registry (like ghcr.io/org/app:1.2)"
@@ -118,8 +119,8 @@ impl Importer {
             {
                 return Err(bad(format!("named {named} but the entry is {digest}")));
             }
-            let public = d.annotations.get(PUBLIC).is_some_and(|v| v == "true");
-            out.push((image, d, public));
+            let public = d.annotation(PUBLIC) == Some("true");
+            out.push((image, d.clone(), public));
         }
         Ok(out)
     }
@@ -141,19 +142,16 @@ impl Importer {
         let mut pending = vec![(Manifest::parse(&top.media_type, &top.bytes)?, None::<String>, 0)];
         while let Some((parsed, platform, depth)) = pending.pop() {
             match parsed {
-                Manifest::Index(entries) if depth < 2 => {
+                Manifest::Index(index) if depth < 2 => {
                     let before = walked.children.len();
-                    for d in entries {
+                    for d in index.manifests() {
                         // Platforms left out at export are absent: the layout spec allows it.
                         let Ok(digest) = d.parsed_digest() else { continue };
                         if !blob_path(&self.dir, &digest).exists() {
                             continue;
                         }
-                        let child = self.read_manifest(&d).await?;
-                        let label = d
-                            .platform
-                            .as_ref()
-                            .map_or_else(|| d.digest.clone(), ToString::to_string);
+                        let child = self.read_manifest(d).await?;
+                        let label = d.platform_name().unwrap_or_else(|| d.digest().to_string());
                         pending.push((
                             Manifest::parse(&child.media_type, &child.bytes)?,
                             Some(label),
@@ -174,17 +172,17 @@ impl Importer {
                         reason: "indexes nested more than 2 deep".into(),
                     });
                 }
-                image_manifest @ Manifest::Image { .. } => {
+                image_manifest @ Manifest::Image(_) => {
                     walked.platforms.extend(platform);
                     for b in image_manifest.blobs() {
-                        if !walked.blobs.iter().any(|x| x.digest == b.digest) {
+                        if !walked.blobs.iter().any(|x| x.digest() == b.digest()) {
                             walked.blobs.push(b.clone());
                         }
                     }
                 }
             }
         }
-        let total: u64 = walked.blobs.iter().map(|b| b.size).sum();
+        let total: u64 = walked.blobs.iter().map(Descriptor::size).sum();
         progress.add_total(total);
         progress.stage(&format!(
             "verifying {} blobs ({})",
@@ -195,7 +193,7 @@ impl Importer {
         let mut blobs = Vec::new();
         for b in &walked.blobs {
             let digest = b.parsed_digest()?;
-            copied += self.import_blob(&digest, b.size, progress).await?;
+            copied += self.import_blob(&digest, b.size(), progress).await?;
             blobs.push(digest);
         }
         Ok(Staged {
@@ -255,21 +253,20 @@ impl Importer {
             return Err(corrupt("a manifest larger than 4 MiB".into()));
         }
         let bytes = Bytes::from(tokio::fs::read(&path).await.map_err(io_err(&path))?);
-        if desc.size != 0 && desc.size != bytes.len() as u64 {
+        if desc.size() != 0 && desc.size() != bytes.len() as u64 {
             return Err(corrupt(format!(
                 "{} bytes, the descriptor says {}",
                 bytes.len(),
-                desc.size
+                desc.size()
             )));
         }
         let actual = Digest::of(digest.algorithm(), &bytes);
         if actual != digest {
             return Err(corrupt(format!("does not match its digest (hashes to {actual})")));
         }
-        let media_type = if desc.media_type.is_empty() {
-            manifest::effective_media_type("", &bytes)
-        } else {
-            desc.media_type.clone()
+        let media_type = match desc.media_type().to_string() {
+            declared if declared.is_empty() => manifest::effective_media_type("", &bytes),
+            declared => declared,
         };
         Ok(SeedManifest {
             digest,

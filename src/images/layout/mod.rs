@@ -21,8 +21,6 @@ mod import;
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
 use crate::images::seed::SeedManifest;
 use crate::registry::Digest;
 use crate::registry::manifest::{Descriptor, ManifestError};
@@ -101,24 +99,6 @@ pub(super) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LayoutError 
         path: path.to_path_buf(),
         source,
     }
-}
-
-/// `index.json`.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(super) struct IndexJson {
-    schema_version: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    media_type: Option<String>,
-    #[serde(default)]
-    manifests: Vec<Descriptor>,
-}
-
-/// `oci-layout`.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(super) struct LayoutMarker {
-    image_layout_version: String,
 }
 
 /// `DIR/blobs/<alg>/<hex>`.
@@ -248,9 +228,11 @@ mod tests {
             .unwrap();
         assert_eq!(e.digest, m);
         exporter.finish().unwrap();
-        let index: IndexJson = serde_json::from_slice(&std::fs::read(out.join(INDEX_FILE)).unwrap()).unwrap();
-        assert_eq!(index.manifests[0].annotations[REF_NAME], "quay.io/org/app:1.0");
-        assert_eq!(index.manifests[0].annotations[PUBLIC], "true");
+        let index: oci_spec::image::ImageIndex =
+            serde_json::from_slice(&std::fs::read(out.join(INDEX_FILE)).unwrap()).unwrap();
+        use crate::registry::manifest::DescriptorExt as _;
+        assert_eq!(index.manifests()[0].annotation(REF_NAME), Some("quay.io/org/app:1.0"));
+        assert_eq!(index.manifests()[0].annotation(PUBLIC), Some("true"));
         assert_eq!(
             std::fs::read(blob_path(&out, &l)).unwrap(),
             std::fs::read(blob_path(&layout, &l)).unwrap()
