@@ -186,12 +186,21 @@ fn docker_compose_config_is_valid_and_matches_the_image() {
     assert_eq!(compose_health[1..], healthcheck_argv(&dockerfile_stages()[1])[..]);
 }
 
-/// Sets up the image's filesystem and network in private namespaces, starts the command in
-/// `$@` (already wrapped in `env -i …` and `setpriv` by the caller), polls the healthcheck
-/// command `$1` as uid `$2` for up to 20 s, reports, stops regcache and checks again.
+/// Sets up the image's filesystem and network in private namespaces, installs the binary `$3`
+/// where the image has it (`/usr/local/bin/regcache`, on a tmpfs of its own), starts the
+/// command in `$@` (already wrapped in `env -i …` and `setpriv` by the caller), polls the
+/// healthcheck command `$1` as uid `$2` for up to 20 s, reports, stops regcache and checks
+/// again.
+///
+/// The binary is copied before `/tmp` gets its private tmpfs: a checkout under `/tmp` would
+/// otherwise have its `target/` hidden, and one under a directory uid `$2` cannot traverse
+/// (`/root`) could not be executed at all.
 const REPLAY: &str = r#"set -eu
-health=$1; uid=$2; shift 2
+health=$1; uid=$2; bin=$3; shift 3
 mount -t tmpfs -o mode=0755 regcache-test-var-lib /var/lib
+mount -t tmpfs -o mode=0755 regcache-test-bin /usr/local/bin
+install -m 0755 "$bin" /usr/local/bin/regcache
+mount -t tmpfs regcache-test-tmp /tmp
 install -d -o "$uid" -g "$uid" -m 0700 /var/lib/regcache /var/lib/regcache/data /var/lib/regcache/ca
 if command -v ip >/dev/null 2>&1; then ip link set lo up; else busybox ip link set lo up; fi
 cd /var/lib/regcache
@@ -231,11 +240,12 @@ fn image_runtime_contract_replayed_with_the_binary_under_test() {
         "--kill-child",
         "/bin/sh",
         "-c",
+        REPLAY,
+        "sh",
     ])
-    .arg(format!("mount -t tmpfs regcache-test-tmp /tmp && {REPLAY}"))
-    .arg("sh")
     .arg(&health[2])
     .arg(&uid)
+    .arg(REGCACHE_BIN)
     .args(["env", "-i", "PATH=/usr/local/bin:/usr/bin:/bin"]);
     for (k, v) in env_of(run) {
         cmd.arg(format!("{k}={v}"));
@@ -245,8 +255,8 @@ fn image_runtime_contract_replayed_with_the_binary_under_test() {
         &format!("--reuid={uid}"),
         &format!("--regid={uid}"),
         "--clear-groups",
+        "/usr/local/bin/regcache",
     ])
-    .arg(REGCACHE_BIN)
     .args(json_argv(one(run, "CMD")));
     let out = cmd.output().expect("run unshare");
     let report = String::from_utf8_lossy(&out.stdout);
