@@ -659,3 +659,62 @@ fn walk_files(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// regcache's own token for an account is reused while the token server's `expires_in` (less
+/// a 5 s margin) lasts, and fetched anew after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_accounts_token_is_reused_for_its_expires_in_and_no_longer() {
+    let w = PullWorld::new();
+    // 7 s tokens: reused for 2 s.
+    let tokens = TokenServer::builder(&w.ca)
+        .names(&["auth.docker.io"])
+        .credentials("bob", "hunter2")
+        .expires_in(7)
+        .start();
+    let registry = Registry::start(
+        &w.ca,
+        &["registry-1.docker.io"],
+        tokens.registry_auth("https://auth.docker.io/token", "registry.docker.io"),
+    );
+    let image = TestImage::generate(&[64 * 1024, 32 * 1024, 16 * 1024]);
+    let pusher = RegistryClient::new(
+        "https://registry-1.docker.io",
+        &w.ca.cert_pem(),
+        Some(("bob", "hunter2")),
+        &[
+            ("registry-1.docker.io", registry.addr()),
+            ("auth.docker.io", tokens.addr()),
+        ],
+    )
+    .unwrap();
+    pusher.push_image("library/app", "v1", &image).await.unwrap();
+    let config = w.tmp.path().join("regcache.toml");
+    std::fs::write(
+        &config,
+        "[[credentials]]\nregistry = \"registry-1.docker.io\"\nusername = \"bob\"\npassword = \"hunter2\"\n",
+    )
+    .unwrap();
+    let proxy = Regcache::builder()
+        .connect_to("registry-1.docker.io:443", registry.addr())
+        .connect_to("auth.docker.io:443", tokens.addr())
+        .upstream_ca(&w.upstream_ca_file)
+        .arg("--config")
+        .arg(&config)
+        .start();
+    // regcache's own token requests, for pulls (the push above asked for pull,push).
+    let bobs = || {
+        tokens
+            .requests()
+            .iter()
+            .filter(|r| r.user.as_deref() == Some("bob") && r.scopes == ["repository:library/app:pull"])
+            .count()
+    };
+    let layers = image.layer_digests();
+    let blob = |d: &str| format!("https://registry-1.docker.io/v2/library/app/blobs/{d}");
+    assert_eq!(get_through(&proxy, &blob(&layers[0]), "*/*").await.0, 200);
+    assert_eq!(get_through(&proxy, &blob(&layers[1]), "*/*").await.0, 200);
+    assert_eq!(bobs(), 1, "one token for both, within its lifetime");
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(get_through(&proxy, &blob(&layers[2]), "*/*").await.0, 200);
+    assert_eq!(bobs(), 2, "a new token once expires_in (less 5 s) has passed");
+}

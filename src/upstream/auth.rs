@@ -201,14 +201,16 @@ impl UpstreamAuth {
         let Some(challenge) = res.headers().get(header::WWW_AUTHENTICATE).and_then(parse_challenge) else {
             return Ok(res);
         };
-        let auth = match &challenge {
+        // The header is remembered for as long as what it carries is good: a token for its
+        // `expires_in`, Basic credentials for the default lifetime.
+        let (auth, until) = match &challenge {
             Challenge::Basic => match account {
-                Some(a) => basic(a),
+                Some(a) => (basic(a), Instant::now() + DEFAULT_TOKEN_LIFETIME),
                 None => return Ok(res),
             },
             Challenge::Bearer { realm, service, scope } => {
                 let scope = scope.clone().unwrap_or_else(|| format!("repository:{repository}:pull"));
-                let token = match self.token(upstream, realm, service.as_deref(), &scope, account).await {
+                let (token, until) = match self.token(upstream, realm, service.as_deref(), &scope, account).await {
                     Ok(t) => t,
                     // Anonymous and refused: upstream's own challenge is the answer.
                     Err(e) if account.is_none() => {
@@ -218,7 +220,7 @@ impl UpstreamAuth {
                     Err(e) => return Err(e),
                 };
                 match HeaderValue::from_str(&format!("Bearer {token}")) {
-                    Ok(v) => v,
+                    Ok(v) => (v, until),
                     Err(_) => {
                         return Err(ProxyError::Upstream {
                             target: host.to_string(),
@@ -230,10 +232,7 @@ impl UpstreamAuth {
         };
         self.tokens.insert(
             format!("auth|{remembered_key}"),
-            (
-                auth.to_str().unwrap_or_default().to_string(),
-                Instant::now() + DEFAULT_TOKEN_LIFETIME,
-            ),
+            (auth.to_str().unwrap_or_default().to_string(), until),
         );
         let mut retry = headers;
         retry.insert(header::AUTHORIZATION, auth);
@@ -245,7 +244,8 @@ impl UpstreamAuth {
         (Instant::now() < until).then(|| HeaderValue::from_str(&value).ok())?
     }
 
-    /// A token for `scope` from `realm`, cached until shortly before it expires.
+    /// A token for `scope` from `realm`, cached until shortly before it expires; with that
+    /// moment.
     async fn token(
         &self,
         upstream: &UpstreamClient,
@@ -253,7 +253,7 @@ impl UpstreamAuth {
         service: Option<&str>,
         scope: &str,
         account: Option<&Basic<'_>>,
-    ) -> Result<String, ProxyError> {
+    ) -> Result<(String, Instant), ProxyError> {
         let user = account.map_or("", |a| a.username);
         let key = format!(
             "token|{realm}|{}|{scope}|{}",
@@ -263,7 +263,7 @@ impl UpstreamAuth {
         if let Some((token, until)) = self.tokens.get(&key)
             && Instant::now() < until
         {
-            return Ok(token);
+            return Ok((token, until));
         }
         let realm_uri: Uri = realm.parse().map_err(|_| bad_realm(realm, "not a URL"))?;
         if realm_uri.scheme_str() != Some("https") && account.is_some() {
@@ -312,8 +312,9 @@ impl UpstreamAuth {
             .expires_in
             .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs)
             .saturating_sub(TOKEN_MARGIN);
-        self.tokens.insert(key, (token.clone(), Instant::now() + lifetime));
-        Ok(token)
+        let until = Instant::now() + lifetime;
+        self.tokens.insert(key, (token.clone(), until));
+        Ok((token, until))
     }
 }
 
