@@ -6,6 +6,9 @@
 //! 0.0.0.0:3128 in a private network namespace, until the image's own HEALTHCHECK command
 //! passes; after regcache is stopped the same command must fail.
 
+#[path = "support/skip.rs"]
+mod skip;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -226,6 +229,12 @@ cat /tmp/regcache-replay.log
 
 #[test]
 fn image_runtime_contract_replayed_with_the_binary_under_test() {
+    if !skip::running_as_root(
+        "container::image_runtime_contract_replayed_with_the_binary_under_test",
+        "mount and network namespaces, a user switch",
+    ) {
+        return;
+    }
     let run = &dockerfile_stages()[1];
     let uid = one(run, "USER").split(':').next().unwrap().to_string();
     let health = healthcheck_argv(run);

@@ -4,6 +4,9 @@
 //! (the sandbox's exposure score) run against a scratch root holding the units; a plain parse
 //! checks the keys the files exist for.
 
+#[path = "support/skip.rs"]
+mod skip;
+
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -94,12 +97,16 @@ fn analyze_quiet(args: &[&str], root: &Path, unit: &str) {
     );
 }
 
-/// Whether systemd-analyze is here; says so on stderr when it is not (the key checks still run).
-fn have_systemd_analyze() -> bool {
+/// Whether systemd-analyze is here; records a skip of `test`'s verification when it is not
+/// (the key checks still run).
+fn have_systemd_analyze(test: &str) -> bool {
     let here = Path::new(SYSTEMD_ANALYZE).exists();
     if !here {
-        eprintln!(
-            "{SYSTEMD_ANALYZE} is missing (Debian package systemd; tests/run.sh installs it): only the key checks ran"
+        skip::skip(
+            test,
+            &format!(
+                "{SYSTEMD_ANALYZE} is missing (Debian package systemd; tests/run.sh installs it): only the key checks ran"
+            ),
         );
     }
     here
@@ -143,7 +150,7 @@ fn regcache_service_is_valid_and_sandboxed() {
     );
     assert_eq!(parsed["Install"]["WantedBy"], ["multi-user.target"]);
 
-    if have_systemd_analyze() {
+    if have_systemd_analyze("systemd_units::regcache_service_is_valid_and_sandboxed") {
         let root = scratch_root(
             &[("regcache.service", &unit)],
             &["/usr/local/bin/regcache", "/bin/kill"],
@@ -185,7 +192,7 @@ fn proxy_dropins_are_valid_for_docker_and_containerd() {
             assert!(env.iter().any(|e| e == expected), "{unit}: {expected} in {env:?}");
         }
 
-        if have_systemd_analyze() {
+        if have_systemd_analyze("systemd_units::proxy_dropins_are_valid_for_docker_and_containerd") {
             // A stand-in for the runtime's own unit (which the packages ship): the drop-in is
             // what is verified, merged onto it as systemd does.
             let tmp = tempfile::tempdir().unwrap();
@@ -210,7 +217,7 @@ fn proxy_dropins_are_valid_for_docker_and_containerd() {
 #[test]
 fn verify_does_catch_a_broken_unit() {
     // The check above is only worth something if a typo makes it fail.
-    if !have_systemd_analyze() {
+    if !have_systemd_analyze("systemd_units::verify_does_catch_a_broken_unit") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -245,7 +252,7 @@ fn the_debian_packages_drop_in_gives_a_valid_unit_for_its_user() {
     // An empty ExecStart= first: a drop-in adds to the list otherwise.
     assert_eq!(service["ExecStart"][0], "");
     assert!(service["ExecStart"][1].starts_with("/usr/bin/regcache serve "));
-    if !have_systemd_analyze() {
+    if !have_systemd_analyze("systemd_units::the_debian_packages_drop_in_gives_a_valid_unit_for_its_user") {
         return;
     }
     let root = scratch_root(

@@ -19,6 +19,7 @@ pub mod pebble;
 pub mod regcache;
 pub mod registry;
 pub mod seaweed;
+pub mod skip;
 pub mod skopeo;
 pub mod squid;
 pub mod token;
