@@ -302,16 +302,9 @@ async fn warm_takes_the_platforms_asked_for_and_reports_failures() {
     assert!(err.contains(&format!("{}:2: REF", list.display())), "{err}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn warm_uses_the_accounts_of_the_config_file_and_private_content_stays_private() {
-    let w = PullWorld::new();
-    let tokens = TokenServer::start(&w.ca, &["auth.docker.io"], Some(("bob", "hunter2")));
-    let mut registry = Registry::start(
-        &w.ca,
-        &["registry-1.docker.io"],
-        tokens.registry_auth("https://auth.docker.io/token", "registry.docker.io"),
-    );
-    let image = TestImage::generate(&[256 * 1024, 32 * 1024]);
+/// Pushes `image` as `docker.io/library/app:v1` into a Hub-like `registry` whose `tokens`
+/// server knows bob.
+async fn push_as_bob(w: &PullWorld, registry: &Registry, tokens: &TokenServer, image: &TestImage) {
     let pusher = RegistryClient::new(
         "https://registry-1.docker.io",
         &w.ca.cert_pem(),
@@ -322,7 +315,20 @@ async fn warm_uses_the_accounts_of_the_config_file_and_private_content_stays_pri
         ],
     )
     .unwrap();
-    pusher.push_image("library/app", "v1", &image).await.unwrap();
+    pusher.push_image("library/app", "v1", image).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_uses_the_accounts_of_the_config_file_and_private_content_stays_private() {
+    let w = PullWorld::new();
+    let tokens = TokenServer::start(&w.ca, &["auth.docker.io"], Some(("bob", "hunter2")));
+    let mut registry = Registry::start(
+        &w.ca,
+        &["registry-1.docker.io"],
+        tokens.registry_auth("https://auth.docker.io/token", "registry.docker.io"),
+    );
+    let image = TestImage::generate(&[256 * 1024, 32 * 1024]);
+    push_as_bob(&w, &registry, &tokens, &image).await;
     let pass_file = w.tmp.path().join("hub.pass");
     std::fs::write(&pass_file, "hunter2\n").unwrap();
     let config = w.tmp.path().join("regcache.toml");
@@ -677,17 +683,7 @@ async fn the_accounts_token_is_reused_for_its_expires_in_and_no_longer() {
         tokens.registry_auth("https://auth.docker.io/token", "registry.docker.io"),
     );
     let image = TestImage::generate(&[64 * 1024, 32 * 1024, 16 * 1024]);
-    let pusher = RegistryClient::new(
-        "https://registry-1.docker.io",
-        &w.ca.cert_pem(),
-        Some(("bob", "hunter2")),
-        &[
-            ("registry-1.docker.io", registry.addr()),
-            ("auth.docker.io", tokens.addr()),
-        ],
-    )
-    .unwrap();
-    pusher.push_image("library/app", "v1", &image).await.unwrap();
+    push_as_bob(&w, &registry, &tokens, &image).await;
     let config = w.tmp.path().join("regcache.toml");
     std::fs::write(
         &config,
