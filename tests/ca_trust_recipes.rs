@@ -40,6 +40,9 @@ fn text(out: &Output) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containerd_hosts_toml_with_ca_pulls_through_regcache() {
+    if !Dockerd::runs_here("ca_trust_recipes::containerd_hosts_toml_with_ca_pulls_through_regcache") {
+        return;
+    }
     let w = PullWorld::new();
     let registry = Registry::start(&w.ca, &["registry.test"], RegistryAuth::None);
     let image = TestImage::generate(&[256 * 1024, 32 * 1024]);

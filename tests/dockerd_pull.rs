@@ -57,6 +57,9 @@ async fn registry_log_settled(w: &PullWorld, registry: &Registry) -> Vec<support
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dockerd_pulls_through_regcache_and_pulls_again_from_the_cache() {
+    if !Dockerd::runs_here("dockerd_pull::dockerd_pulls_through_regcache_and_pulls_again_from_the_cache") {
+        return;
+    }
     let w = PullWorld::new();
     let registry = Registry::start(&w.ca, &[HOST], RegistryAuth::None);
     let image = ImageSpec::new(&[2 * 1024 * 1024, 512 * 1024, 64 * 1024])

@@ -24,6 +24,11 @@ fn own_loopback_ip() -> IpAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dockerd_pulls_through_the_mirror_offline_and_falls_back_to_the_hub_without_it() {
+    if !Dockerd::runs_here(
+        "mirror_dockerd::dockerd_pulls_through_the_mirror_offline_and_falls_back_to_the_hub_without_it",
+    ) {
+        return;
+    }
     let w = PullWorld::new();
     let ip = own_loopback_ip();
     let mut hub = Registry::builder(&w.ca)
@@ -93,6 +98,9 @@ async fn dockerd_pulls_through_the_mirror_offline_and_falls_back_to_the_hub_with
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_login_to_the_mirror_then_pull_by_its_name() {
+    if !Dockerd::runs_here("mirror_dockerd::docker_login_to_the_mirror_then_pull_by_its_name") {
+        return;
+    }
     let w = PullWorld::new();
     let hub = Registry::start(&w.ca, &["registry-1.docker.io"], RegistryAuth::None);
     let image = support::ImageSpec::new(&[256 * 1024])

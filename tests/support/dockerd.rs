@@ -208,6 +208,13 @@ pub struct Dockerd {
 }
 
 impl Dockerd {
+    /// Whether this machine can run a private engine at all: as root, with a private mount
+    /// namespace. Where not, records a skip of `test` (call it before the test starts
+    /// anything). A machine that has both and still cannot start dockerd fails the test.
+    pub fn runs_here(test: &str) -> bool {
+        super::skip::private_mount_namespace(test, "a private dockerd mounts a tmpfs over /etc/docker")
+    }
+
     /// A builder: no proxy, nothing trusted beyond the system roots.
     pub fn builder() -> DockerdBuilder {
         DockerdBuilder::default()

@@ -99,15 +99,16 @@ impl RegcacheBuilder {
         self
     }
 
-    /// Run another executable instead of the regcache binary (for testing
-    /// this fixture itself). It gets the same arguments.
     /// Runs regcache in a private mount namespace whose `/etc/hosts` is `file` (the system
     /// resolver's answers for names a test chooses, e.g. one name with IPv6 and IPv4 addresses).
+    /// Needs root: a test using it checks `skip::private_mount_namespace` first.
     pub fn hosts_file(mut self, file: &Path) -> Self {
         self.hosts_file = Some(file.to_owned());
         self
     }
 
+    /// Run another executable instead of the regcache binary (for testing
+    /// this fixture itself). It gets the same arguments.
     pub fn binary(mut self, path: &Path) -> Self {
         self.binary = Some(path.to_owned());
         self

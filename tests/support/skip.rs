@@ -13,23 +13,61 @@ pub fn skip(test: &str, reason: &str) {
     if let Some(path) = std::env::var_os("REGCACHE_TEST_SKIPS")
         && let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(path)
     {
-        let _ = writeln!(file, "{test}: {reason}");
+        // One write per line: tests of one binary skip from parallel threads, and O_APPEND
+        // keeps a single small write whole.
+        let _ = file.write_all(format!("{test}: {reason}\n").as_bytes());
     }
 }
 
-/// Whether this process runs as root; records a skip of `test` when it does not.
-pub fn running_as_root(test: &str, why: &str) -> bool {
-    let uid = std::fs::read_to_string("/proc/self/status")
+/// The effective uid of this process, as `/proc/self/status` gives it.
+fn effective_uid() -> String {
+    std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
                 .find_map(|l| l.strip_prefix("Uid:"))
                 .and_then(|v| v.split_whitespace().nth(1).map(str::to_string))
         })
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// Whether this process runs as root; records a skip of `test` when it does not.
+pub fn running_as_root(test: &str, why: &str) -> bool {
+    let uid = effective_uid();
     let root = uid == "0";
     if !root {
         skip(test, &format!("needs root ({why}); running as uid {uid}"));
     }
     root
+}
+
+/// Whether this process may make a private mount namespace (root, and `unshare --mount`
+/// allowed here: an unprivileged container refuses it); records a skip of `test` when not.
+pub fn private_mount_namespace(test: &str, why: &str) -> bool {
+    if !running_as_root(test, why) {
+        return false;
+    }
+    let probe = std::process::Command::new("/usr/bin/unshare")
+        .args(["--mount", "--propagation", "private", "/bin/true"])
+        .stdin(std::process::Stdio::null())
+        .output();
+    match probe {
+        Ok(out) if out.status.success() => true,
+        Ok(out) => {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let first = stderr.lines().next().unwrap_or("").trim();
+            skip(
+                test,
+                &format!("needs a private mount namespace ({why}); unshare --mount: {first}"),
+            );
+            false
+        }
+        Err(e) => {
+            skip(
+                test,
+                &format!("needs a private mount namespace ({why}); /usr/bin/unshare: {e}"),
+            );
+            false
+        }
+    }
 }
