@@ -51,23 +51,14 @@ pub fn private_mount_namespace(test: &str, why: &str) -> bool {
         .args(["--mount", "--propagation", "private", "/bin/true"])
         .stdin(std::process::Stdio::null())
         .output();
-    match probe {
-        Ok(out) if out.status.success() => true,
-        Ok(out) => {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            let first = stderr.lines().next().unwrap_or("").trim();
-            skip(
-                test,
-                &format!("needs a private mount namespace ({why}); unshare --mount: {first}"),
-            );
-            false
-        }
-        Err(e) => {
-            skip(
-                test,
-                &format!("needs a private mount namespace ({why}); /usr/bin/unshare: {e}"),
-            );
-            false
-        }
-    }
+    let refused = match probe {
+        Ok(out) if out.status.success() => return true,
+        Ok(out) => format!(
+            "unshare --mount: {}",
+            String::from_utf8_lossy(&out.stderr).lines().next().unwrap_or("").trim()
+        ),
+        Err(e) => format!("/usr/bin/unshare: {e}"),
+    };
+    skip(test, &format!("needs a private mount namespace ({why}); {refused}"));
+    false
 }
